@@ -1,0 +1,328 @@
+"""The ``cocoon`` command.
+
+Every option can also come from the role's table in the TOML config file (``--config``) and
+from a ``COCOON_*`` environment variable; flags win over the environment, which wins over the
+file. Errors end with one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cocoon import __version__
+from cocoon.config import (
+    ClientSettings,
+    ConfigError,
+    PeerPin,
+    ProxySettings,
+    WorkerSettings,
+    load_settings,
+)
+from cocoon.keys import KeyFileError
+
+app = typer.Typer(
+    help="Cocoon: confidential AI inference. Run a client, a proxy or a worker, or a whole local network with `up`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", envvar="COCOON_CONFIG", help="TOML file; this command reads its own table of it."),
+]
+KeyFileOpt = Annotated[
+    str | None,
+    typer.Option(help="Ed25519 identity key (PEM, created with mode 0600 if missing). Default: the data dir."),
+]
+StatusOpt = Annotated[str | None, typer.Option(help="Write the node's state as JSON to this file (used by `up`).")]
+LogOpt = Annotated[str | None, typer.Option(help="Log level: debug, info, warning or error.")]
+HeartbeatOpt = Annotated[float | None, typer.Option(help="Seconds between heartbeats on each connection.")]
+DeadOpt = Annotated[float | None, typer.Option(help="Seconds of silence after which a peer counts as dead.")]
+
+
+def _pin(text: str) -> PeerPin:
+    address, sep, key = text.rpartition("=")
+    if not sep:
+        raise ConfigError(f"{text!r} should be HOST:PORT=PUBLIC_KEY")
+    return PeerPin(address=address, public_key=key)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"cocoon: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _common(**values: Any) -> dict[str, Any]:
+    return values
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        typer.echo(f"cocoon {__version__}")
+        raise typer.Exit()
+
+
+@app.command()
+def proxy(
+    config: ConfigOpt = None,
+    listen: Annotated[
+        str | None, typer.Option(envvar="COCOON_PROXY_LISTEN", help="HOST:PORT to accept workers and clients on.")
+    ] = None,
+    worker_key: Annotated[
+        list[str] | None,
+        typer.Option(help="Public key (hex) of a worker allowed to connect; repeat it. '*' accepts any worker."),
+    ] = None,
+    client_key: Annotated[
+        list[str] | None,
+        typer.Option(help="Public key (hex) of a client allowed to connect; repeat it. Default '*': any client."),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="A model this proxy serves even while no worker is up (503 rather than 404); repeat it."),
+    ] = None,
+    queue_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a request waits for a free worker slot before 429.")
+    ] = None,
+    max_queue: Annotated[
+        int | None, typer.Option(help="Most requests waiting for a slot at once; more get 429.")
+    ] = None,
+    request_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a worker may stay silent on a request before 504.")
+    ] = None,
+    key_file: KeyFileOpt = None,
+    status_file: StatusOpt = None,
+    log_level: LogOpt = None,
+    heartbeat_interval: HeartbeatOpt = None,
+    dead_after: DeadOpt = None,
+) -> None:
+    """Route requests from clients to workers and relay the answers."""
+    from cocoon.run import run_proxy, setup_logging
+
+    def keys(values: list[str] | None) -> list[str] | str | None:
+        if not values:
+            return None
+        return "*" if values == ["*"] else values
+
+    try:
+        settings = load_settings(
+            ProxySettings,
+            "proxy",
+            config,
+            _common(
+                listen=listen,
+                worker_keys=keys(worker_key),
+                client_keys=keys(client_key),
+                models=model or None,
+                queue_timeout=queue_timeout,
+                max_queue=max_queue,
+                request_timeout=request_timeout,
+                key_file=key_file,
+                status_file=status_file,
+                log_level=log_level,
+                heartbeat_interval=heartbeat_interval,
+                dead_after=dead_after,
+            ),
+        )
+        setup_logging(settings.log_level, "proxy")
+        run_proxy(settings)
+    except (ConfigError, KeyFileError, OSError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def worker(
+    config: ConfigOpt = None,
+    proxy: Annotated[
+        list[str] | None,
+        typer.Option("--proxy", help="Proxy to dial, as HOST:PORT=PUBLIC_KEY (hex); repeat it for several proxies."),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Name of this worker in logs and status.")] = None,
+    model: Annotated[
+        str | None, typer.Option(envvar="COCOON_WORKER_MODEL", help="Model name announced to proxies.")
+    ] = None,
+    engine: Annotated[
+        str | None, typer.Option(help="Engine: llama_cpp (embedded) or openai_http (vLLM, SGLang, llama.cpp server).")
+    ] = None,
+    model_path: Annotated[
+        str | None, typer.Option(help="GGUF file for llama_cpp. Default: the embedded SmolLM2-135M-Instruct.")
+    ] = None,
+    engine_url: Annotated[
+        str | None, typer.Option(envvar="COCOON_ENGINE_URL", help="Base URL of the openai_http engine server.")
+    ] = None,
+    engine_model: Annotated[
+        str | None, typer.Option(help="Model name to ask the openai_http engine for. Default: its first model.")
+    ] = None,
+    engine_api_key: Annotated[
+        str | None, typer.Option(envvar="COCOON_ENGINE_API_KEY", help="Bearer key for the openai_http engine.")
+    ] = None,
+    capacity: Annotated[
+        int | None, typer.Option(help="Most requests served at once (llama_cpp loads one model instance per slot).")
+    ] = None,
+    price_coefficient: Annotated[
+        float | None, typer.Option(help="Multiplier on the network's per-token price that this worker asks.")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads per llama_cpp slot; 0 = half the cores.")] = None,
+    n_ctx: Annotated[
+        int | None, typer.Option(help="Context window in tokens for llama_cpp (and the answer limit announced).")
+    ] = None,
+    reconnect_min: Annotated[
+        float | None, typer.Option(help="First delay in seconds before redialing a lost proxy.")
+    ] = None,
+    reconnect_max: Annotated[
+        float | None, typer.Option(help="Longest delay in seconds between redials (exponential backoff).")
+    ] = None,
+    key_file: KeyFileOpt = None,
+    status_file: StatusOpt = None,
+    log_level: LogOpt = None,
+    heartbeat_interval: HeartbeatOpt = None,
+    dead_after: DeadOpt = None,
+) -> None:
+    """Serve one model to one or more proxies, dialing out to each of them."""
+    from cocoon.run import run_worker, setup_logging
+
+    try:
+        settings = load_settings(
+            WorkerSettings,
+            "worker",
+            config,
+            _common(
+                proxies=[_pin(p) for p in proxy] if proxy else None,
+                name=name,
+                model=model,
+                engine=engine,
+                model_path=model_path,
+                engine_url=engine_url,
+                engine_model=engine_model,
+                engine_api_key=engine_api_key,
+                capacity=capacity,
+                price_coefficient=price_coefficient,
+                threads=threads,
+                n_ctx=n_ctx,
+                reconnect_min=reconnect_min,
+                reconnect_max=reconnect_max,
+                key_file=key_file,
+                status_file=status_file,
+                log_level=log_level,
+                heartbeat_interval=heartbeat_interval,
+                dead_after=dead_after,
+            ),
+        )
+        setup_logging(settings.log_level, settings.name)
+        run_worker(settings)
+    except (ConfigError, KeyFileError, OSError) as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        from cocoon.engine.base import EngineError
+
+        if isinstance(exc, EngineError):
+            _fail(f"engine failed: {exc}")
+        raise
+
+
+@app.command()
+def client(
+    config: ConfigOpt = None,
+    proxy: Annotated[
+        str | None,
+        typer.Option("--proxy", envvar="COCOON_CLIENT_PROXY", help="Proxy to use, as HOST:PORT=PUBLIC_KEY (hex)."),
+    ] = None,
+    listen: Annotated[
+        str | None,
+        typer.Option(envvar="COCOON_CLIENT_LISTEN", help="HOST:PORT of the OpenAI API (keep it on loopback)."),
+    ] = None,
+    max_body_bytes: Annotated[
+        int | None, typer.Option(help="Largest request body accepted; larger ones get 413.")
+    ] = None,
+    request_timeout: Annotated[
+        float | None, typer.Option(help="Reserved: overall limit in seconds for one request.")
+    ] = None,
+    idle_timeout: Annotated[
+        float | None, typer.Option(help="Seconds without any answer from the network before 504.")
+    ] = None,
+    reconnect_max: Annotated[
+        float | None, typer.Option(help="Longest delay in seconds between redials of the proxy.")
+    ] = None,
+    key_file: KeyFileOpt = None,
+    status_file: StatusOpt = None,
+    log_level: LogOpt = None,
+    heartbeat_interval: HeartbeatOpt = None,
+    dead_after: DeadOpt = None,
+) -> None:
+    """Serve the OpenAI HTTP API on loopback and forward requests to a proxy."""
+    from cocoon.run import run_client, setup_logging
+
+    try:
+        settings = load_settings(
+            ClientSettings,
+            "client",
+            config,
+            _common(
+                proxy=_pin(proxy) if proxy else None,
+                listen=listen,
+                max_body_bytes=max_body_bytes,
+                request_timeout=request_timeout,
+                idle_timeout=idle_timeout,
+                reconnect_max=reconnect_max,
+                key_file=key_file,
+                status_file=status_file,
+                log_level=log_level,
+                heartbeat_interval=heartbeat_interval,
+                dead_after=dead_after,
+            ),
+        )
+        setup_logging(settings.log_level, "client")
+        run_client(settings)
+    except (ConfigError, KeyFileError, OSError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def up(
+    port: Annotated[
+        int, typer.Option(envvar="COCOON_UP_PORT", help="Port of the client's OpenAI API; 0 picks a free one.")
+    ] = 8000,
+    workers: Annotated[int, typer.Option(help="Number of workers to start.")] = 2,
+    capacity: Annotated[int, typer.Option(help="Concurrent requests per worker.")] = 2,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Where keys, configs and logs of this network go. Default: <data dir>/up.")
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Stop after the first answer instead of serving until Ctrl-C.")
+    ] = False,
+    prompt: Annotated[
+        str, typer.Option(help="The first chat request sent once the network is up.")
+    ] = "Say hello to a new Cocoon user in one short sentence.",
+) -> None:
+    """Start a whole local network (proxy, workers, client) on loopback with the embedded model,
+    send it a first chat request, and serve until Ctrl-C."""
+    from cocoon.up import UpError, run_up
+
+    try:
+        sys.exit(run_up(port=port, workers=workers, capacity=capacity, state_dir=state_dir, once=once, prompt=prompt))
+    except UpError as exc:
+        _fail(str(exc))
+
+
+@app.command("key")
+def key_command(
+    key_file: Annotated[Path, typer.Argument(help="Key file to show (created with mode 0600 if missing).")],
+) -> None:
+    """Print the public key (hex) of an identity key file, for pinning it in other nodes' configs."""
+    from cocoon.keys import load_or_create_identity, public_bytes
+
+    try:
+        typer.echo(public_bytes(load_or_create_identity(key_file)).hex())
+    except (KeyFileError, OSError) as exc:
+        _fail(str(exc))
+
+
+def main() -> None:
+    app()

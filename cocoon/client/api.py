@@ -1,0 +1,153 @@
+"""The OpenAI HTTP API (Starlette): thin routes over ``ClientService``.
+
+Bodies are size-limited while they are read (413), validated against the OpenAI schema (400),
+and errors from the network become OpenAI error objects with the matching status. A caller
+that disconnects cancels its request all the way to the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from cocoon.client.service import ClientService, UpstreamError
+from cocoon.openai.errors import error_body, from_code
+from cocoon.openai.schemas import InvalidRequest, Kind, parse_request
+from cocoon.protocol.errors import ErrorCode
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def error_response(status: int, body: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(body, status_code=status)
+
+
+def upstream_error_response(exc: UpstreamError) -> JSONResponse:
+    return error_response(*from_code(exc.code, str(exc)))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _disconnected(receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def build_app(service: ClientService, *, max_body_bytes: int) -> Starlette:
+    async def completions(request: Request, kind: Kind) -> Response:
+        try:
+            body = await read_body(request, max_body_bytes)
+        except BodyTooLarge:
+            return error_response(
+                413, error_body(f"Request body exceeds {max_body_bytes} bytes", "invalid_request_error")
+            )
+        try:
+            parsed = parse_request(kind, body)
+        except InvalidRequest as exc:
+            return error_response(400, error_body(str(exc), "invalid_request_error", exc.param))
+        try:
+            call = await service.start(kind, parsed, body)
+        except UpstreamError as exc:
+            return upstream_error_response(exc)
+        # Watch for the caller going away while we wait: that cancels the request upstream.
+        watcher = asyncio.create_task(_disconnected(request.receive))
+        try:
+            waiting = asyncio.create_task(call.first())
+            done, _ = await asyncio.wait({waiting, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if waiting not in done:
+                waiting.cancel()
+                await call.stream.cancel("caller disconnected")
+                return Response(status_code=499)
+            first = waiting.result()
+            if parsed.stream:
+                watcher.cancel()
+                return StreamingResponse(
+                    call.events(first), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+                )
+            answering = asyncio.create_task(call.response(first))
+            done, _ = await asyncio.wait({answering, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if answering not in done:
+                answering.cancel()
+                await call.stream.cancel("caller disconnected")
+                return Response(status_code=499)
+            return JSONResponse(answering.result())
+        except UpstreamError as exc:
+            return upstream_error_response(exc)
+        finally:
+            watcher.cancel()
+
+    async def chat_completions(request: Request) -> Response:
+        return await completions(request, "chat")
+
+    async def text_completions(request: Request) -> Response:
+        return await completions(request, "completion")
+
+    async def list_models(request: Request) -> Response:
+        try:
+            models = await service.models()
+        except UpstreamError as exc:
+            return upstream_error_response(exc)
+        return JSONResponse({"object": "list", "data": [_model_object(m.id, m.workers) for m in models]})
+
+    async def get_model(request: Request) -> Response:
+        name = request.path_params["model"]
+        try:
+            models = await service.models()
+        except UpstreamError as exc:
+            return upstream_error_response(exc)
+        for m in models:
+            if m.id == name:
+                return JSONResponse(_model_object(m.id, m.workers))
+        return error_response(*from_code(ErrorCode.UNKNOWN_MODEL, f"The model `{name}` does not exist", "model"))
+
+    async def health(request: Request) -> Response:
+        try:
+            await service.link.get(timeout=0.5)
+        except Exception:  # noqa: BLE001 - health reports, never raises
+            return JSONResponse({"status": "no proxy"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return error_response(404, error_body(f"Unknown path {request.url.path}", "invalid_request_error"))
+
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        return error_response(405, error_body(f"Method {request.method} not allowed", "invalid_request_error"))
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return error_response(500, error_body("Internal error in the cocoon client", "server_error"))
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/completions", text_completions, methods=["POST"]),
+            Route("/v1/models", list_models, methods=["GET"]),
+            Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+            Route("/healthz", health, methods=["GET"]),
+        ],
+        exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},
+    )
+
+
+def _model_object(model: str, workers: int) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": int(time.time()), "owned_by": "cocoon", "workers": workers}

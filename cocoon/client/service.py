@@ -1,0 +1,176 @@
+"""What the client does with one OpenAI request: send it to the proxy, turn the answer back
+into OpenAI responses. HTTP details stay in ``api``."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+
+from cocoon.channel.peer import Peer, PeerGone, Stream
+from cocoon.client.link import NoProxy, ProxyLink
+from cocoon.openai import sse
+from cocoon.openai.errors import from_code
+from cocoon.openai.schemas import Kind, Request, include_usage, max_tokens_of
+from cocoon.protocol.errors import ErrorCode
+from cocoon.protocol.messages import Data, End, Error, ListModels, Message, ModelInfo, ModelList, Open, Usage
+
+
+class UpstreamError(Exception):
+    """The network answered with an error (or none in time); ``code`` is an ``ErrorCode``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def usage_body(usage: Usage) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+    if usage.cached_tokens:
+        body["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+    if usage.reasoning_tokens:
+        body["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    return body
+
+
+class Call:
+    """One request in flight through the proxy."""
+
+    def __init__(self, kind: Kind, request: Request, stream: Stream, idle_timeout: float) -> None:
+        self.kind = kind
+        self.request = request
+        self.stream = stream
+        self.idle_timeout = idle_timeout
+        prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
+        self.id = prefix + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.usage: Usage | None = None
+
+    async def receive(self) -> Message:
+        try:
+            message = await self.stream.receive(self.idle_timeout)
+        except TimeoutError:
+            await self.stream.cancel("timeout")
+            raise UpstreamError(ErrorCode.TIMEOUT, f"no answer within {self.idle_timeout:.0f} s") from None
+        if isinstance(message, Error):
+            raise UpstreamError(message.code, message.message or message.code)
+        return message
+
+    def _rewrite(self, payload: bytes) -> dict[str, Any]:
+        try:
+            chunk = msgspec.json.decode(payload)
+        except msgspec.DecodeError:
+            raise UpstreamError(ErrorCode.PROTOCOL_ERROR, "the worker sent an invalid chunk") from None
+        if not isinstance(chunk, dict):
+            raise UpstreamError(ErrorCode.PROTOCOL_ERROR, "the worker sent an invalid chunk")
+        chunk["id"] = self.id
+        chunk["created"] = self.created
+        chunk["model"] = self.request.model
+        return chunk
+
+    async def first(self) -> Message:
+        """The first answer message: errors surface here, before any HTTP status is chosen."""
+        return await self.receive()
+
+    async def response(self, first: Message) -> dict[str, Any]:
+        """The whole non-streamed response."""
+        body: dict[str, Any] | None = None
+        message = first
+        while True:
+            if isinstance(message, Data):
+                body = self._rewrite(message.payload)
+            elif isinstance(message, End):
+                if body is None:
+                    raise UpstreamError(ErrorCode.PROTOCOL_ERROR, "the worker sent no answer")
+                self.usage = message.usage
+                body["usage"] = usage_body(message.usage)
+                return body
+            message = await self.receive()
+
+    async def events(self, first: Message) -> AsyncIterator[bytes]:
+        """The SSE stream; an error after the first chunk becomes an error event."""
+        with_usage = include_usage(self.request)
+        message: Message | None = first
+        try:
+            while True:
+                if message is None:
+                    message = await self.receive()
+                if isinstance(message, Data):
+                    chunk = self._rewrite(message.payload)
+                    if with_usage:
+                        chunk["usage"] = None
+                    yield sse.event(chunk)
+                elif isinstance(message, End):
+                    self.usage = message.usage
+                    if with_usage:
+                        object_ = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+                        yield sse.event(
+                            {
+                                "id": self.id,
+                                "object": object_,
+                                "created": self.created,
+                                "model": self.request.model,
+                                "choices": [],
+                                "usage": usage_body(message.usage),
+                            }
+                        )
+                    yield sse.DONE
+                    return
+                message = None
+        except UpstreamError as exc:
+            _, body = from_code(exc.code, str(exc))
+            yield sse.event(body)
+        finally:
+            if not self.stream.closed:
+                await self.stream.cancel("client went away")
+
+
+class ClientService:
+    def __init__(self, link: ProxyLink, *, idle_timeout: float) -> None:
+        self.link = link
+        self.idle_timeout = idle_timeout
+
+    async def _peer(self) -> Peer:
+        try:
+            return await self.link.get()
+        except NoProxy as exc:
+            raise UpstreamError(ErrorCode.NO_WORKER, str(exc)) from exc
+
+    async def start(self, kind: Kind, request: Request, body: bytes) -> Call:
+        peer = await self._peer()
+        try:
+            stream = await peer.open(
+                lambda sid: Open(
+                    stream_id=sid,
+                    model=request.model,
+                    kind=kind,
+                    stream=bool(request.stream),
+                    max_tokens=max_tokens_of(request) or 0,
+                    body=body,
+                )
+            )
+        except PeerGone as exc:
+            raise UpstreamError(ErrorCode.CONNECTION_LOST, f"lost the proxy: {exc}") from exc
+        return Call(kind, request, stream, self.idle_timeout)
+
+    async def models(self) -> list[ModelInfo]:
+        peer = await self._peer()
+        try:
+            stream = await peer.open(lambda sid: ListModels(stream_id=sid))
+            message = await stream.receive(self.idle_timeout)
+        except PeerGone as exc:
+            raise UpstreamError(ErrorCode.CONNECTION_LOST, f"lost the proxy: {exc}") from exc
+        except TimeoutError:
+            raise UpstreamError(ErrorCode.TIMEOUT, "the proxy did not list its models") from None
+        if isinstance(message, Error):
+            raise UpstreamError(message.code, message.message)
+        if not isinstance(message, ModelList):
+            raise UpstreamError(ErrorCode.PROTOCOL_ERROR, "unexpected answer to a model list")
+        return message.models

@@ -1,0 +1,121 @@
+"""Typed settings for every role: defaults, then a TOML file, then environment and flags.
+
+One TOML file may hold a table per role (``[proxy]``, ``[worker]``, ``[client]``); each role
+reads its own. Flags and ``COCOON_*`` environment variables (wired in ``cli``) override it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta, Struct
+
+from cocoon.protocol.framing import DEFAULT_MAX_FRAME
+
+Seconds = Annotated[float, Meta(gt=0, le=86400)]
+Address = Annotated[str, Meta(pattern=r"^[^\s:]+:\d{1,5}$")]
+HexKey = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{64}$")]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message is one line for the user."""
+
+
+def data_dir() -> Path:
+    """Where nodes keep keys and state: ``$COCOON_HOME`` or the XDG data directory."""
+    if home := os.environ.get("COCOON_HOME"):
+        return Path(home)
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "cocoon"
+
+
+class PeerPin(Struct, forbid_unknown_fields=True):
+    """A peer to dial and the public key it must present."""
+
+    address: Address
+    public_key: HexKey
+
+
+class _Common(Struct, forbid_unknown_fields=True, kw_only=True):
+    key_file: str = ""
+    status_file: str = ""
+    log_level: LogLevel = "info"
+    heartbeat_interval: Seconds = 5.0
+    dead_after: Seconds = 15.0
+    max_frame: Annotated[int, Meta(ge=64 * 1024, le=64 * 1024 * 1024)] = DEFAULT_MAX_FRAME
+
+
+class ProxySettings(_Common, kw_only=True):
+    listen: Address = "127.0.0.1:9300"
+    worker_keys: list[HexKey] | Literal["*"] = []
+    client_keys: list[HexKey] | Literal["*"] = "*"
+    models: list[Annotated[str, Meta(min_length=1, max_length=256)]] = []
+    queue_timeout: Annotated[float, Meta(ge=0, le=3600)] = 5.0
+    max_queue: Annotated[int, Meta(ge=0, le=1_000_000)] = 256
+    request_timeout: Seconds = 300.0
+
+
+class WorkerSettings(_Common, kw_only=True):
+    name: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] = "worker"
+    proxies: list[PeerPin] = []
+    model: Annotated[str, Meta(min_length=1, max_length=256)] = "SmolLM2-135M-Instruct"
+    engine: Literal["llama_cpp", "openai_http"] = "llama_cpp"
+    model_path: str = ""
+    engine_url: str = ""
+    engine_model: str = ""
+    engine_api_key: str = ""
+    capacity: Annotated[int, Meta(ge=1, le=4096)] = 2
+    price_coefficient: Annotated[float, Meta(ge=0, le=1_000_000)] = 1.0
+    threads: Annotated[int, Meta(ge=0, le=1024)] = 0
+    n_ctx: Annotated[int, Meta(ge=256, le=1_048_576)] = 2048
+    reconnect_min: Seconds = 0.5
+    reconnect_max: Seconds = 10.0
+
+
+class ClientSettings(_Common, kw_only=True):
+    listen: Address = "127.0.0.1:8000"
+    proxy: PeerPin | None = None
+    max_body_bytes: Annotated[int, Meta(ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
+    request_timeout: Seconds = 600.0
+    idle_timeout: Seconds = 120.0
+    reconnect_max: Seconds = 5.0
+
+
+S = TypeVar("S", ProxySettings, WorkerSettings, ClientSettings)
+
+
+def load_settings(cls: type[S], role: str, path: Path | None, overrides: dict[str, Any]) -> S:
+    """Defaults ← ``[role]`` table of the TOML file ← overrides that are not None."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            document = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
+        table = document.get(role, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"config {path}: [{role}] must be a table")
+        values.update(table)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        settings = msgspec.convert(values, cls)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid {role} setting: {exc}") from exc
+    if not settings.key_file:
+        settings.key_file = str(data_dir() / f"{role}.key")
+    return settings
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    number = int(port)
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"port of {address!r} is out of range")
+    return host.strip("[]"), number

@@ -1,0 +1,65 @@
+"""The engine seam: what a worker needs from whatever generates tokens.
+
+An engine yields OpenAI-shaped JSON objects (stream chunks, or one whole response when not
+streaming) and ends with ``Finished`` carrying the usage the engine metered. The worker never
+derives usage from the text it relays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from cocoon.protocol.messages import Usage
+
+ProgressCallback = Callable[[int, int, str], None]
+"""``progress(done, total, what)`` while an engine loads."""
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    kind: Literal["chat", "completion"]
+    params: dict[str, Any]  # OpenAI generation parameters, validated (see openai.schemas)
+    stream: bool
+
+
+@dataclass(frozen=True)
+class Chunk:
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Finished:
+    usage: Usage
+    finish_reason: str | None
+
+
+EngineEvent = Chunk | Finished
+
+
+class EngineError(Exception):
+    """The engine failed. The message must never contain prompt or answer text: it goes to
+    the proxy and to logs."""
+
+
+class Engine(Protocol):
+    name: str
+    max_tokens: int
+    """The longest answer this engine can produce (announced to the proxy)."""
+
+    async def start(self, progress: ProgressCallback | None = None) -> None: ...
+
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
+        """Run one request. Closing the iterator early (the caller went away) stops it."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def finish_reason_of(payload: dict[str, Any]) -> str | None:
+    choices = payload.get("choices") or []
+    if choices and isinstance(choices[0], dict):
+        reason = choices[0].get("finish_reason")
+        return reason if isinstance(reason, str) else None
+    return None

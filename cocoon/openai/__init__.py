@@ -1,0 +1,1 @@
+"""The OpenAI API surface: request schemas (shared by client and worker), error bodies, SSE."""

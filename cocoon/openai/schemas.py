@@ -1,0 +1,154 @@
+"""OpenAI request bodies, validated with msgspec (field order mirrors OpenAI's reference).
+
+The client validates every body before it leaves the machine (a 400 with OpenAI's wording);
+the worker decodes the same schema again, because for it the body is peer input. Unknown
+fields are rejected, as OpenAI does ("Unrecognized request argument"). Extensions of ours are
+marked as such.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+MAX_MESSAGES = 4096
+MAX_TEXT = 4 * 1024 * 1024
+
+Text = Annotated[str, Meta(max_length=MAX_TEXT)]
+ModelName = Annotated[str, Meta(min_length=1, max_length=256)]
+Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
+TopP = Annotated[float, Meta(ge=0.0, le=1.0)]
+Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
+MaxTokens = Annotated[int, Meta(ge=1, le=2**31 - 1)]
+Stop = (
+    Annotated[str, Meta(max_length=1024)] | Annotated[list[Annotated[str, Meta(max_length=1024)]], Meta(max_length=4)]
+)
+Seed = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+User = Annotated[str, Meta(max_length=512)]
+JsonObject = dict[str, Any]
+
+
+class StreamOptions(Struct, forbid_unknown_fields=True):
+    include_usage: bool = False
+
+
+class ContentPart(Struct, forbid_unknown_fields=False):
+    type: Annotated[str, Meta(max_length=64)]
+    text: Text | None = None
+
+
+class ChatMessage(Struct, forbid_unknown_fields=False, omit_defaults=True):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: Text | Annotated[list[ContentPart], Meta(max_length=1024)] | None = None
+    name: Annotated[str, Meta(max_length=256)] | None = None
+    tool_calls: Annotated[list[JsonObject], Meta(max_length=128)] | None = None
+    tool_call_id: Annotated[str, Meta(max_length=256)] | None = None
+
+
+class ChatCompletionRequest(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    messages: Annotated[list[ChatMessage], Meta(min_length=1, max_length=MAX_MESSAGES)]
+    model: ModelName
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, Annotated[float, Meta(ge=-100, le=100)]] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    max_tokens: MaxTokens | None = None
+    max_completion_tokens: MaxTokens | None = None
+    n: Annotated[int, Meta(ge=1, le=128)] | None = None
+    presence_penalty: Penalty | None = None
+    response_format: JsonObject | None = None
+    seed: Seed | None = None
+    stop: Stop | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    tools: Annotated[list[JsonObject], Meta(max_length=128)] | None = None
+    tool_choice: Annotated[str, Meta(max_length=64)] | JsonObject | None = None
+    parallel_tool_calls: bool | None = None
+    user: User | None = None
+    # accepted for compatibility with OpenAI clients; they do not change the answer
+    metadata: dict[str, Annotated[str, Meta(max_length=512)]] | None = None
+    store: bool | None = None
+    service_tier: Annotated[str, Meta(max_length=32)] | None = None
+
+
+class CompletionRequest(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    model: ModelName
+    prompt: Text | Annotated[list[Text], Meta(min_length=1, max_length=1)]
+    echo: bool | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, Annotated[float, Meta(ge=-100, le=100)]] | None = None
+    logprobs: Annotated[int, Meta(ge=0, le=5)] | None = None
+    max_tokens: MaxTokens | None = None
+    n: Annotated[int, Meta(ge=1, le=128)] | None = None
+    presence_penalty: Penalty | None = None
+    seed: Seed | None = None
+    stop: Stop | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    suffix: Text | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    user: User | None = None
+
+
+Request = ChatCompletionRequest | CompletionRequest
+Kind = Literal["chat", "completion"]
+SCHEMAS: dict[str, type[ChatCompletionRequest] | type[CompletionRequest]] = {
+    "chat": ChatCompletionRequest,
+    "completion": CompletionRequest,
+}
+
+# Fields that describe the call rather than the generation; the worker does not pass them on.
+NOT_FOR_ENGINE = frozenset(
+    {"model", "stream", "stream_options", "n", "user", "metadata", "store", "service_tier", "max_completion_tokens"}
+)
+
+
+class InvalidRequest(ValueError):
+    """A body that OpenAI would answer with 400; ``param`` names the offending field."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def parse_request(kind: Kind, body: bytes) -> Request:
+    """Decode and validate a request body; raises ``InvalidRequest`` with OpenAI's wording."""
+    try:
+        request = msgspec.json.decode(body, type=SCHEMAS[kind])
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        param = text.split("`$.", 1)[1].split("`", 1)[0] if "`$." in text else None
+        if text.startswith("Object contains unknown field"):
+            text = "Unrecognized request argument supplied: " + text.split("`")[1]
+        raise InvalidRequest(text, param) from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"We could not parse the JSON body of your request: {exc}") from exc
+    if request.n not in (None, 1):
+        raise InvalidRequest("Only n=1 is supported", "n")
+    if isinstance(request, CompletionRequest) and isinstance(request.prompt, list):
+        request = msgspec.structs.replace(request, prompt=request.prompt[0])
+    return request
+
+
+def max_tokens_of(request: Request) -> int | None:
+    if isinstance(request, ChatCompletionRequest) and request.max_completion_tokens is not None:
+        return request.max_completion_tokens
+    return request.max_tokens
+
+
+def include_usage(request: Request) -> bool:
+    return bool(request.stream and request.stream_options and request.stream_options.include_usage)
+
+
+def engine_params(request: Request) -> dict[str, Any]:
+    """The generation parameters for an engine: the body less call-level fields."""
+    params: dict[str, Any] = {k: v for k, v in msgspec.to_builtins(request).items() if k not in NOT_FOR_ENGINE}
+    limit = max_tokens_of(request)
+    if limit is not None:
+        params["max_tokens"] = limit
+    return params

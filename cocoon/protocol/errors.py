@@ -1,0 +1,40 @@
+"""Error codes carried by error frames, and the two exception roots of the protocol layer."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Typed reasons carried by an ``Error`` frame (and mapped to HTTP statuses by the client)."""
+
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_MODEL = "unknown_model"
+    NO_WORKER = "no_worker"
+    SATURATED = "saturated"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    ENGINE_ERROR = "engine_error"
+    WORKER_LOST = "worker_lost"
+    CONNECTION_LOST = "connection_lost"
+    PROTOCOL_ERROR = "protocol_error"
+    UNAUTHORIZED = "unauthorized"
+    TOO_LARGE = "too_large"
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL = "internal"
+
+
+class ProtocolError(Exception):
+    """Base of protocol errors; ``code`` is what goes into the error frame."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.PROTOCOL_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the protocol: answer with an error frame and close the connection."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We misused the protocol object: a bug on our side, never caused by peer input."""

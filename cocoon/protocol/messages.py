@@ -1,0 +1,195 @@
+"""Typed wire messages (msgspec structs, msgpack encoded, tagged by the field ``t``).
+
+Fields are bounded at decode time, so a peer cannot make us allocate or loop without limit.
+New optional fields may be added with defaults; unknown fields from newer peers are ignored.
+An incompatible change bumps ``PROTOCOL_VERSION`` in the frame header instead.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+MAX_BODY = 8 * 1024 * 1024
+"""Largest request body or answer payload a single message may carry."""
+
+StreamId = Annotated[int, Meta(ge=1, le=2**62)]
+Name = Annotated[str, Meta(min_length=1, max_length=256)]
+Text = Annotated[str, Meta(max_length=4096)]
+Count = Annotated[int, Meta(ge=0, le=2**40)]
+Blob = Annotated[bytes, Meta(max_length=MAX_BODY)]
+Key = Annotated[bytes, Meta(min_length=32, max_length=32)]
+Signature = Annotated[bytes, Meta(min_length=64, max_length=64)]
+Nonce = Annotated[bytes, Meta(min_length=16, max_length=64)]
+Role = Literal["client", "proxy", "worker"]
+Kind = Literal["chat", "completion"]
+
+
+class _Message(Struct, tag_field="t", forbid_unknown_fields=False, frozen=True):
+    pass
+
+
+# --- handshake (inside the TLS channel) ------------------------------------------------------
+
+
+class Challenge(_Message, tag="challenge"):
+    """Listener → dialer, first frame: a fresh nonce the dialer must sign."""
+
+    nonce: Nonce
+    software: Text = ""
+
+
+class Hello(_Message, tag="hello"):
+    """Dialer → listener: who I am, proven by a signature over the challenge and the
+    listener's TLS certificate (so the proof cannot be relayed to another server)."""
+
+    role: Role
+    public_key: Key
+    signature: Signature
+    software: Text = ""
+    evidence: Blob = b""  # attestation evidence; empty until the attestation layer fills it
+
+
+class Welcome(_Message, tag="welcome"):
+    """Listener → dialer: the dialer is accepted; the connection is open."""
+
+    role: Role
+    software: Text = ""
+
+
+# --- connection level -------------------------------------------------------------------------
+
+
+class Announce(_Message, tag="announce"):
+    """Worker → proxy: what this worker serves. May be sent again to update it."""
+
+    model: Name
+    engine: Name
+    capacity: Annotated[int, Meta(ge=1, le=4096)]
+    price_milli: Annotated[int, Meta(ge=0, le=10**9)] = 1000  # price coefficient × 1000
+    max_tokens: Annotated[int, Meta(ge=1, le=2**31)] = 2048  # longest answer it can produce
+
+
+class Ping(_Message, tag="ping"):
+    nonce: Count
+
+
+class Pong(_Message, tag="pong"):
+    nonce: Count
+
+
+class Goodbye(_Message, tag="goodbye"):
+    """Graceful close: the sender finishes open streams but takes no new ones."""
+
+    reason: Text = ""
+
+
+# --- streams ------------------------------------------------------------------------------------
+
+
+class Open(_Message, tag="open"):
+    """Opener → responder: one inference request. The proxy routes on the clear fields only;
+    ``body`` is the request body the proxy forwards without reading (sealed in a later layer)."""
+
+    stream_id: StreamId
+    model: Name
+    kind: Kind
+    stream: bool
+    max_tokens: Count  # 0 = the serving worker's default
+    body: Blob
+
+
+class ListModels(_Message, tag="list_models"):
+    stream_id: StreamId
+
+
+class ModelInfo(Struct, frozen=True, forbid_unknown_fields=False):
+    id: Name
+    workers: Count
+    capacity: Count
+    max_tokens: Count = 0
+
+
+class ModelList(_Message, tag="model_list"):
+    stream_id: StreamId
+    models: Annotated[list[ModelInfo], Meta(max_length=1024)]
+
+
+class Data(_Message, tag="data"):
+    """Responder → opener: one piece of the answer (a JSON chunk, sealed in a later layer)."""
+
+    stream_id: StreamId
+    payload: Blob
+
+
+class Usage(Struct, frozen=True, forbid_unknown_fields=False):
+    prompt_tokens: Count = 0
+    completion_tokens: Count = 0
+    cached_tokens: Count = 0
+    reasoning_tokens: Count = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class End(_Message, tag="end"):
+    """Responder → opener: the answer is complete; usage as metered by the worker."""
+
+    stream_id: StreamId
+    usage: Usage
+    finish_reason: Annotated[str, Meta(max_length=64)] | None = None
+
+
+class Cancel(_Message, tag="cancel"):
+    """Opener → responder: stop working on this stream (the caller went away)."""
+
+    stream_id: StreamId
+    reason: Text = ""
+
+
+class Error(_Message, tag="error"):
+    """A typed error. ``stream_id`` 0 means the whole connection, which then closes."""
+
+    stream_id: Annotated[int, Meta(ge=0, le=2**62)]
+    code: Annotated[str, Meta(max_length=64)]
+    message: Text = ""
+
+
+Message = (
+    Challenge
+    | Hello
+    | Welcome
+    | Announce
+    | Ping
+    | Pong
+    | Goodbye
+    | Open
+    | ListModels
+    | ModelList
+    | Data
+    | End
+    | Cancel
+    | Error
+)
+
+OPENER_MESSAGES = (Open, ListModels, Cancel)
+"""Stream messages sent by the side that opened the stream."""
+RESPONDER_MESSAGES = (Data, End, ModelList, Error)
+"""Stream messages sent by the side that answers the stream."""
+STREAM_OPENING = (Open, ListModels)
+STREAM_CLOSING = (End, ModelList, Error, Cancel)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+
+
+def encode_message(message: Message) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_message(data: bytes) -> Message:
+    """Decode one message; raises ``msgspec.DecodeError`` or ``msgspec.ValidationError``."""
+    return _decoder.decode(data)

@@ -1,0 +1,1 @@
+"""The proxy role: accepts workers and clients, routes requests, relays answers."""

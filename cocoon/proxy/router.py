@@ -1,0 +1,94 @@
+"""Which worker gets a request (pure state: no I/O, no clock).
+
+Least-loaded routing among live workers that serve the model, within each worker's announced
+capacity. The market, prices and reputation plug in here later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cocoon.protocol.errors import ErrorCode
+from cocoon.protocol.messages import Announce, ModelInfo
+
+
+class RouteError(Exception):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class WorkerEntry:
+    worker_id: int
+    label: str
+    offer: Announce
+    inflight: int = 0
+    draining: bool = False
+    served: int = field(default=0)
+
+    @property
+    def load(self) -> float:
+        return self.inflight / self.offer.capacity
+
+    @property
+    def has_room(self) -> bool:
+        return not self.draining and self.inflight < self.offer.capacity
+
+
+class Router:
+    def __init__(self, known_models: list[str] | None = None) -> None:
+        self.workers: dict[int, WorkerEntry] = {}
+        self.known_models: set[str] = set(known_models or ())
+
+    def announce(self, worker_id: int, label: str, offer: Announce) -> WorkerEntry:
+        entry = self.workers.get(worker_id)
+        if entry is None:
+            entry = self.workers[worker_id] = WorkerEntry(worker_id, label, offer)
+        else:
+            entry.offer = offer
+        self.known_models.add(offer.model)
+        return entry
+
+    def remove(self, worker_id: int) -> None:
+        self.workers.pop(worker_id, None)
+
+    def drain(self, worker_id: int) -> None:
+        if entry := self.workers.get(worker_id):
+            entry.draining = True
+
+    def pick(self, model: str, exclude: frozenset[int] = frozenset()) -> WorkerEntry:
+        """The least-loaded worker with room for ``model``; raises ``RouteError``."""
+        serving = [w for w in self.workers.values() if w.offer.model == model and w.worker_id not in exclude]
+        if not serving:
+            if model in self.known_models:
+                raise RouteError(ErrorCode.NO_WORKER, f"no worker is available for model {model!r}")
+            raise RouteError(ErrorCode.UNKNOWN_MODEL, f"The model `{model}` does not exist")
+        free = [w for w in serving if w.has_room]
+        if not free:
+            if all(w.draining for w in serving):
+                raise RouteError(ErrorCode.NO_WORKER, f"no worker is available for model {model!r}")
+            raise RouteError(ErrorCode.SATURATED, f"all workers for model {model!r} are busy")
+        # ties go to the worker that has served least, so idle workers share the work
+        return min(free, key=lambda w: (w.load, w.served, w.worker_id))
+
+    def acquire(self, entry: WorkerEntry) -> None:
+        entry.inflight += 1
+        entry.served += 1
+
+    def release(self, entry: WorkerEntry) -> None:
+        entry.inflight = max(0, entry.inflight - 1)
+
+    def models(self) -> list[ModelInfo]:
+        infos: dict[str, ModelInfo] = {m: ModelInfo(id=m, workers=0, capacity=0) for m in self.known_models}
+        for w in self.workers.values():
+            if w.draining:
+                continue
+            old = infos[w.offer.model]
+            infos[w.offer.model] = ModelInfo(
+                id=w.offer.model,
+                workers=old.workers + 1,
+                capacity=old.capacity + w.offer.capacity,
+                max_tokens=max(old.max_tokens, w.offer.max_tokens),
+            )
+        return [infos[m] for m in sorted(infos)]

@@ -1,0 +1,140 @@
+"""Async entry points of the three roles: build each from its settings and run it until a
+signal (SIGINT or SIGTERM) asks it to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from cocoon.channel.verify import PinnedKeyVerifier
+from cocoon.client.api import build_app
+from cocoon.client.link import ProxyLink
+from cocoon.client.service import ClientService
+from cocoon.config import ClientSettings, ConfigError, ProxySettings, WorkerSettings, split_address
+from cocoon.engine.base import Engine
+from cocoon.keys import load_or_create_identity, parse_public_key
+from cocoon.proxy.service import Proxy
+from cocoon.status import write_status
+from cocoon.worker.service import Worker
+
+log = logging.getLogger("cocoon")
+
+
+def setup_logging(level: str, role: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+async def _until_signalled(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` until it ends or SIGINT / SIGTERM arrives, then cancel it cleanly."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(main)
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def run_proxy(settings: ProxySettings) -> None:
+    key = load_or_create_identity(Path(settings.key_file))
+    asyncio.run(_until_signalled(Proxy(settings, key).run()))
+
+
+def make_engine(settings: WorkerSettings) -> Engine:
+    if settings.engine == "openai_http":
+        from cocoon.engine.openai_http import OpenAIHttpEngine
+
+        if not settings.engine_url:
+            raise ConfigError("engine openai_http needs engine_url (the server's base URL)")
+        return OpenAIHttpEngine(
+            settings.engine_url,
+            model=settings.engine_model or None,
+            api_key=settings.engine_api_key or None,
+            max_tokens=settings.n_ctx,
+        )
+    from cocoon.engine.llama_cpp import LlamaCppEngine
+
+    threads = settings.threads or max(1, (os.cpu_count() or 2) // 2)
+    return LlamaCppEngine(
+        Path(settings.model_path) if settings.model_path else None,
+        slots=settings.capacity,
+        n_ctx=settings.n_ctx,
+        threads=threads,
+    )
+
+
+def run_worker(settings: WorkerSettings) -> None:
+    key = load_or_create_identity(Path(settings.key_file))
+    engine = make_engine(settings)
+
+    async def main() -> None:
+        await Worker(settings, engine, key).run()
+
+    asyncio.run(_until_signalled(main()))
+
+
+def run_client(settings: ClientSettings) -> None:
+    if settings.proxy is None:
+        raise ConfigError("the client needs a proxy: --proxy HOST:PORT=PUBLIC_KEY or [client.proxy] in the config")
+    key = load_or_create_identity(Path(settings.key_file))
+    proxy_host, proxy_port = split_address(settings.proxy.address)
+    verifier = PinnedKeyVerifier({"proxy": [parse_public_key(settings.proxy.public_key)]})
+    host, port = split_address(settings.listen)
+
+    async def main() -> None:
+        link = ProxyLink(
+            proxy_host,
+            proxy_port,
+            key=key,
+            verifier=verifier,
+            reconnect_max=settings.reconnect_max,
+            connection_options={"heartbeat_interval": settings.heartbeat_interval, "dead_after": settings.dead_after},
+        )
+        link.start()
+        service = ClientService(link, idle_timeout=settings.idle_timeout)
+        app = build_app(service, max_body_bytes=settings.max_body_bytes)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=2,
+            lifespan="off",
+        )
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        serving = asyncio.create_task(server.serve())
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.02)
+        if serving.done():
+            await serving
+            raise ConfigError(f"the client could not listen on {settings.listen}")
+        bound = server.servers[0].sockets[0].getsockname()
+        url = f"http://{bound[0]}:{bound[1]}/v1"
+        log.info("OpenAI API on %s", url)
+        write_status(settings.status_file, "ready", url=url)
+        try:
+            await serving
+        finally:
+            server.should_exit = True
+            await link.aclose()
+
+    asyncio.run(_until_signalled(main()))

@@ -1,0 +1,1 @@
+"""The worker role: dials proxies, runs requests on an engine, meters tokens."""

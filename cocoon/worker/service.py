@@ -1,0 +1,185 @@
+"""The worker: keeps a connection to each configured proxy and serves requests on its engine.
+
+Workers dial out (so they work behind NAT) and redial with exponential backoff and jitter.
+Capacity is shared by all proxies. Logs carry request ids, sizes and token counts, never text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cocoon.channel.connect import HandshakeFailed, dial
+from cocoon.channel.peer import Peer, PeerGone
+from cocoon.channel.verify import PinnedKeyVerifier
+from cocoon.config import PeerPin, WorkerSettings, split_address
+from cocoon.engine.base import Chunk, Engine, EngineError, EngineRequest, Finished
+from cocoon.keys import parse_public_key
+from cocoon.openai.schemas import InvalidRequest, engine_params, parse_request
+from cocoon.protocol.errors import ErrorCode
+from cocoon.protocol.messages import Announce, Cancel, Data, End, Error, Goodbye, ListModels, Open
+from cocoon.status import write_status
+
+log = logging.getLogger("cocoon.worker")
+
+STABLE_AFTER = 10.0  # a connection that lasted this long resets the backoff
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings, engine: Engine, key: Ed25519PrivateKey) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.key = key
+        self.active: dict[tuple[int, int], asyncio.Task[None]] = {}
+        self.connected: dict[str, Peer] = {}
+        self._json = msgspec.json.Encoder()
+
+    def announce(self) -> Announce:
+        return Announce(
+            model=self.settings.model,
+            engine=self.engine.name,
+            capacity=self.settings.capacity,
+            price_milli=round(self.settings.price_coefficient * 1000),
+            max_tokens=self.engine.max_tokens,
+        )
+
+    async def run(self) -> None:
+        status = self.settings.status_file
+
+        def progress(done: int, total: int, what: str) -> None:
+            write_status(status, "loading", done=done, total=total, what=what)
+            log.info("%s", what)
+
+        progress(0, 1, "starting engine")
+        await self.engine.start(progress)
+        if not self.settings.proxies:
+            log.warning("no proxies configured: this worker will serve nobody")
+        loops = [asyncio.create_task(self._proxy_loop(pin)) for pin in self.settings.proxies]
+        self._write_ready()
+        try:
+            await asyncio.gather(*loops)
+        finally:
+            for task in loops:
+                task.cancel()
+            for peer in list(self.connected.values()):
+                with contextlib.suppress(Exception):
+                    await peer.send(Goodbye(reason="worker stopping"))
+                await peer.aclose("worker stopping")
+            await self.engine.aclose()
+
+    def _write_ready(self) -> None:
+        write_status(
+            self.settings.status_file,
+            "ready",
+            model=self.settings.model,
+            proxies=sorted(self.connected),
+        )
+
+    async def _proxy_loop(self, pin: PeerPin) -> None:
+        host, port = split_address(pin.address)
+        verifier = PinnedKeyVerifier({"proxy": [parse_public_key(pin.public_key)]})
+        delay = self.settings.reconnect_min
+        options = {"heartbeat_interval": self.settings.heartbeat_interval, "dead_after": self.settings.dead_after}
+        while True:
+            started = time.monotonic()
+            try:
+                peer = await dial(
+                    host, port, key=self.key, role="worker", verifier=verifier, connection_options=options
+                )
+            except HandshakeFailed as exc:
+                log.warning("proxy %s: %s; retrying in %.1f s", pin.address, exc, delay)
+            else:
+                log.info("connected to proxy %s", pin.address)
+                self.connected[pin.address] = peer
+                self._write_ready()
+                try:
+                    await peer.send(self.announce())
+                    await peer.serve(self)
+                except PeerGone:
+                    pass
+                finally:
+                    self.connected.pop(pin.address, None)
+                    self._write_ready()
+                    self._cancel_all(peer)
+                log.warning("lost proxy %s (%s); redialing in %.1f s", pin.address, peer.close_reason, delay)
+                if time.monotonic() - started > STABLE_AFTER:
+                    delay = self.settings.reconnect_min
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, self.settings.reconnect_max)
+
+    # --- PeerHandler ------------------------------------------------------------------------
+
+    def stream_opened(self, peer: Peer, message: Open | ListModels) -> None:
+        if isinstance(message, ListModels):
+            peer.send_nowait(
+                Error(stream_id=message.stream_id, code=ErrorCode.BAD_REQUEST, message="workers do not list models")
+            )
+            return
+        if len(self.active) >= self.settings.capacity:
+            peer.send_nowait(Error(stream_id=message.stream_id, code=ErrorCode.SATURATED, message="worker at capacity"))
+            return
+        key = (id(peer), message.stream_id)
+        task = asyncio.create_task(self._serve(peer, message))
+        self.active[key] = task
+        task.add_done_callback(lambda _: self.active.pop(key, None))
+
+    def stream_cancelled(self, peer: Peer, message: Cancel) -> None:
+        task = self.active.pop((id(peer), message.stream_id), None)
+        if task is not None:
+            log.info("request %d cancelled by the proxy", message.stream_id)
+            task.cancel()
+
+    def connection_message(self, peer: Peer, message: Announce | Goodbye) -> None:
+        if isinstance(message, Goodbye):
+            log.info("proxy %s is going away: %s", peer.label, message.reason)
+
+    def _cancel_all(self, peer: Peer) -> None:
+        for (peer_id, _), task in list(self.active.items()):
+            if peer_id == id(peer):
+                task.cancel()
+
+    # --- requests ------------------------------------------------------------------------------
+
+    async def _serve(self, peer: Peer, message: Open) -> None:
+        sid = message.stream_id
+        started = time.monotonic()
+        try:
+            request = parse_request(message.kind, message.body)
+        except InvalidRequest as exc:
+            await self._send(peer, Error(stream_id=sid, code=ErrorCode.BAD_REQUEST, message=str(exc)[:1000]))
+            return
+        engine_request = EngineRequest(kind=message.kind, params=engine_params(request), stream=message.stream)
+        events = self.engine.generate(engine_request)
+        try:
+            async for event in events:
+                if isinstance(event, Chunk):
+                    if not peer.send_nowait(Data(stream_id=sid, payload=self._json.encode(event.payload))):
+                        return  # the stream was cancelled or the proxy left
+                    await peer.writer.drain()
+                elif isinstance(event, Finished):
+                    await self._send(peer, End(stream_id=sid, usage=event.usage, finish_reason=event.finish_reason))
+                    log.info(
+                        "request %d done: %d prompt + %d completion tokens in %.2f s (%s)",
+                        sid,
+                        event.usage.prompt_tokens,
+                        event.usage.completion_tokens,
+                        time.monotonic() - started,
+                        event.finish_reason,
+                    )
+        except EngineError as exc:
+            log.warning("request %d failed in the engine: %s", sid, exc)
+            await self._send(peer, Error(stream_id=sid, code=ErrorCode.ENGINE_ERROR, message=str(exc)[:1000]))
+        except (PeerGone, ConnectionError):
+            pass
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+
+    async def _send(self, peer: Peer, message: End | Error) -> None:
+        with contextlib.suppress(PeerGone):
+            await peer.send(message)
