@@ -1,0 +1,177 @@
+"""Start real Cocoon processes on loopback for integration tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cocoon.engine.llama_cpp import EMBEDDED_MODEL_NAME
+from cocoon.keys import load_or_create_identity, public_bytes
+from cocoon.status import read_status
+
+MODEL = EMBEDDED_MODEL_NAME
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+class Node:
+    def __init__(self, name: str, args: list[str], root: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.status_path = root / f"{name}.status.json"
+        self.status_path.unlink(missing_ok=True)
+        self.log_path = root / f"{name}.log"
+        self.killed = False
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cocoon", *args, "--status-file", str(self.status_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+            )
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return read_status(self.status_path)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        self.killed = sig in (signal.SIGKILL, signal.SIGTERM)
+        if self.alive():
+            self.process.send_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Network:
+    """A proxy, workers and a client as separate processes, configured through one TOML file."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        workers: int = 2,
+        capacity: int = 2,
+        proxy: dict[str, Any] | None = None,
+        worker: dict[str, Any] | None = None,
+        client: dict[str, Any] | None = None,
+    ) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.proxy_port = free_port()
+        self.client_port = free_port()
+        self.proxy_key = public_bytes(load_or_create_identity(root / "proxy.key")).hex()
+        self.worker_keys = [public_bytes(load_or_create_identity(root / f"worker-{i}.key")).hex() for i in range(1, 9)]
+        client_key = public_bytes(load_or_create_identity(root / "client.key")).hex()
+        pin = {"address": f"127.0.0.1:{self.proxy_port}", "public_key": self.proxy_key}
+        tables = {
+            "proxy": {
+                "listen": f"127.0.0.1:{self.proxy_port}",
+                "key_file": str(root / "proxy.key"),
+                "worker_keys": self.worker_keys,
+                "client_keys": [client_key],
+                "models": [MODEL],
+                **(proxy or {}),
+            },
+            "worker": {"model": MODEL, "proxies": [pin], "capacity": capacity, "threads": 1, **(worker or {})},
+            "client": {
+                "listen": f"127.0.0.1:{self.client_port}",
+                "key_file": str(root / "client.key"),
+                "proxy": pin,
+                **(client or {}),
+            },
+        }
+        self.config = root / "network.toml"
+        self.config.write_text(
+            "\n".join(
+                f"[{table}]\n" + "\n".join(f"{k} = {toml_value(v)}" for k, v in values.items()) + "\n"
+                for table, values in tables.items()
+            )
+        )
+        self.nodes: dict[str, Node] = {}
+        self.start_proxy()
+        for i in range(1, workers + 1):
+            self.start_worker(i)
+        self.nodes["client"] = Node("client", ["client", "--config", str(self.config)], root)
+        self.url = f"http://127.0.0.1:{self.client_port}/v1"
+        self.wait_workers(workers)
+
+    def start_proxy(self) -> Node:
+        node = Node("proxy", ["proxy", "--config", str(self.config)], self.root)
+        self.nodes["proxy"] = node
+        return node
+
+    def start_worker(self, i: int, extra: Iterable[str] = ()) -> Node:
+        name = f"worker-{i}"
+        node = Node(
+            name,
+            ["worker", "--config", str(self.config), "--name", name, "--key-file", str(self.root / f"{name}.key"), *extra],
+            self.root,
+        )
+        self.nodes[name] = node
+        return node
+
+    def wait_workers(self, count: int, timeout: float = 120.0) -> None:
+        """Wait until the client lists ``count`` live workers for the model."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            for node in self.nodes.values():
+                if not node.alive() and not node.killed:
+                    raise RuntimeError(f"{node.name} exited early:\n{node.log[-3000:]}")
+            try:
+                last = httpx.get(self.url + "/models", timeout=2).json()
+                if any(m["id"] == MODEL and m["workers"] == count for m in last.get("data", [])):
+                    return
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"network not ready: {last}")
+
+    def worker_requests_done(self, name: str) -> int:
+        return self.nodes[name].log.count(" done: ")
+
+    def stop(self) -> None:
+        for node in reversed(list(self.nodes.values())):
+            node.stop()

@@ -1,0 +1,223 @@
+"""Failures of real processes: saturation, disconnects, killed and frozen workers, a stalling
+engine, a restarted proxy, and peers that break the protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from cocoon.channel.connect import HandshakeFailed, dial
+from cocoon.channel.verify import PinnedKeyVerifier
+from cocoon.keys import load_or_create_identity
+from tests.integration.network import MODEL, Network
+
+pytestmark = pytest.mark.integration
+
+LONG = [{"role": "user", "content": "Write a very long story about a dragon and a knight."}]
+
+
+def client_of(network: Network, **options: float) -> openai.OpenAI:
+    return openai.OpenAI(base_url=network.url, api_key="unused", max_retries=0, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def single_slot(tmp_path: Path) -> Iterator[Network]:
+    """One worker with one slot, and a proxy that does not queue: the second request is 429."""
+    net = Network(tmp_path, workers=1, capacity=1, proxy={"queue_timeout": 0.0})
+    try:
+        yield net
+    finally:
+        net.stop()
+
+
+def test_saturated_network_answers_429(single_slot: Network) -> None:
+    with client_of(single_slot) as client:
+        stream = client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=400, stream=True)
+        next(iter(stream))  # the only slot is now busy
+        with pytest.raises(openai.RateLimitError) as excinfo:
+            client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=5)
+        assert excinfo.value.status_code == 429
+        stream.close()
+
+
+def test_disconnecting_caller_frees_the_worker_slot(single_slot: Network) -> None:
+    with client_of(single_slot, timeout=30) as client:
+        stream = client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=1500, stream=True)
+        received = [chunk for _, chunk in zip(range(3), stream, strict=False)]
+        assert len(received) == 3
+        stream.close()  # the caller goes away mid-stream
+        deadline = time.monotonic() + 5
+        while "cancelled by the proxy" not in single_slot.nodes["worker-1"].log:
+            assert time.monotonic() < deadline, "the worker never heard of the cancellation"
+            time.sleep(0.05)
+        answer = client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=4)
+        assert answer.usage.completion_tokens == 4
+    assert "+1500 tokens" not in single_slot.nodes["proxy"].log
+
+
+def test_disconnect_of_non_streamed_request_cancels_it(single_slot: Network) -> None:
+    body = {"model": MODEL, "messages": LONG, "max_tokens": 1500}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(single_slot.url + "/chat/completions", json=body, timeout=1.0)
+    deadline = time.monotonic() + 5
+    while "cancelled by the proxy" not in single_slot.nodes["worker-1"].log:
+        assert time.monotonic() < deadline, "the worker kept generating for a caller that left"
+        time.sleep(0.05)
+    with client_of(single_slot) as client:
+        assert client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=3).usage.completion_tokens == 3
+
+
+def test_killed_worker_leaves_the_other_serving(tmp_path: Path) -> None:
+    net = Network(tmp_path, workers=2, capacity=2)
+    try:
+        net.nodes["worker-1"].kill()
+        with client_of(net, timeout=30) as client:
+            for _ in range(4):
+                answer = client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=4)
+                assert answer.usage.completion_tokens == 4
+        assert net.worker_requests_done("worker-2") >= 4
+        # the only remaining worker dies: requests fail fast with 503
+        net.nodes["worker-2"].kill()
+        with client_of(net, timeout=30) as client:
+            started = time.monotonic()
+            with pytest.raises(openai.InternalServerError) as excinfo:
+                client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=4)
+            assert excinfo.value.status_code == 503
+            assert time.monotonic() - started < 2.0
+        # a worker that comes back is used again
+        net.start_worker(1)
+        net.wait_workers(1)
+        with client_of(net, timeout=30) as client:
+            assert client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2).usage.completion_tokens == 2
+    finally:
+        net.stop()
+
+
+def test_frozen_worker_is_detected_by_heartbeats(tmp_path: Path) -> None:
+    net = Network(tmp_path, workers=1, capacity=1, proxy={"heartbeat_interval": 0.3, "dead_after": 1.5})
+    try:
+        net.nodes["worker-1"].kill(signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while "dead peer" not in net.nodes["proxy"].log:
+            assert time.monotonic() < deadline, "the proxy never noticed the frozen worker"
+            time.sleep(0.1)
+        with client_of(net, timeout=10) as client, pytest.raises(openai.InternalServerError) as excinfo:
+            client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2)
+        assert excinfo.value.status_code == 503
+        net.nodes["worker-1"].kill(signal.SIGCONT)
+        net.wait_workers(1, timeout=30)  # it redials once it runs again
+    finally:
+        net.stop()
+
+
+def test_worker_and_client_reconnect_after_proxy_restart(tmp_path: Path) -> None:
+    net = Network(tmp_path, workers=1, capacity=1, worker={"reconnect_max": 1.0})
+    try:
+        net.nodes["proxy"].kill()
+        time.sleep(1.0)
+        net.start_proxy()
+        net.wait_workers(1, timeout=30)
+        with client_of(net, timeout=30) as client:
+            assert client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2).usage.completion_tokens == 2
+        assert "redialing" in net.nodes["worker-1"].log
+    finally:
+        net.stop()
+
+
+class StallingEngineServer(ThreadingHTTPServer):
+    """Test double: an OpenAI-compatible engine that lists a model, then never answers."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        release = self.release = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = json.dumps({"data": [{"id": "stall"}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                release.wait(30)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+def test_stalling_engine_gives_504(tmp_path: Path) -> None:
+    server = StallingEngineServer()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    net = Network(tmp_path, workers=1, worker={"engine": "openai_http", "engine_url": url}, client={"idle_timeout": 1.5})
+    try:
+        with client_of(net, timeout=30) as client:
+            started = time.monotonic()
+            with pytest.raises(openai.InternalServerError) as excinfo:
+                client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2)
+            assert excinfo.value.status_code == 504
+            assert time.monotonic() - started < 10
+    finally:
+        server.release.set()
+        net.stop()
+        server.shutdown()
+        server.server_close()
+
+
+def test_peers_that_break_the_protocol_are_cut_off(network: Network) -> None:
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    tls.check_hostname = False
+    tls.verify_mode = ssl.CERT_NONE
+    # an oversized frame header right after TLS: the proxy closes this connection
+    with socket.create_connection(("127.0.0.1", network.proxy_port)) as raw, tls.wrap_socket(raw) as conn:
+        conn.settimeout(5)
+        conn.recv(4096)  # the challenge
+        conn.sendall(struct.pack(">IB", 2**31, 1))
+        while conn.recv(4096):
+            pass
+    # garbage that is not msgpack
+    with socket.create_connection(("127.0.0.1", network.proxy_port)) as raw, tls.wrap_socket(raw) as conn:
+        conn.settimeout(5)
+        conn.recv(4096)
+        conn.sendall(struct.pack(">IB", 5, 1) + b"\xc1\xc1\xc1\xc1")
+        while conn.recv(4096):
+            pass
+    log = network.nodes["proxy"].log
+    assert "exceeds the limit" in log
+    assert "undecodable message" in log or "invalid message" in log
+    assert network.nodes["proxy"].alive()
+    with client_of(network, timeout=30) as client:
+        assert client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2).usage.completion_tokens == 2
+
+
+def test_unpinned_keys_are_rejected(network: Network, tmp_path: Path) -> None:
+    stranger = load_or_create_identity(tmp_path / "stranger.key")
+    right_proxy = PinnedKeyVerifier({"proxy": [bytes.fromhex(network.proxy_key)]})
+
+    async def attempts() -> None:
+        with pytest.raises(HandshakeFailed, match="not pinned"):
+            await dial("127.0.0.1", network.proxy_port, key=stranger, role="worker", verifier=right_proxy)
+        wrong_proxy = PinnedKeyVerifier({"proxy": [bytes(32)]})
+        with pytest.raises(HandshakeFailed, match="listener rejected"):
+            await dial("127.0.0.1", network.proxy_port, key=stranger, role="worker", verifier=wrong_proxy)
+
+    asyncio.run(attempts())
+    assert "is not pinned here" in network.nodes["proxy"].log

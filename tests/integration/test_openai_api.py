@@ -1,0 +1,198 @@
+"""The OpenAI API of a real network (client → proxy → 2 workers on the embedded model),
+driven by the official ``openai`` package."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.network import MODEL, Network
+
+pytestmark = pytest.mark.integration
+
+HELLO = [{"role": "user", "content": "Name three colours."}]
+
+
+def sync_client(network: Network) -> openai.OpenAI:
+    return openai.OpenAI(base_url=network.url, api_key="unused", max_retries=0, timeout=60)
+
+
+def async_client(network: Network) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=network.url, api_key="unused", max_retries=0, timeout=60)
+
+
+def test_models_are_listed(network: Network) -> None:
+    client = sync_client(network)
+    ids = [m.id for m in client.models.list()]
+    assert ids == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+
+
+def test_chat_non_streamed(network: Network) -> None:
+    answer = sync_client(network).chat.completions.create(model=MODEL, messages=HELLO, max_tokens=24, temperature=0)
+    assert answer.object == "chat.completion"
+    assert answer.id.startswith("chatcmpl-")
+    assert answer.model == MODEL
+    assert answer.choices[0].message.role == "assistant"
+    assert answer.choices[0].message.content
+    assert answer.choices[0].finish_reason in ("stop", "length")
+    assert answer.usage is not None
+    assert answer.usage.prompt_tokens > 0
+    assert 0 < answer.usage.completion_tokens <= 24
+    assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
+
+
+def test_streamed_usage_equals_non_streamed_usage(network: Network) -> None:
+    client = sync_client(network)
+    plain = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=40, temperature=0)
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=HELLO,
+            max_tokens=40,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content
+    usage = chunks[-1].usage
+    assert usage is not None and not chunks[-1].choices
+    assert usage.completion_tokens == plain.usage.completion_tokens > 0
+    assert usage.prompt_tokens == plain.usage.prompt_tokens
+    assert all(c.usage is None for c in chunks[:-1])
+    assert len({c.id for c in chunks}) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_tokens_is_exact(network: Network, stream: bool) -> None:
+    client = sync_client(network)
+    prompt = [{"role": "user", "content": "Write a long story about a dragon."}]
+    if stream:
+        chunks = list(
+            client.chat.completions.create(
+                model=MODEL,
+                messages=prompt,
+                max_completion_tokens=7,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        assert chunks[-1].usage.completion_tokens == 7
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    else:
+        answer = client.chat.completions.create(model=MODEL, messages=prompt, max_tokens=7)
+        assert answer.usage.completion_tokens == 7
+        assert answer.choices[0].finish_reason == "length"
+
+
+def test_streamed_usage_matches_tokens_generated(network: Network) -> None:
+    """Without include_usage the stream carries no usage, yet the worker still metered it."""
+    client = sync_client(network)
+    story = [{"role": "user", "content": "Write a long story about a dragon."}]
+    chunks = list(client.chat.completions.create(model=MODEL, messages=story, max_tokens=13, stream=True))
+    assert all(c.usage is None for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks)
+    # the proxy's log line for this request carries the worker-metered counts
+    assert "+13 tokens" in network.nodes["proxy"].log.splitlines()[-1]
+
+
+def test_seed_and_stop_are_honoured(network: Network) -> None:
+    client = sync_client(network)
+    ask = [{"role": "user", "content": "Tell me a fun fact about the sea."}]
+    first, second = (
+        client.chat.completions.create(model=MODEL, messages=ask, max_tokens=30, temperature=1.0, top_p=0.9, seed=7)
+        for _ in range(2)
+    )
+    assert first.choices[0].message.content == second.choices[0].message.content
+    unstopped = client.chat.completions.create(model=MODEL, messages=ask, max_tokens=30, temperature=0)
+    text = unstopped.choices[0].message.content
+    assert text and " " in text
+    word = text.split(" ")[1]
+    stopped = client.chat.completions.create(model=MODEL, messages=ask, max_tokens=30, temperature=0, stop=[word])
+    assert word not in stopped.choices[0].message.content
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.usage.completion_tokens < unstopped.usage.completion_tokens
+
+
+def test_text_completions(network: Network) -> None:
+    client = sync_client(network)
+    answer = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=5, temperature=0)
+    assert answer.object == "text_completion"
+    assert answer.choices[0].text
+    assert answer.usage.completion_tokens == 5
+    chunks = list(
+        client.completions.create(
+            model=MODEL,
+            prompt="The capital of France is",
+            max_tokens=5,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == answer.choices[0].text
+    assert chunks[-1].usage.completion_tokens == 5
+
+
+async def test_async_client_concurrent_requests_use_both_workers(network: Network) -> None:
+    before = {name: network.worker_requests_done(name) for name in ("worker-1", "worker-2")}
+    client = async_client(network)
+    await _run_concurrently(client)
+    await client.close()
+    after = {name: network.worker_requests_done(name) for name in before}
+    assert all(after[name] > before[name] for name in before), (before, after)
+    assert sum(after.values()) - sum(before.values()) == 8
+
+
+async def _run_concurrently(client: openai.AsyncOpenAI) -> None:
+    async def plain() -> str:
+        answer = await client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=16)
+        return answer.choices[0].message.content or ""
+
+    async def streamed() -> str:
+        stream = await client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=16, stream=True)
+        return "".join([c.choices[0].delta.content or "" async for c in stream])
+
+    answers = await asyncio.gather(*(plain() if i % 2 else streamed() for i in range(8)))
+    assert all(answers)
+
+
+def test_invalid_requests_get_openai_errors(network: Network) -> None:
+    client = sync_client(network)
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.chat.completions.create(model="gpt-imaginary", messages=HELLO)
+    assert unknown.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as n:
+        client.chat.completions.create(model=MODEL, messages=HELLO, n=2)
+    assert n.value.body["param"] == "n"
+    with pytest.raises(openai.BadRequestError) as extra:
+        client.chat.completions.create(model=MODEL, messages=HELLO, extra_body={"frobnicate": 1})
+    assert "frobnicate" in extra.value.message
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=HELLO, temperature=5)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=[])
+
+
+def test_raw_http_errors(network: Network) -> None:
+    with httpx.Client(base_url=network.url, timeout=30) as http:
+        malformed = http.post("/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"})
+        assert malformed.status_code == 400
+        assert malformed.json()["error"]["type"] == "invalid_request_error"
+        big = http.post("/chat/completions", content=b"x" * (5 * 1024 * 1024))
+        assert big.status_code == 413
+        assert "exceeds" in big.json()["error"]["message"]
+        assert http.get("/nowhere").status_code == 404
+        assert http.get("/chat/completions").status_code == 405
+        # the network still answers afterwards
+        ok = http.post("/chat/completions", json={"model": MODEL, "messages": HELLO, "max_tokens": 3})
+        assert ok.status_code == 200
+        assert ok.json()["usage"]["completion_tokens"] == 3
