@@ -17,7 +17,6 @@ from cocoon import __version__
 from cocoon.config import (
     ClientSettings,
     ConfigError,
-    PeerPin,
     ProxySettings,
     WorkerSettings,
     load_settings,
@@ -45,11 +44,12 @@ HeartbeatOpt = Annotated[float | None, typer.Option(help="Seconds between heartb
 DeadOpt = Annotated[float | None, typer.Option(help="Seconds of silence after which a peer counts as dead.")]
 
 
-def _pin(text: str) -> PeerPin:
+def _pin(text: str) -> dict[str, str]:
+    """``HOST:PORT=KEY`` as a ``PeerPin`` table, validated with the rest of the settings."""
     address, sep, key = text.rpartition("=")
     if not sep:
         raise ConfigError(f"{text!r} should be HOST:PORT=PUBLIC_KEY")
-    return PeerPin(address=address, public_key=key)
+    return {"address": address, "public_key": key}
 
 
 def _fail(message: str) -> None:

@@ -32,8 +32,8 @@ def load_identity(path: Path) -> Ed25519PrivateKey:
         raise KeyFileError(f"{path} is readable by others (mode {mode:o}); run chmod 600 on it")
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except ValueError as exc:
-        raise KeyFileError(f"{path} is not a PEM private key") from exc
+    except (ValueError, TypeError) as exc:  # TypeError: the key is encrypted
+        raise KeyFileError(f"{path} is not an unencrypted PEM private key") from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(f"{path} does not hold an Ed25519 key")
     return key

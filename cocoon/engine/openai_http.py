@@ -115,21 +115,27 @@ class OpenAIHttpEngine:
         yield Finished(usage=usage, finish_reason=finish_reason)
 
     async def _count(self, request: EngineRequest, texts: list[str]) -> Usage:
-        """Meter with the engine's tokenizer when it reported no usage."""
-        if request.kind == "chat":
-            prompt = "\n".join(_message_text(m) for m in request.params.get("messages", []))
-        else:
-            prompt = str(request.params.get("prompt", ""))
-        return Usage(
-            prompt_tokens=await self._tokenize(prompt),
-            completion_tokens=await self._tokenize("".join(texts)),
-        )
+        """Meter with the engine's tokenizer when it reported no usage.
 
-    async def _tokenize(self, text: str) -> int:
+        The completion is exact up to re-tokenization of its text. A chat prompt is counted
+        with the chat template where the tokenizer endpoint applies it (vLLM, SGLang), and
+        from the message texts alone elsewhere (documented as a lower bound).
+        """
+        if request.kind == "chat":
+            messages = request.params.get("messages", [])
+            templated = {"model": self.model, "messages": messages}
+            prompt = "\n".join(_message_text(m) for m in messages)
+            prompt_tokens = await self._tokenize(prompt, first=("/tokenize", templated))
+        else:
+            prompt_tokens = await self._tokenize(str(request.params.get("prompt", "")))
+        return Usage(prompt_tokens=prompt_tokens, completion_tokens=await self._tokenize("".join(texts)))
+
+    async def _tokenize(self, text: str, first: tuple[str, dict[str, Any]] | None = None) -> int:
         if not text:
             return 0
         root = self.base_url.removesuffix("/v1")
         attempts = (
+            *([first] if first else []),
             ("/tokenize", {"model": self.model, "prompt": text}),
             ("/extras/tokenize", {"input": text}),
             ("/tokenize", {"content": text}),

@@ -192,4 +192,7 @@ def encode_message(message: Message) -> bytes:
 
 def decode_message(data: bytes) -> Message:
     """Decode one message; raises ``msgspec.DecodeError`` or ``msgspec.ValidationError``."""
-    return _decoder.decode(data)
+    try:
+        return _decoder.decode(data)
+    except RecursionError as exc:  # a deeply nested (ignored) field: peer input, not our bug
+        raise msgspec.DecodeError("message is nested too deeply") from exc

@@ -146,7 +146,16 @@ class Network:
         name = f"worker-{i}"
         node = Node(
             name,
-            ["worker", "--config", str(self.config), "--name", name, "--key-file", str(self.root / f"{name}.key"), *extra],
+            [
+                "worker",
+                "--config",
+                str(self.config),
+                "--name",
+                name,
+                "--key-file",
+                str(self.root / f"{name}.key"),
+                *extra,
+            ],
             self.root,
         )
         self.nodes[name] = node

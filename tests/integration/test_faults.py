@@ -167,7 +167,9 @@ def test_stalling_engine_gives_504(tmp_path: Path) -> None:
     server = StallingEngineServer()
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    net = Network(tmp_path, workers=1, worker={"engine": "openai_http", "engine_url": url}, client={"idle_timeout": 1.5})
+    net = Network(
+        tmp_path, workers=1, worker={"engine": "openai_http", "engine_url": url}, client={"idle_timeout": 1.5}
+    )
     try:
         with client_of(net, timeout=30) as client:
             started = time.monotonic()

@@ -1,0 +1,97 @@
+"""The embedded engine in-process, on the real model: exact metering, cancellation, and a free
+event loop while it generates."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from cocoon.engine.base import Chunk, EngineRequest, Finished
+from cocoon.engine.llama_cpp import LlamaCppEngine
+
+pytestmark = pytest.mark.integration
+
+STORY = [{"role": "user", "content": "Write a long story about a dragon."}]
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[LlamaCppEngine]:
+    progress: list[tuple[int, int]] = []
+    engine = LlamaCppEngine(slots=2, threads=1)
+    await engine.start(lambda done, total, what: progress.append((done, total)))
+    assert progress[0] == (0, 2) and progress[-1] == (2, 2)
+    yield engine
+    await engine.aclose()
+
+
+async def run(engine: LlamaCppEngine, request: EngineRequest) -> tuple[list[Chunk], Finished]:
+    chunks: list[Chunk] = []
+    finished = None
+    async for event in engine.generate(request):
+        if isinstance(event, Chunk):
+            chunks.append(event)
+        else:
+            finished = event
+    assert finished is not None
+    return chunks, finished
+
+
+async def test_streamed_and_plain_answers_are_metered_alike(engine: LlamaCppEngine) -> None:
+    params = {"messages": STORY, "max_tokens": 25, "temperature": 0}
+    plain_chunks, plain = await run(engine, EngineRequest("chat", params, stream=False))
+    stream_chunks, streamed = await run(engine, EngineRequest("chat", params, stream=True))
+    assert len(plain_chunks) == 1
+    body = plain_chunks[0].payload
+    # llama-cpp-python's own count for the non-streamed answer matches ours
+    assert body["usage"]["completion_tokens"] == plain.usage.completion_tokens == 25
+    assert streamed.usage == plain.usage
+    assert streamed.finish_reason == plain.finish_reason == "length"
+    text = "".join(c.payload["choices"][0]["delta"].get("content") or "" for c in stream_chunks)
+    assert text == body["choices"][0]["message"]["content"]
+    tokens = engine._instances[0].tokenize(text.encode(), add_bos=False)
+    assert abs(len(tokens) - 25) <= 2  # re-tokenizing the text agrees, up to merges
+
+
+async def test_end_of_generation_token_is_not_billed(engine: LlamaCppEngine) -> None:
+    params = {
+        "messages": [{"role": "user", "content": "Reply with the single word: yes"}],
+        "max_tokens": 50,
+        "temperature": 0,
+    }
+    chunks, finished = await run(engine, EngineRequest("chat", params, stream=False))
+    assert finished.finish_reason == "stop"
+    assert chunks[0].payload["usage"]["completion_tokens"] == finished.usage.completion_tokens < 50
+
+
+async def test_closing_the_stream_cancels_and_frees_the_slot(engine: LlamaCppEngine) -> None:
+    request = EngineRequest("chat", {"messages": STORY, "max_tokens": 1500}, stream=True)
+    for _ in range(3):  # more cancellations than slots: each one must give its slot back
+        events = engine.generate(request)
+        async for event in events:
+            assert isinstance(event, Chunk)
+            break
+        await events.aclose()  # type: ignore[attr-defined]
+    async with asyncio.timeout(30):
+        _, finished = await run(engine, EngineRequest("completion", {"prompt": "Hi", "max_tokens": 3}, stream=True))
+    assert finished.usage.completion_tokens == 3
+
+
+async def test_generation_does_not_block_the_event_loop(engine: LlamaCppEngine) -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    request = EngineRequest("chat", {"messages": STORY, "max_tokens": 60, "temperature": 0}, stream=False)
+    started = asyncio.get_running_loop().time()
+    results = await asyncio.gather(run(engine, request), run(engine, request))
+    elapsed = asyncio.get_running_loop().time() - started
+    task.cancel()
+    assert all(f.usage.completion_tokens == 60 for _, f in results)
+    assert ticks >= 0.5 * elapsed / 0.01  # the loop kept running while both slots generated
