@@ -27,8 +27,10 @@ def engine_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("engine") / "llama_cpp_server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_path())]
-            + ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"],
+            [
+                *(sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_path())),
+                *("--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
