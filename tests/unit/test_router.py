@@ -1,0 +1,211 @@
+"""Least-loaded routing within announced capacity."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from cocoon.protocol.errors import ErrorCode
+from cocoon.protocol.messages import Announce, ModelInfo
+from cocoon.proxy.router import RouteError, Router
+
+
+def offer(model: str = "m", capacity: int = 2, max_tokens: int = 2048) -> Announce:
+    return Announce(model=model, engine="llama_cpp", capacity=capacity, max_tokens=max_tokens)
+
+
+def route_error(router: Router, model: str, exclude: frozenset[int] = frozenset()) -> ErrorCode:
+    with pytest.raises(RouteError) as info:
+        router.pick(model, exclude)
+    return info.value.code
+
+
+def test_single_worker_is_picked() -> None:
+    router = Router()
+    entry = router.announce(1, "w1", offer())
+    assert router.pick("m") is entry
+    assert entry.label == "w1"
+
+
+def test_least_loaded_worker_is_picked() -> None:
+    router = Router()
+    a = router.announce(1, "a", offer(capacity=4))
+    b = router.announce(2, "b", offer(capacity=4))
+    router.acquire(a)
+    router.acquire(a)
+    router.acquire(b)
+    assert router.pick("m") is b
+    router.acquire(b)
+    router.acquire(b)
+    assert router.pick("m") is a
+
+
+def test_load_is_relative_to_capacity() -> None:
+    router = Router()
+    small = router.announce(1, "small", offer(capacity=2))
+    big = router.announce(2, "big", offer(capacity=10))
+    router.acquire(small)  # 1/2 busy
+    for _ in range(3):
+        router.acquire(big)  # 3/10 busy
+    assert router.pick("m") is big
+    assert small.load == 0.5
+    assert big.load == pytest.approx(0.3)
+
+
+def test_ties_spread_the_work() -> None:
+    router = Router()
+    entries = [router.announce(i, f"w{i}", offer(capacity=1)) for i in (1, 2, 3)]
+    picks = []
+    for _ in range(6):  # one request at a time: every worker is idle at each pick
+        entry = router.pick("m")
+        router.acquire(entry)
+        picks.append(entry.worker_id)
+        router.release(entry)
+    assert Counter(picks) == {1: 2, 2: 2, 3: 2}
+    assert [e.served for e in entries] == [2, 2, 2]
+
+
+def test_concurrent_requests_fill_workers_evenly() -> None:
+    router = Router()
+    for i in (1, 2):
+        router.announce(i, f"w{i}", offer(capacity=2))
+    picked = []
+    for _ in range(4):
+        entry = router.pick("m")
+        router.acquire(entry)
+        picked.append(entry.worker_id)
+    assert Counter(picked) == {1: 2, 2: 2}
+
+
+def test_capacity_is_respected() -> None:
+    router = Router()
+    entry = router.announce(1, "w", offer(capacity=2))
+    router.acquire(router.pick("m"))
+    router.acquire(router.pick("m"))
+    assert entry.inflight == 2
+    assert not entry.has_room
+    assert route_error(router, "m") is ErrorCode.SATURATED
+    router.release(entry)
+    assert router.pick("m") is entry
+
+
+def test_unknown_model() -> None:
+    router = Router(known_models=["configured"])
+    router.announce(1, "w", offer("m"))
+    assert route_error(router, "never-seen") is ErrorCode.UNKNOWN_MODEL
+
+
+def test_configured_model_without_worker_is_no_worker() -> None:
+    router = Router(known_models=["configured"])
+    assert route_error(router, "configured") is ErrorCode.NO_WORKER
+
+
+def test_previously_announced_model_is_no_worker_once_its_worker_left() -> None:
+    router = Router()
+    router.announce(1, "w", offer("m"))
+    router.remove(1)
+    assert 1 not in router.workers
+    assert route_error(router, "m") is ErrorCode.NO_WORKER
+
+
+def test_remove_unknown_worker_is_harmless() -> None:
+    router = Router()
+    router.remove(42)
+    router.drain(42)
+    assert router.workers == {}
+
+
+def test_draining_workers_get_no_new_requests() -> None:
+    router = Router()
+    a = router.announce(1, "a", offer())
+    b = router.announce(2, "b", offer())
+    router.acquire(b)  # a is less loaded...
+    router.drain(1)  # ...but going away
+    assert a.draining
+    assert router.pick("m") is b
+
+
+def test_all_draining_is_no_worker_not_saturated() -> None:
+    router = Router()
+    router.announce(1, "a", offer())
+    router.drain(1)
+    assert route_error(router, "m") is ErrorCode.NO_WORKER
+
+
+def test_draining_and_full_workers_is_saturated() -> None:
+    router = Router()
+    router.announce(1, "a", offer())
+    full = router.announce(2, "b", offer(capacity=1))
+    router.acquire(full)
+    router.drain(1)
+    assert route_error(router, "m") is ErrorCode.SATURATED
+
+
+def test_exclude() -> None:
+    router = Router()
+    a = router.announce(1, "a", offer())
+    b = router.announce(2, "b", offer())
+    router.acquire(b)
+    assert router.pick("m", exclude=frozenset({1})) is b
+    assert router.pick("m", exclude=frozenset({2})) is a
+    assert route_error(router, "m", exclude=frozenset({1, 2})) is ErrorCode.NO_WORKER
+
+
+def test_workers_of_other_models_are_not_picked() -> None:
+    router = Router()
+    router.announce(1, "a", offer("m1"))
+    b = router.announce(2, "b", offer("m2"))
+    assert router.pick("m2") is b
+    router.acquire(b)
+    router.acquire(b)
+    assert route_error(router, "m2") is ErrorCode.SATURATED
+
+
+def test_release_never_goes_negative() -> None:
+    router = Router()
+    entry = router.announce(1, "w", offer())
+    router.acquire(entry)
+    router.release(entry)
+    router.release(entry)
+    assert entry.inflight == 0
+    assert entry.served == 1
+
+
+def test_reannounce_updates_the_offer_and_keeps_the_load() -> None:
+    router = Router()
+    entry = router.announce(1, "w", offer("m", capacity=1))
+    router.acquire(entry)
+    again = router.announce(1, "w", offer("m2", capacity=3))
+    assert again is entry
+    assert entry.inflight == 1
+    assert router.pick("m2") is entry
+    assert router.known_models == {"m", "m2"}
+    assert route_error(router, "m") is ErrorCode.NO_WORKER
+
+
+def test_models_aggregation() -> None:
+    router = Router(known_models=["configured"])
+    router.announce(1, "a", offer("m", capacity=2, max_tokens=1024))
+    router.announce(2, "b", offer("m", capacity=3, max_tokens=4096))
+    router.announce(3, "c", offer("other", capacity=1))
+    router.announce(4, "d", offer("m", capacity=50, max_tokens=9999))
+    router.drain(4)  # a draining worker is not counted
+    assert router.models() == [
+        ModelInfo(id="configured", workers=0, capacity=0, max_tokens=0),
+        ModelInfo(id="m", workers=2, capacity=5, max_tokens=4096),
+        ModelInfo(id="other", workers=1, capacity=1, max_tokens=2048),
+    ]
+
+
+def test_models_keeps_models_whose_workers_left() -> None:
+    router = Router()
+    router.announce(1, "a", offer("gone"))
+    router.remove(1)
+    assert router.models() == [ModelInfo(id="gone", workers=0, capacity=0)]
+
+
+def test_route_error_message() -> None:
+    router = Router()
+    with pytest.raises(RouteError, match="The model `x` does not exist"):
+        router.pick("x")

@@ -1,0 +1,231 @@
+"""OpenAI request bodies: validation with OpenAI's wording, and what reaches the engine."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from cocoon.openai.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    InvalidRequest,
+    engine_params,
+    include_usage,
+    max_tokens_of,
+    parse_request,
+)
+
+CHAT: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "Hello"}]}
+COMPLETION: dict[str, Any] = {"model": "m", "prompt": "Once upon a time"}
+
+
+def body(base: dict[str, Any], **extra: Any) -> bytes:
+    return json.dumps({**base, **extra}).encode()
+
+
+def invalid(kind: str, data: bytes) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as info:
+        parse_request(kind, data)  # type: ignore[arg-type]
+    return info.value
+
+
+def test_valid_chat_body() -> None:
+    request = parse_request(
+        "chat",
+        body(
+            CHAT,
+            messages=[
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+                {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
+                {"role": "tool", "content": "42", "tool_call_id": "c1"},
+            ],
+            temperature=0.5,
+            top_p=1,
+            max_tokens=16,
+            stop=["\n", "END"],
+            seed=7,
+            stream=True,
+            stream_options={"include_usage": True},
+            tools=[{"type": "function", "function": {"name": "f"}}],
+            tool_choice="auto",
+            n=1,
+        ),
+    )
+    assert isinstance(request, ChatCompletionRequest)
+    assert request.model == "m"
+    assert [m.role for m in request.messages] == ["system", "user", "assistant", "tool"]
+    assert request.messages[1].content[0].text == "Hi"  # type: ignore[index,union-attr]
+    assert request.temperature == 0.5
+    assert request.stop == ["\n", "END"]
+    assert request.max_tokens == 16
+
+
+def test_valid_completion_body() -> None:
+    request = parse_request("completion", body(COMPLETION, max_tokens=8, echo=False, suffix="!", logprobs=2))
+    assert isinstance(request, CompletionRequest)
+    assert request.prompt == "Once upon a time"
+    assert request.max_tokens == 8
+    assert request.logprobs == 2
+
+
+def test_completion_prompt_list_of_one_becomes_a_string() -> None:
+    request = parse_request("completion", body(COMPLETION, prompt=["only one"]))
+    assert request.prompt == "only one"  # type: ignore[union-attr]
+
+
+def test_completion_prompt_list_of_two_is_rejected() -> None:
+    error = invalid("completion", body(COMPLETION, prompt=["a", "b"]))
+    assert error.param == "prompt"
+
+
+def test_unknown_field() -> None:
+    error = invalid("chat", body(CHAT, foo=1))
+    assert str(error) == "Unrecognized request argument supplied: foo"
+    assert error.param is None
+
+
+def test_unknown_field_in_completion() -> None:
+    error = invalid("completion", body(COMPLETION, messages=[]))
+    assert str(error) == "Unrecognized request argument supplied: messages"
+
+
+def test_unknown_field_in_stream_options() -> None:
+    error = invalid("chat", body(CHAT, stream_options={"include_usage": True, "bar": 1}))
+    assert str(error) == "Unrecognized request argument supplied: bar"
+    assert error.param == "stream_options"
+
+
+def test_unknown_fields_inside_messages_are_tolerated() -> None:
+    request = parse_request("chat", body(CHAT, messages=[{"role": "user", "content": "x", "refusal": None}]))
+    assert request.messages[0].content == "x"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("kind", ["chat", "completion"])
+def test_n_above_one_is_rejected(kind: str) -> None:
+    error = invalid(kind, body(CHAT if kind == "chat" else COMPLETION, n=2))
+    assert error.param == "n"
+    assert "n=1" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"temperature": 3}, "temperature"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"n": 0}, "n"),
+        ({"model": ""}, "model"),
+        ({"messages": []}, "messages"),
+        ({"stream": "yes"}, "stream"),
+        ({"top_logprobs": 21}, "top_logprobs"),
+    ],
+)
+def test_out_of_range_values_are_rejected_with_param(extra: dict[str, Any], param: str) -> None:
+    error = invalid("chat", body(CHAT, **extra))
+    assert error.param == param
+
+
+def test_temperature_message_wording() -> None:
+    error = invalid("chat", body(CHAT, temperature=3))
+    assert "2.0" in str(error)
+    assert "temperature" in str(error)
+
+
+def test_stop_of_four_is_accepted() -> None:
+    assert parse_request("chat", body(CHAT, stop=["a", "b", "c", "d"])).stop == ["a", "b", "c", "d"]
+
+
+def test_invalid_role_names_the_nested_field() -> None:
+    error = invalid("chat", body(CHAT, messages=[{"role": "robot", "content": "x"}]))
+    assert error.param == "messages[0].role"
+
+
+def test_missing_model_is_rejected() -> None:
+    error = invalid("chat", json.dumps({"messages": CHAT["messages"]}).encode())
+    assert "model" in str(error)
+
+
+@pytest.mark.parametrize("data", [b"{not json", b"", b'{"model": "m",', b"\xff\xfe"])
+def test_invalid_json(data: bytes) -> None:
+    error = invalid("chat", data)
+    assert str(error).startswith("We could not parse the JSON body of your request")
+    assert error.param is None
+
+
+def test_json_that_is_not_an_object() -> None:
+    assert isinstance(invalid("chat", b"[1, 2]"), InvalidRequest)
+
+
+def test_deeply_nested_json_is_invalid_request() -> None:
+    depth = 100_000
+    data = b'{"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"a":'
+    data += b"[" * depth + b"]" * depth + b"}}"
+    error = invalid("chat", data)
+    assert str(error).startswith("We could not parse the JSON body of your request")
+
+
+def test_engine_params_drop_call_level_fields() -> None:
+    request = parse_request(
+        "chat",
+        body(
+            CHAT,
+            stream=True,
+            stream_options={"include_usage": True},
+            user="u-1",
+            n=1,
+            metadata={"k": "v"},
+            store=False,
+            service_tier="auto",
+            temperature=0.2,
+            seed=3,
+        ),
+    )
+    params = engine_params(request)
+    assert params == {"messages": [{"role": "user", "content": "Hello"}], "temperature": 0.2, "seed": 3}
+
+
+def test_engine_params_map_max_completion_tokens() -> None:
+    request = parse_request("chat", body(CHAT, max_completion_tokens=33))
+    assert max_tokens_of(request) == 33
+    params = engine_params(request)
+    assert params["max_tokens"] == 33
+    assert "max_completion_tokens" not in params
+
+
+def test_max_completion_tokens_wins_over_max_tokens() -> None:
+    request = parse_request("chat", body(CHAT, max_tokens=10, max_completion_tokens=20))
+    assert engine_params(request)["max_tokens"] == 20
+
+
+def test_engine_params_completion() -> None:
+    request = parse_request("completion", body(COMPLETION, max_tokens=5, model="x", stream=False, stop="\n"))
+    assert engine_params(request) == {"prompt": "Once upon a time", "max_tokens": 5, "stop": "\n"}
+
+
+def test_no_limit_means_no_max_tokens() -> None:
+    request = parse_request("chat", body(CHAT))
+    assert max_tokens_of(request) is None
+    assert "max_tokens" not in engine_params(request)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({}, False),
+        ({"stream": True}, False),
+        ({"stream": True, "stream_options": {}}, False),
+        ({"stream": True, "stream_options": {"include_usage": False}}, False),
+        ({"stream": False, "stream_options": {"include_usage": True}}, False),
+        ({"stream": True, "stream_options": {"include_usage": True}}, True),
+    ],
+)
+def test_include_usage(extra: dict[str, Any], expected: bool) -> None:
+    assert include_usage(parse_request("chat", body(CHAT, **extra))) is expected
+    assert include_usage(parse_request("completion", body(COMPLETION, **extra))) is expected
