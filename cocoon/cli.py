@@ -242,7 +242,7 @@ def client(
         int | None, typer.Option(help="Largest request body accepted; larger ones get 413.")
     ] = None,
     request_timeout: Annotated[
-        float | None, typer.Option(help="Reserved: overall limit in seconds for one request.")
+        float | None, typer.Option(help="Most seconds one request may take in all before 504.")
     ] = None,
     idle_timeout: Annotated[
         float | None, typer.Option(help="Seconds without any answer from the network before 504.")

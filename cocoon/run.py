@@ -108,7 +108,7 @@ def run_client(settings: ClientSettings) -> None:
             connection_options={"heartbeat_interval": settings.heartbeat_interval, "dead_after": settings.dead_after},
         )
         link.start()
-        service = ClientService(link, idle_timeout=settings.idle_timeout)
+        service = ClientService(link, idle_timeout=settings.idle_timeout, request_timeout=settings.request_timeout)
         app = build_app(service, max_body_bytes=settings.max_body_bytes)
         config = uvicorn.Config(
             app,

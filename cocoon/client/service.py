@@ -3,6 +3,7 @@ into OpenAI responses. HTTP details stay in ``api``."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -43,22 +44,28 @@ def usage_body(usage: Usage) -> dict[str, Any]:
 class Call:
     """One request in flight through the proxy."""
 
-    def __init__(self, kind: Kind, request: Request, stream: Stream, idle_timeout: float) -> None:
+    def __init__(
+        self, kind: Kind, request: Request, stream: Stream, idle_timeout: float, request_timeout: float
+    ) -> None:
         self.kind = kind
         self.request = request
         self.stream = stream
         self.idle_timeout = idle_timeout
+        self.deadline = asyncio.get_running_loop().time() + request_timeout
         prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
         self.id = prefix + uuid.uuid4().hex
         self.created = int(time.time())
         self.usage: Usage | None = None
 
     async def receive(self) -> Message:
+        """The next message; a timeout after ``idle_timeout`` of silence or at the deadline."""
+        left = self.deadline - asyncio.get_running_loop().time()
         try:
-            message = await self.stream.receive(self.idle_timeout)
+            message = await self.stream.receive(max(0.0, min(self.idle_timeout, left)))
         except TimeoutError:
             await self.stream.cancel("timeout")
-            raise UpstreamError(ErrorCode.TIMEOUT, f"no answer within {self.idle_timeout:.0f} s") from None
+            why = "the request took too long" if left <= self.idle_timeout else "no answer from the network"
+            raise UpstreamError(ErrorCode.TIMEOUT, f"{why}; gave up") from None
         if isinstance(message, Error):
             raise UpstreamError(message.code, message.message or message.code)
         return message
@@ -133,9 +140,10 @@ class Call:
 
 
 class ClientService:
-    def __init__(self, link: ProxyLink, *, idle_timeout: float) -> None:
+    def __init__(self, link: ProxyLink, *, idle_timeout: float, request_timeout: float = 600.0) -> None:
         self.link = link
         self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
 
     async def _peer(self) -> Peer:
         try:
@@ -158,7 +166,7 @@ class ClientService:
             )
         except PeerGone as exc:
             raise UpstreamError(ErrorCode.CONNECTION_LOST, f"lost the proxy: {exc}") from exc
-        return Call(kind, request, stream, self.idle_timeout)
+        return Call(kind, request, stream, self.idle_timeout, self.request_timeout)
 
     async def models(self) -> list[ModelInfo]:
         peer = await self._peer()

@@ -184,6 +184,21 @@ def test_stalling_engine_gives_504(tmp_path: Path) -> None:
         server.server_close()
 
 
+def test_request_longer_than_request_timeout_gives_504(tmp_path: Path) -> None:
+    net = Network(tmp_path, workers=1, capacity=1, client={"request_timeout": 1.0, "idle_timeout": 30.0})
+    try:
+        with client_of(net, timeout=30) as client:
+            stream = client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2000, stream=True)
+            with pytest.raises(openai.APIError) as excinfo:
+                for _ in stream:
+                    pass
+            assert "took too long" in str(excinfo.value.message)
+            # the stream was cancelled, so the single slot is free again
+            assert client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2).usage.completion_tokens == 2
+    finally:
+        net.stop()
+
+
 def test_peers_that_break_the_protocol_are_cut_off(network: Network) -> None:
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     tls.check_hostname = False
