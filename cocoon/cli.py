@@ -7,10 +7,12 @@ file. Errors end with one line on stderr and a non-zero exit code.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import msgspec
 import typer
 
 from cocoon import __version__
@@ -28,6 +30,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # every option also reads COCOON_<COMMAND>_<OPTION>, e.g. COCOON_WORKER_CAPACITY=4
+    context_settings={"auto_envvar_prefix": "COCOON", "show_default": True},
 )
 
 ConfigOpt = Annotated[
@@ -73,9 +77,7 @@ def _root(
 @app.command()
 def proxy(
     config: ConfigOpt = None,
-    listen: Annotated[
-        str | None, typer.Option(envvar="COCOON_PROXY_LISTEN", help="HOST:PORT to accept workers and clients on.")
-    ] = None,
+    listen: Annotated[str | None, typer.Option(help="HOST:PORT to accept workers and clients on.")] = None,
     worker_key: Annotated[
         list[str] | None,
         typer.Option(help="Public key (hex) of a worker allowed to connect; repeat it. '*' accepts any worker."),
@@ -145,24 +147,18 @@ def worker(
         typer.Option("--proxy", help="Proxy to dial, as HOST:PORT=PUBLIC_KEY (hex); repeat it for several proxies."),
     ] = None,
     name: Annotated[str | None, typer.Option(help="Name of this worker in logs and status.")] = None,
-    model: Annotated[
-        str | None, typer.Option(envvar="COCOON_WORKER_MODEL", help="Model name announced to proxies.")
-    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model name announced to proxies.")] = None,
     engine: Annotated[
         str | None, typer.Option(help="Engine: llama_cpp (embedded) or openai_http (vLLM, SGLang, llama.cpp server).")
     ] = None,
     model_path: Annotated[
         str | None, typer.Option(help="GGUF file for llama_cpp. Default: the embedded SmolLM2-135M-Instruct.")
     ] = None,
-    engine_url: Annotated[
-        str | None, typer.Option(envvar="COCOON_ENGINE_URL", help="Base URL of the openai_http engine server.")
-    ] = None,
+    engine_url: Annotated[str | None, typer.Option(help="Base URL of the openai_http engine server.")] = None,
     engine_model: Annotated[
         str | None, typer.Option(help="Model name to ask the openai_http engine for. Default: its first model.")
     ] = None,
-    engine_api_key: Annotated[
-        str | None, typer.Option(envvar="COCOON_ENGINE_API_KEY", help="Bearer key for the openai_http engine.")
-    ] = None,
+    engine_api_key: Annotated[str | None, typer.Option(help="Bearer key for the openai_http engine.")] = None,
     capacity: Annotated[
         int | None, typer.Option(help="Most requests served at once (llama_cpp loads one model instance per slot).")
     ] = None,
@@ -232,11 +228,11 @@ def client(
     config: ConfigOpt = None,
     proxy: Annotated[
         str | None,
-        typer.Option("--proxy", envvar="COCOON_CLIENT_PROXY", help="Proxy to use, as HOST:PORT=PUBLIC_KEY (hex)."),
+        typer.Option("--proxy", help="Proxy to use, as HOST:PORT=PUBLIC_KEY (hex)."),
     ] = None,
     listen: Annotated[
         str | None,
-        typer.Option(envvar="COCOON_CLIENT_LISTEN", help="HOST:PORT of the OpenAI API (keep it on loopback)."),
+        typer.Option(help="HOST:PORT of the OpenAI API (keep it on loopback)."),
     ] = None,
     max_body_bytes: Annotated[
         int | None, typer.Option(help="Largest request body accepted; larger ones get 413.")
@@ -286,9 +282,7 @@ def client(
 
 @app.command()
 def up(
-    port: Annotated[
-        int, typer.Option(envvar="COCOON_UP_PORT", help="Port of the client's OpenAI API; 0 picks a free one.")
-    ] = 8000,
+    port: Annotated[int, typer.Option(help="Port of the client's OpenAI API; 0 picks a free one.")] = 8000,
     workers: Annotated[int, typer.Option(help="Number of workers to start.")] = 2,
     capacity: Annotated[int, typer.Option(help="Concurrent requests per worker.")] = 2,
     state_dir: Annotated[
@@ -324,5 +318,25 @@ def key_command(
         _fail(str(exc))
 
 
+SETTINGS_OF = {"proxy": ProxySettings, "worker": WorkerSettings, "client": ClientSettings}
+OPTION_FIELD = {"worker_key": "worker_keys", "client_key": "client_keys", "proxy": "proxies"}
+
+
+def build_command() -> Any:
+    """The click command, with each role option's default shown from its settings class (the
+    options default to None so that an unset flag does not hide the config file)."""
+    command: Any = typer.main.get_command(app)
+    for name, settings in SETTINGS_OF.items():
+        defaults = {f.name: f.default for f in msgspec.structs.fields(settings)}
+        for param in command.commands[name].params:
+            field = OPTION_FIELD.get(param.name or "", param.name or "")
+            if name == "proxy" and field == "model":
+                field = "models"
+            default = defaults.get(field, msgspec.NODEFAULT)
+            if hasattr(param, "show_default") and default not in (msgspec.NODEFAULT, "", [], None):
+                param.show_default = json.dumps(default) if isinstance(default, list | dict) else str(default)
+    return command
+
+
 def main() -> None:
-    app()
+    build_command()()
