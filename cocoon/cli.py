@@ -318,7 +318,11 @@ def key_command(
         _fail(str(exc))
 
 
-SETTINGS_OF = {"proxy": ProxySettings, "worker": WorkerSettings, "client": ClientSettings}
+SETTINGS_OF: dict[str, type[ProxySettings] | type[WorkerSettings] | type[ClientSettings]] = {
+    "proxy": ProxySettings,
+    "worker": WorkerSettings,
+    "client": ClientSettings,
+}
 OPTION_FIELD = {"worker_key": "worker_keys", "client_key": "client_keys", "proxy": "proxies"}
 
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 from msgspec import Meta, Struct
 
+from cocoon.channel.connect import ConnectionOptions
 from cocoon.protocol.framing import DEFAULT_MAX_FRAME
 
 Seconds = Annotated[float, Meta(gt=0, le=86400)]
@@ -111,6 +112,14 @@ def load_settings(cls: type[S], role: str, path: Path | None, overrides: dict[st
     if not settings.key_file:
         settings.key_file = str(data_dir() / f"{role}.key")
     return settings
+
+
+def connection_options(settings: ProxySettings | WorkerSettings | ClientSettings) -> ConnectionOptions:
+    return {
+        "heartbeat_interval": settings.heartbeat_interval,
+        "dead_after": settings.dead_after,
+        "max_frame": settings.max_frame,
+    }
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -18,7 +18,7 @@ from cocoon.channel.verify import PinnedKeyVerifier
 from cocoon.client.api import build_app
 from cocoon.client.link import ProxyLink
 from cocoon.client.service import ClientService
-from cocoon.config import ClientSettings, ConfigError, ProxySettings, WorkerSettings, split_address
+from cocoon.config import ClientSettings, ConfigError, ProxySettings, WorkerSettings, connection_options, split_address
 from cocoon.engine.base import Engine
 from cocoon.keys import load_or_create_identity, parse_public_key
 from cocoon.proxy.service import Proxy
@@ -105,7 +105,7 @@ def run_client(settings: ClientSettings) -> None:
             key=key,
             verifier=verifier,
             reconnect_max=settings.reconnect_max,
-            connection_options={"heartbeat_interval": settings.heartbeat_interval, "dead_after": settings.dead_after},
+            connection_options=connection_options(settings),
         )
         link.start()
         service = ClientService(link, idle_timeout=settings.idle_timeout, request_timeout=settings.request_timeout)
@@ -120,7 +120,6 @@ def run_client(settings: ClientSettings) -> None:
             lifespan="off",
         )
         server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         serving = asyncio.create_task(server.serve())
         while not server.started and not serving.done():
             await asyncio.sleep(0.02)

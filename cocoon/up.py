@@ -105,15 +105,14 @@ def write_config(state: Path, *, proxy_port: int, client_port: int, workers: int
         public_bytes(load_or_create_identity(state / "keys" / f"worker-{i}.key")).hex() for i in range(1, workers + 1)
     ]
     client_key = public_bytes(load_or_create_identity(state / "keys" / "client.key")).hex()
-    keys = lambda ks: "[" + ", ".join(json.dumps(k) for k in ks) + "]"  # noqa: E731
     config = state / "network.toml"
     config.write_text(
         f"""# Written by `cocoon up`: a local network on loopback.
 [proxy]
 listen = "127.0.0.1:{proxy_port}"
 key_file = {json.dumps(str(state / "keys" / "proxy.key"))}
-worker_keys = {keys(worker_keys)}
-client_keys = {keys([client_key])}
+worker_keys = {json.dumps(worker_keys)}
+client_keys = {json.dumps([client_key])}
 models = [{json.dumps(EMBEDDED_MODEL_NAME)}]
 
 [worker]

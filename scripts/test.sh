@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check cocoon tests benchmarks
 .venv/bin/ruff format --check cocoon tests benchmarks
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

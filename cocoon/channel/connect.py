@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import ssl
+from typing import TypedDict
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -20,6 +21,12 @@ from cocoon.protocol.messages import Challenge, Error, Hello, Message, Role, Wel
 
 HANDSHAKE_TIMEOUT = 10.0
 SOFTWARE = f"cocoon-py/{__version__}"
+
+
+class ConnectionOptions(TypedDict, total=False):
+    heartbeat_interval: float
+    dead_after: float
+    max_frame: int
 
 
 class HandshakeFailed(Exception):
@@ -45,7 +52,7 @@ async def accept(
     cert_der: bytes,
     role: Role,
     verifier: PeerVerifier,
-    connection_options: dict[str, float] | None = None,
+    connection_options: ConnectionOptions | None = None,
 ) -> Peer:
     """Listener side: challenge the dialer and verify its proof. Closes on failure."""
     loop = asyncio.get_running_loop()
@@ -84,7 +91,7 @@ async def dial(
     verifier: PeerVerifier,
     listener_role: Role = "proxy",
     evidence: bytes = b"",
-    connection_options: dict[str, float] | None = None,
+    connection_options: ConnectionOptions | None = None,
 ) -> Peer:
     """Dialer side: check the listener's certificate key, then prove who we are."""
     loop = asyncio.get_running_loop()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -49,7 +49,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _disconnected(receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+async def _disconnected(receive: Callable[[], Awaitable[MutableMapping[str, Any]]]) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
 
@@ -74,7 +74,7 @@ def build_app(service: ClientService, *, max_body_bytes: int) -> Starlette:
         watcher = asyncio.create_task(_disconnected(request.receive))
         try:
             waiting = asyncio.create_task(call.first())
-            done, _ = await asyncio.wait({waiting, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait((waiting, watcher), return_when=asyncio.FIRST_COMPLETED)
             if waiting not in done:
                 waiting.cancel()
                 await call.stream.cancel("caller disconnected")
@@ -86,8 +86,9 @@ def build_app(service: ClientService, *, max_body_bytes: int) -> Starlette:
                     call.events(first), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
                 )
             answering = asyncio.create_task(call.response(first))
-            done, _ = await asyncio.wait({answering, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if answering not in done:
+            racing: tuple[asyncio.Task[Any], ...] = (answering, watcher)
+            finished, _ = await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+            if answering not in finished:
                 answering.cancel()
                 await call.stream.cancel("caller disconnected")
                 return Response(status_code=499)

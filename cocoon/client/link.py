@@ -8,7 +8,7 @@ import logging
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cocoon.channel.connect import HandshakeFailed, dial
+from cocoon.channel.connect import ConnectionOptions, HandshakeFailed, dial
 from cocoon.channel.peer import Peer
 from cocoon.channel.verify import PeerVerifier
 from cocoon.protocol.errors import ErrorCode
@@ -30,7 +30,7 @@ class ProxyLink:
         key: Ed25519PrivateKey,
         verifier: PeerVerifier,
         reconnect_max: float = 5.0,
-        connection_options: dict[str, float] | None = None,
+        connection_options: ConnectionOptions | None = None,
     ) -> None:
         self.host = host
         self.port = port

@@ -48,7 +48,7 @@ def embedded_model_path() -> Path:
 def _metered_llama_class() -> type:
     import llama_cpp
 
-    class MeteredLlama(llama_cpp.Llama):  # type: ignore[misc]
+    class MeteredLlama(llama_cpp.Llama):
         """Counts the prompt and every non end-of-generation token the sampler yields: the
         same tokens llama-cpp-python reports as usage for non-streamed answers."""
 
@@ -56,7 +56,7 @@ def _metered_llama_class() -> type:
         completion_count = 0
         cancel: threading.Event | None = None
 
-        def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
+        def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:  # type: ignore[override]
             self.prompt_count = len(tokens)
             self.completion_count = 0
             vocab = self._model.vocab

@@ -24,7 +24,7 @@ HTTP_OF: dict[str, tuple[int, str]] = {
     ErrorCode.INTERNAL: (500, "server_error"),
 }
 
-OPENAI_CODE = {ErrorCode.UNKNOWN_MODEL: "model_not_found", ErrorCode.SATURATED: "rate_limit_exceeded"}
+OPENAI_CODE: dict[str, str] = {ErrorCode.UNKNOWN_MODEL: "model_not_found", ErrorCode.SATURATED: "rate_limit_exceeded"}
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:

@@ -128,7 +128,7 @@ def parse_request(kind: Kind, body: bytes) -> Request:
         raise InvalidRequest(text, param) from exc
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"We could not parse the JSON body of your request: {exc}") from exc
-    except ZeroDivisionError as exc:
+    except RecursionError as exc:
         raise InvalidRequest("We could not parse the JSON body of your request: nested too deeply") from exc
     if request.n not in (None, 1):
         raise InvalidRequest("Only n=1 is supported", "n")

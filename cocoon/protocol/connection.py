@@ -214,9 +214,9 @@ class Connection:
             if isinstance(message, Goodbye):
                 self.goodbye_received = True
             return True
-        if kind in (Challenge, Hello, Welcome):
+        if not isinstance(message, OPENER_MESSAGES + RESPONDER_MESSAGES):
             raise RemoteProtocolError(f"unexpected {kind.__name__} after the handshake")
-        stream_id: int = message.stream_id
+        stream_id = message.stream_id
         if isinstance(message, STREAM_OPENING):
             if self._opened_by_local(stream_id) or stream_id <= self._last_remote_id:
                 raise RemoteProtocolError(f"invalid new stream id {stream_id}")
@@ -237,7 +237,6 @@ class Connection:
             raise RemoteProtocolError(f"{kind.__name__} for unknown stream {stream_id}")
         if isinstance(message, STREAM_CLOSING):
             del self._streams[stream_id]
-        assert isinstance(message, OPENER_MESSAGES + RESPONDER_MESSAGES)
         return True
 
     # --- heartbeats -----------------------------------------------------------------------

@@ -44,7 +44,9 @@ class FrameDecoder:
         """
         if len(self._buffer) >= HEADER.size:
             length, version = HEADER.unpack_from(self._buffer)
-            if length < 1 or length > self.max_frame:
+            if length < 1:
+                raise RemoteProtocolError("frame without a version byte")
+            if length > self.max_frame:
                 raise RemoteProtocolError(
                     f"frame of {length} bytes exceeds the limit of {self.max_frame}",
                     ErrorCode.TOO_LARGE,

@@ -34,14 +34,14 @@ class _Message(Struct, tag_field="t", forbid_unknown_fields=False, frozen=True):
 # --- handshake (inside the TLS channel) ------------------------------------------------------
 
 
-class Challenge(_Message, tag="challenge"):
+class Challenge(_Message, tag="challenge", frozen=True):
     """Listener → dialer, first frame: a fresh nonce the dialer must sign."""
 
     nonce: Nonce
     software: Text = ""
 
 
-class Hello(_Message, tag="hello"):
+class Hello(_Message, tag="hello", frozen=True):
     """Dialer → listener: who I am, proven by a signature over the challenge and the
     listener's TLS certificate (so the proof cannot be relayed to another server)."""
 
@@ -52,7 +52,7 @@ class Hello(_Message, tag="hello"):
     evidence: Blob = b""  # attestation evidence; empty until the attestation layer fills it
 
 
-class Welcome(_Message, tag="welcome"):
+class Welcome(_Message, tag="welcome", frozen=True):
     """Listener → dialer: the dialer is accepted; the connection is open."""
 
     role: Role
@@ -62,7 +62,7 @@ class Welcome(_Message, tag="welcome"):
 # --- connection level -------------------------------------------------------------------------
 
 
-class Announce(_Message, tag="announce"):
+class Announce(_Message, tag="announce", frozen=True):
     """Worker → proxy: what this worker serves. May be sent again to update it."""
 
     model: Name
@@ -72,15 +72,15 @@ class Announce(_Message, tag="announce"):
     max_tokens: Annotated[int, Meta(ge=1, le=2**31)] = 2048  # longest answer it can produce
 
 
-class Ping(_Message, tag="ping"):
+class Ping(_Message, tag="ping", frozen=True):
     nonce: Count
 
 
-class Pong(_Message, tag="pong"):
+class Pong(_Message, tag="pong", frozen=True):
     nonce: Count
 
 
-class Goodbye(_Message, tag="goodbye"):
+class Goodbye(_Message, tag="goodbye", frozen=True):
     """Graceful close: the sender finishes open streams but takes no new ones."""
 
     reason: Text = ""
@@ -89,7 +89,7 @@ class Goodbye(_Message, tag="goodbye"):
 # --- streams ------------------------------------------------------------------------------------
 
 
-class Open(_Message, tag="open"):
+class Open(_Message, tag="open", frozen=True):
     """Opener → responder: one inference request. The proxy routes on the clear fields only;
     ``body`` is the request body the proxy forwards without reading (sealed in a later layer)."""
 
@@ -101,7 +101,7 @@ class Open(_Message, tag="open"):
     body: Blob
 
 
-class ListModels(_Message, tag="list_models"):
+class ListModels(_Message, tag="list_models", frozen=True):
     stream_id: StreamId
 
 
@@ -112,12 +112,12 @@ class ModelInfo(Struct, frozen=True, forbid_unknown_fields=False):
     max_tokens: Count = 0
 
 
-class ModelList(_Message, tag="model_list"):
+class ModelList(_Message, tag="model_list", frozen=True):
     stream_id: StreamId
     models: Annotated[list[ModelInfo], Meta(max_length=1024)]
 
 
-class Data(_Message, tag="data"):
+class Data(_Message, tag="data", frozen=True):
     """Responder → opener: one piece of the answer (a JSON chunk, sealed in a later layer)."""
 
     stream_id: StreamId
@@ -135,7 +135,7 @@ class Usage(Struct, frozen=True, forbid_unknown_fields=False):
         return self.prompt_tokens + self.completion_tokens
 
 
-class End(_Message, tag="end"):
+class End(_Message, tag="end", frozen=True):
     """Responder → opener: the answer is complete; usage as metered by the worker."""
 
     stream_id: StreamId
@@ -143,14 +143,14 @@ class End(_Message, tag="end"):
     finish_reason: Annotated[str, Meta(max_length=64)] | None = None
 
 
-class Cancel(_Message, tag="cancel"):
+class Cancel(_Message, tag="cancel", frozen=True):
     """Opener → responder: stop working on this stream (the caller went away)."""
 
     stream_id: StreamId
     reason: Text = ""
 
 
-class Error(_Message, tag="error"):
+class Error(_Message, tag="error", frozen=True):
     """A typed error. ``stream_id`` 0 means the whole connection, which then closes."""
 
     stream_id: Annotated[int, Meta(ge=0, le=2**62)]
@@ -193,6 +193,7 @@ def encode_message(message: Message) -> bytes:
 def decode_message(data: bytes) -> Message:
     """Decode one message; raises ``msgspec.DecodeError`` or ``msgspec.ValidationError``."""
     try:
-        return _decoder.decode(data)
+        message: Message = _decoder.decode(data)
     except RecursionError as exc:  # a deeply nested (ignored) field: peer input, not our bug
         raise msgspec.DecodeError("message is nested too deeply") from exc
+    return message

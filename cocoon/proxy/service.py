@@ -17,7 +17,7 @@ from cocoon.channel.connect import HandshakeFailed, accept
 from cocoon.channel.peer import Peer, PeerGone
 from cocoon.channel.tls import server_context
 from cocoon.channel.verify import ANY_KEY, PeerVerifier, PinnedKeyVerifier
-from cocoon.config import ProxySettings, split_address
+from cocoon.config import ProxySettings, connection_options, split_address
 from cocoon.keys import parse_public_key, public_bytes
 from cocoon.protocol.errors import ErrorCode
 from cocoon.protocol.messages import (
@@ -91,7 +91,7 @@ class Proxy:
         assert task is not None
         self._connections.add(task)
         try:
-            options = {"heartbeat_interval": self.settings.heartbeat_interval, "dead_after": self.settings.dead_after}
+            options = connection_options(self.settings)
             try:
                 peer = await accept(
                     reader,

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cocoon.channel.connect import HandshakeFailed, dial
 from cocoon.channel.peer import Peer, PeerGone
 from cocoon.channel.verify import PinnedKeyVerifier
-from cocoon.config import PeerPin, WorkerSettings, split_address
+from cocoon.config import PeerPin, WorkerSettings, connection_options, split_address
 from cocoon.engine.base import Chunk, Engine, EngineError, EngineRequest, Finished
 from cocoon.keys import parse_public_key
 from cocoon.openai.schemas import InvalidRequest, engine_params, parse_request
@@ -85,7 +85,7 @@ class Worker:
         host, port = split_address(pin.address)
         verifier = PinnedKeyVerifier({"proxy": [parse_public_key(pin.public_key)]})
         delay = self.settings.reconnect_min
-        options = {"heartbeat_interval": self.settings.heartbeat_interval, "dead_after": self.settings.dead_after}
+        options = connection_options(self.settings)
         while True:
             started = time.monotonic()
             try:

@@ -283,7 +283,9 @@ def test_late_data_is_dropped_but_following_messages_arrive() -> None:
     dialer.send(Cancel(stream_id=1))
     ping = Ping(nonce=4)
     chunk = Data(stream_id=3, payload=b"ok")
-    got = deliver(dialer, listener.send(Data(stream_id=1, payload=b"late")) + listener.send(ping) + listener.send(chunk))
+    got = deliver(
+        dialer, listener.send(Data(stream_id=1, payload=b"late")) + listener.send(ping) + listener.send(chunk)
+    )
     assert got == [ping, chunk]
 
 

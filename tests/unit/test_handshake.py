@@ -33,9 +33,7 @@ def assert_unauthorized(hello: Hello, nonce: bytes = NONCE, cert: bytes = CERT) 
 
 
 def test_transcript_layout() -> None:
-    assert transcript("worker", b"n" * 16, CERT) == (
-        DOMAIN + b"worker\x00" + b"n" * 16 + hashlib.sha256(CERT).digest()
-    )
+    assert transcript("worker", b"n" * 16, CERT) == (DOMAIN + b"worker\x00" + b"n" * 16 + hashlib.sha256(CERT).digest())
 
 
 def test_make_hello_fields(key: Ed25519PrivateKey) -> None:
@@ -93,4 +91,3 @@ def test_software_and_evidence_are_not_signed(key: Ed25519PrivateKey) -> None:
     # informative fields: the attestation layer checks evidence itself
     hello = make_hello(key, "worker", NONCE, CERT, "w", evidence=b"a")
     check_hello(replace(hello, software="other", evidence=b"b"), NONCE, CERT)
-
