@@ -18,7 +18,7 @@ from cocoon.channel.connect import ConnectionOptions
 from cocoon.protocol.framing import DEFAULT_MAX_FRAME
 
 Seconds = Annotated[float, Meta(gt=0, le=86400)]
-Address = Annotated[str, Meta(pattern=r"^[^\s:]+:\d{1,5}$")]
+Address = Annotated[str, Meta(pattern=r"^(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):\d{1,5}$")]  # host:port, [v6]:port
 HexKey = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{64}$")]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
