@@ -196,3 +196,28 @@ def test_raw_http_errors(network: Network) -> None:
         ok = http.post("/chat/completions", json={"model": MODEL, "messages": HELLO, "max_tokens": 3})
         assert ok.status_code == 200
         assert ok.json()["usage"]["completion_tokens"] == 3
+
+
+def test_logs_and_files_of_proxy_and_workers_carry_no_content(network: Network) -> None:
+    canary = "zebra-canary-4f9c1"
+    with sync_client(network) as client:
+        answer = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": f"Repeat after me: {canary}"}],
+            max_tokens=24,
+            temperature=0,
+        )
+        streamed = "".join(
+            c.choices[0].delta.content or ""
+            for c in client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": f"Say {canary}"}], max_tokens=24, stream=True
+            )
+        )
+    text = answer.choices[0].message.content or ""
+    assert len(text) > 10 and len(streamed) > 10
+    for path in network.root.iterdir():
+        if path.name.startswith(("proxy", "worker")):
+            written = path.read_bytes()
+            assert canary.encode() not in written, path.name
+            assert text.strip().encode() not in written, path.name
+            assert streamed.strip().encode() not in written, path.name
