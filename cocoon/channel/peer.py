@@ -114,10 +114,14 @@ class Peer:
         if self.closed:
             raise PeerGone(self.close_reason or "connection closed")
         if self.send_nowait(message):
-            try:
-                await self.writer.drain()
-            except (ConnectionError, ssl.SSLError, OSError) as exc:
-                raise PeerGone(str(exc)) from exc
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Wait until the written data has drained to the socket (backpressure)."""
+        try:
+            await self.writer.drain()
+        except (ConnectionError, ssl.SSLError, OSError) as exc:
+            raise PeerGone(str(exc)) from exc
 
     async def open(self, make: Callable[[int], Open | ListModels]) -> Stream:
         """Open a stream with the message ``make(stream_id)``."""

@@ -161,7 +161,7 @@ class Worker:
                 if isinstance(event, Chunk):
                     if not peer.send_nowait(Data(stream_id=sid, payload=self._json.encode(event.payload))):
                         return  # the stream was cancelled or the proxy left
-                    await peer.writer.drain()
+                    await peer.flush()
                 elif isinstance(event, Finished):
                     await self._send(peer, End(stream_id=sid, usage=event.usage, finish_reason=event.finish_reason))
                     log.info(
@@ -175,7 +175,7 @@ class Worker:
         except EngineError as exc:
             log.warning("request %d failed in the engine: %s", sid, exc)
             await self._send(peer, Error(stream_id=sid, code=ErrorCode.ENGINE_ERROR, message=str(exc)[:1000]))
-        except (PeerGone, ConnectionError):
+        except PeerGone:
             pass
         finally:
             await events.aclose()  # type: ignore[attr-defined]

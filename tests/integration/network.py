@@ -64,6 +64,15 @@ class Node:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_for_log(self, *texts: str, timeout: float = 5.0) -> str:
+        """Wait until one of ``texts`` appears in the log (a node logs after it acts)."""
+        deadline = time.monotonic() + timeout
+        while not any(text in (log := self.log) for text in texts):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name} never logged any of {texts}")
+            time.sleep(0.05)
+        return log
+
     def alive(self) -> bool:
         return self.process.poll() is None
 

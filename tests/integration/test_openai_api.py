@@ -4,6 +4,7 @@ driven by the official ``openai`` package."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -20,12 +21,17 @@ def sync_client(network: Network) -> openai.OpenAI:
     return openai.OpenAI(base_url=network.url, api_key="unused", max_retries=0, timeout=60)
 
 
+@pytest.fixture
+def client(network: Network) -> Iterator[openai.OpenAI]:
+    with sync_client(network) as client:
+        yield client
+
+
 def async_client(network: Network) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=network.url, api_key="unused", max_retries=0, timeout=60)
 
 
-def test_models_are_listed(network: Network) -> None:
-    client = sync_client(network)
+def test_models_are_listed(client: openai.OpenAI) -> None:
     ids = [m.id for m in client.models.list()]
     assert ids == [MODEL]
     assert client.models.retrieve(MODEL).id == MODEL
@@ -33,8 +39,8 @@ def test_models_are_listed(network: Network) -> None:
         client.models.retrieve("no-such-model")
 
 
-def test_chat_non_streamed(network: Network) -> None:
-    answer = sync_client(network).chat.completions.create(model=MODEL, messages=HELLO, max_tokens=24, temperature=0)
+def test_chat_non_streamed(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=24, temperature=0)
     assert answer.object == "chat.completion"
     assert answer.id.startswith("chatcmpl-")
     assert answer.model == MODEL
@@ -47,8 +53,7 @@ def test_chat_non_streamed(network: Network) -> None:
     assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
 
 
-def test_streamed_usage_equals_non_streamed_usage(network: Network) -> None:
-    client = sync_client(network)
+def test_streamed_usage_equals_non_streamed_usage(client: openai.OpenAI) -> None:
     plain = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=40, temperature=0)
     chunks = list(
         client.chat.completions.create(
@@ -71,8 +76,7 @@ def test_streamed_usage_equals_non_streamed_usage(network: Network) -> None:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_max_tokens_is_exact(network: Network, stream: bool) -> None:
-    client = sync_client(network)
+def test_max_tokens_is_exact(client: openai.OpenAI, stream: bool) -> None:
     prompt = [{"role": "user", "content": "Write a long story about a dragon."}]
     if stream:
         chunks = list(
@@ -92,20 +96,18 @@ def test_max_tokens_is_exact(network: Network, stream: bool) -> None:
         assert answer.choices[0].finish_reason == "length"
 
 
-def test_streamed_usage_matches_tokens_generated(network: Network) -> None:
+def test_streamed_usage_matches_tokens_generated(client: openai.OpenAI, network: Network) -> None:
     """Without include_usage the stream carries no usage, yet the worker still metered it."""
-    client = sync_client(network)
     story = [{"role": "user", "content": "Write a long story about a dragon."}]
     chunks = list(client.chat.completions.create(model=MODEL, messages=story, max_tokens=13, stream=True))
     assert all(c.usage is None for c in chunks)
     assert chunks[-1].choices[0].finish_reason == "length"
     assert "".join(c.choices[0].delta.content or "" for c in chunks)
     # the proxy's log line for this request carries the worker-metered counts
-    assert "+13 tokens" in network.nodes["proxy"].log.splitlines()[-1]
+    network.nodes["proxy"].wait_for_log("+13 tokens")
 
 
-def test_seed_and_stop_are_honoured(network: Network) -> None:
-    client = sync_client(network)
+def test_seed_and_stop_are_honoured(client: openai.OpenAI) -> None:
     ask = [{"role": "user", "content": "Tell me a fun fact about the sea."}]
     first, second = (
         client.chat.completions.create(model=MODEL, messages=ask, max_tokens=30, temperature=1.0, top_p=0.9, seed=7)
@@ -122,8 +124,7 @@ def test_seed_and_stop_are_honoured(network: Network) -> None:
     assert stopped.usage.completion_tokens < unstopped.usage.completion_tokens
 
 
-def test_text_completions(network: Network) -> None:
-    client = sync_client(network)
+def test_text_completions(client: openai.OpenAI) -> None:
     answer = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=5, temperature=0)
     assert answer.object == "text_completion"
     assert answer.choices[0].text
@@ -165,8 +166,7 @@ async def _run_concurrently(client: openai.AsyncOpenAI) -> None:
     assert all(answers)
 
 
-def test_invalid_requests_get_openai_errors(network: Network) -> None:
-    client = sync_client(network)
+def test_invalid_requests_get_openai_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as unknown:
         client.chat.completions.create(model="gpt-imaginary", messages=HELLO)
     assert unknown.value.code == "model_not_found"
