@@ -228,3 +228,26 @@ def test_unpinned_keys_are_rejected(network: Network, tmp_path: Path) -> None:
 
     asyncio.run(attempts())
     network.nodes["proxy"].wait_for_log("is not pinned here")
+
+
+def test_one_worker_serves_several_proxies(tmp_path: Path) -> None:
+    first = Network(tmp_path / "a", workers=0)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "worker-1.key").write_bytes((tmp_path / "a" / "worker-1.key").read_bytes())
+    (tmp_path / "b" / "worker-1.key").chmod(0o600)
+    second = Network(tmp_path / "b", workers=0)  # its proxy pins the same worker key
+    try:
+        pins = [f"127.0.0.1:{net.proxy_port}={net.proxy_key}" for net in (first, second)]
+        first.start_worker(1, ["--proxy", pins[0], "--proxy", pins[1]])
+        first.wait_workers(1)
+        second.wait_workers(1)
+        for net in (first, second):
+            with client_of(net, timeout=30) as client:
+                assert (
+                    client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2).usage.completion_tokens
+                    == 2
+                )
+        assert first.worker_requests_done("worker-1") == 2
+    finally:
+        first.stop()
+        second.stop()
