@@ -236,6 +236,8 @@ def _wait_ready(console: Console, children: list[Child], workers: int) -> str:
                     if child.name == "client":
                         url = status.get("url", "")
             if url and _network_serves(url, workers):
+                for task in tasks.values():
+                    progress.update(task, total=1, completed=1, what="ready")
                 return url
             time.sleep(0.1)
     raise UpError(
