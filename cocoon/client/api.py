@@ -10,17 +10,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from cocoon.client.service import ClientService, UpstreamError
+from cocoon.client.service import Call, ClientService, UpstreamError
 from cocoon.openai.errors import error_body, from_code
 from cocoon.openai.schemas import InvalidRequest, Kind, parse_request
 from cocoon.protocol.errors import ErrorCode
+
+T = TypeVar("T")
 
 
 class BodyTooLarge(Exception):
@@ -54,6 +56,18 @@ async def _disconnected(receive: Callable[[], Awaitable[MutableMapping[str, Any]
         pass
 
 
+async def _unless_disconnected(call: Call, work: Awaitable[T], watcher: asyncio.Task[None]) -> T | None:
+    """The result of ``work``, or None (with the request cancelled) if the caller left first."""
+    task = asyncio.ensure_future(work)
+    racing: tuple[asyncio.Future[Any], ...] = (task, watcher)
+    finished, _ = await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+    if task not in finished:
+        task.cancel()
+        await call.stream.cancel("caller disconnected")
+        return None
+    return task.result()
+
+
 def build_app(service: ClientService, *, max_body_bytes: int) -> Starlette:
     async def completions(request: Request, kind: Kind) -> Response:
         try:
@@ -73,26 +87,18 @@ def build_app(service: ClientService, *, max_body_bytes: int) -> Starlette:
         # Watch for the caller going away while we wait: that cancels the request upstream.
         watcher = asyncio.create_task(_disconnected(request.receive))
         try:
-            waiting = asyncio.create_task(call.first())
-            done, _ = await asyncio.wait((waiting, watcher), return_when=asyncio.FIRST_COMPLETED)
-            if waiting not in done:
-                waiting.cancel()
-                await call.stream.cancel("caller disconnected")
+            first = await _unless_disconnected(call, call.first(), watcher)
+            if first is None:
                 return Response(status_code=499)
-            first = waiting.result()
             if parsed.stream:
                 watcher.cancel()
                 return StreamingResponse(
                     call.events(first), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
                 )
-            answering = asyncio.create_task(call.response(first))
-            racing: tuple[asyncio.Task[Any], ...] = (answering, watcher)
-            finished, _ = await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
-            if answering not in finished:
-                answering.cancel()
-                await call.stream.cancel("caller disconnected")
+            answer = await _unless_disconnected(call, call.response(first), watcher)
+            if answer is None:
                 return Response(status_code=499)
-            return JSONResponse(answering.result())
+            return JSONResponse(answer)
         except UpstreamError as exc:
             return upstream_error_response(exc)
         finally:
