@@ -36,10 +36,10 @@ def data_dir() -> Path:
 
 
 class PeerPin(Struct, forbid_unknown_fields=True):
-    """A peer to dial and the public key it must present."""
+    """A peer to dial and, optionally, the public key it must present (on top of its evidence)."""
 
     address: Address
-    public_key: HexKey
+    public_key: HexKey | Literal[""] = ""
 
 
 class _Common(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -49,11 +49,20 @@ class _Common(Struct, forbid_unknown_fields=True, kw_only=True):
     heartbeat_interval: Seconds = 5.0
     dead_after: Seconds = 15.0
     max_frame: Annotated[int, Meta(ge=64 * 1024, le=64 * 1024 * 1024)] = DEFAULT_MAX_FRAME
+    policy: str = "development"  # attestation policy: "development" or a policy TOML file
+    collateral_dir: str = ""  # DCAP collateral files (<fmspc>.json); default <data dir>/collateral
+    pccs_url: str = ""  # fetch missing collateral from this PCCS ("intel" = Intel's PCS)
 
 
-class ProxySettings(_Common, kw_only=True):
+class _Attested(_Common, kw_only=True):
+    tee: Literal["sim", "tdx", "sev-snp"] = "sim"  # where this node's evidence comes from
+    sev_vcek: str = ""  # SEV-SNP: the chip's VCEK (DER file)
+    sev_chain: str = ""  # SEV-SNP: ASK and ARK (PEM file)
+
+
+class ProxySettings(_Attested, kw_only=True):
     listen: Address = "127.0.0.1:9300"
-    worker_keys: list[HexKey] | Literal["*"] = []
+    worker_keys: list[HexKey] | Literal["*"] = "*"
     client_keys: list[HexKey] | Literal["*"] = "*"
     models: list[Annotated[str, Meta(min_length=1, max_length=256)]] = []
     queue_timeout: Annotated[float, Meta(ge=0, le=3600)] = 5.0
@@ -61,7 +70,7 @@ class ProxySettings(_Common, kw_only=True):
     request_timeout: Seconds = 300.0
 
 
-class WorkerSettings(_Common, kw_only=True):
+class WorkerSettings(_Attested, kw_only=True):
     name: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] = "worker"
     proxies: list[PeerPin] = []
     model: Annotated[str, Meta(min_length=1, max_length=256)] = "SmolLM2-135M-Instruct"
@@ -70,6 +79,7 @@ class WorkerSettings(_Common, kw_only=True):
     engine_url: str = ""
     engine_model: str = ""
     engine_api_key: str = ""
+    model_hash: Annotated[str, Meta(pattern=r"^([0-9a-f]{64})?$")] = ""  # openai_http: SHA-256 of the weights
     capacity: Annotated[int, Meta(ge=1, le=4096)] = 2
     price_coefficient: Annotated[float, Meta(ge=0, le=1_000_000)] = 1.0
     threads: Annotated[int, Meta(ge=0, le=1024)] = 0

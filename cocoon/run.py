@@ -14,11 +14,22 @@ from typing import Any
 
 import uvicorn
 
-from cocoon.channel.verify import PinnedKeyVerifier
+from cocoon.attest.model_hash import model_hash
+from cocoon.attest.node import NodeAttestation, build_attestation
+from cocoon.attest.policy import PolicyError
+from cocoon.channel.attested import AttestedVerifier
 from cocoon.client.api import build_app
 from cocoon.client.link import ProxyLink
 from cocoon.client.service import ClientService
-from cocoon.config import ClientSettings, ConfigError, ProxySettings, WorkerSettings, connection_options, split_address
+from cocoon.config import (
+    ClientSettings,
+    ConfigError,
+    ProxySettings,
+    WorkerSettings,
+    connection_options,
+    data_dir,
+    split_address,
+)
 from cocoon.engine.base import Engine
 from cocoon.keys import load_or_create_identity, parse_public_key
 from cocoon.proxy.service import Proxy
@@ -52,9 +63,29 @@ async def _until_signalled(main: Coroutine[Any, Any, None]) -> None:
         await task
 
 
+def attestation_of(
+    settings: ProxySettings | WorkerSettings | ClientSettings, role: str, model_hash: bytes = b""
+) -> NodeAttestation:
+    try:
+        return build_attestation(
+            role=role,
+            tee=getattr(settings, "tee", "none"),
+            policy=settings.policy,
+            data_dir=data_dir(),
+            collateral_dir=settings.collateral_dir,
+            pccs_url=settings.pccs_url,
+            sev_vcek=getattr(settings, "sev_vcek", ""),
+            sev_chain=getattr(settings, "sev_chain", ""),
+            model_hash=model_hash,
+        )
+    except PolicyError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def run_proxy(settings: ProxySettings) -> None:
     key = load_or_create_identity(Path(settings.key_file))
-    asyncio.run(_until_signalled(Proxy(settings, key).run()))
+    attestation = attestation_of(settings, "proxy")
+    asyncio.run(_until_signalled(Proxy(settings, key, attestation).run()))
 
 
 def make_engine(settings: WorkerSettings) -> Engine:
@@ -80,12 +111,25 @@ def make_engine(settings: WorkerSettings) -> Engine:
     )
 
 
+def worker_model_hash(settings: WorkerSettings) -> bytes:
+    """SHA-256 of the served weights (cached), or the configured hash for remote engines."""
+    if settings.engine == "openai_http":
+        if not settings.model_hash:
+            log.warning("no model_hash configured for the openai_http engine: policies that list models reject it")
+        return bytes.fromhex(settings.model_hash)
+    from cocoon.engine.llama_cpp import embedded_model_path
+
+    path = Path(settings.model_path) if settings.model_path else embedded_model_path()
+    return model_hash(path, cache=data_dir() / "model-hashes.json")
+
+
 def run_worker(settings: WorkerSettings) -> None:
     key = load_or_create_identity(Path(settings.key_file))
     engine = make_engine(settings)
+    attestation = attestation_of(settings, "worker", worker_model_hash(settings))
 
     async def main() -> None:
-        await Worker(settings, engine, key).run()
+        await Worker(settings, engine, key, attestation).run()
 
     asyncio.run(_until_signalled(main()))
 
@@ -95,7 +139,8 @@ def run_client(settings: ClientSettings) -> None:
         raise ConfigError("the client needs a proxy: --proxy HOST:PORT=PUBLIC_KEY or [client.proxy] in the config")
     key = load_or_create_identity(Path(settings.key_file))
     proxy_host, proxy_port = split_address(settings.proxy.address)
-    verifier = PinnedKeyVerifier({"proxy": [parse_public_key(settings.proxy.public_key)]})
+    pinned = {"proxy": [parse_public_key(settings.proxy.public_key)]} if settings.proxy.public_key else {}
+    verifier = AttestedVerifier(attestation_of(settings, "client").verifier, accept={"proxy"}, pinned=pinned)
     host, port = split_address(settings.listen)
 
     async def main() -> None:

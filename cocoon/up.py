@@ -171,6 +171,10 @@ def run_up(*, port: int, workers: int, capacity: int, state_dir: Path | None, on
         children.append(Child("client", ["client", "--config", str(config)], state))
         url = _wait_ready(console, children, workers)
         console.print(f"[green]✓[/] network up: 1 proxy, {workers} workers, client at [bold]{url}[/]")
+        console.print(
+            "[bold yellow]! attestation is SIMULATED:[/] every node runs on the simulated TEE and accepts "
+            "simulated evidence (development policy). Real deployments run in TDX or SEV-SNP with a production policy."
+        )
         _first_request(console, url, prompt)
         _print_usage(console, url)
         if once:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import ssl
+from collections.abc import Sequence
 from typing import TypedDict
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -13,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cocoon import __version__
 from cocoon.channel.handshake import check_hello, make_hello
 from cocoon.channel.peer import READ_SIZE, Peer
-from cocoon.channel.tls import certificate_public_key, client_context
+from cocoon.channel.tls import certificate_evidence, certificate_public_key, client_context
 from cocoon.channel.verify import PeerIdentity, PeerRejected, PeerVerifier
 from cocoon.protocol.connection import Connection, ConnectionClosed, Side
 from cocoon.protocol.errors import ErrorCode, RemoteProtocolError
@@ -49,12 +50,15 @@ async def accept(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     *,
-    cert_der: bytes,
+    cert_der: bytes | Sequence[bytes],
     role: Role,
     verifier: PeerVerifier,
     connection_options: ConnectionOptions | None = None,
 ) -> Peer:
-    """Listener side: challenge the dialer and verify its proof. Closes on failure."""
+    """Listener side: challenge the dialer and verify its proof. Closes on failure.
+
+    ``cert_der`` may list several certificates (the current one and the one it renewed), as
+    the dialer signs over whichever it was shown."""
     loop = asyncio.get_running_loop()
     conn = Connection(Side.LISTENER, now=loop.time(), **(connection_options or {}))
     nonce = os.urandom(32)
@@ -115,7 +119,9 @@ async def dial(
             if not isinstance(challenge, Challenge):  # pragma: no cover - table forbids it
                 raise HandshakeFailed("expected a challenge")
             try:
-                identity: PeerIdentity = verifier(listener_role, listener_key, b"", challenge.software)
+                identity: PeerIdentity = verifier(
+                    listener_role, listener_key, certificate_evidence(cert_der), challenge.software
+                )
             except PeerRejected as exc:
                 raise HandshakeFailed(f"listener rejected: {exc}") from exc
             writer.write(conn.send(make_hello(key, role, challenge.nonce, cert_der, SOFTWARE, evidence)))

@@ -8,6 +8,7 @@ proof captured by it cannot be replayed to the real listener, and a stale proof 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -40,11 +41,18 @@ def make_hello(
     )
 
 
-def check_hello(hello: Hello, nonce: bytes, listener_cert_der: bytes) -> None:
-    """Raise ``RemoteProtocolError`` unless the hello is signed over this channel's transcript."""
+def check_hello(hello: Hello, nonce: bytes, listener_cert_der: bytes | Sequence[bytes]) -> None:
+    """Raise ``RemoteProtocolError`` unless the hello is signed over this channel's transcript
+    (for one of the listener's certificates)."""
+    candidates = [listener_cert_der] if isinstance(listener_cert_der, bytes) else list(listener_cert_der)
     try:
-        Ed25519PublicKey.from_public_bytes(hello.public_key).verify(
-            hello.signature, transcript(hello.role, nonce, listener_cert_der)
-        )
-    except (InvalidSignature, ValueError) as exc:
-        raise RemoteProtocolError("hello signature does not verify", ErrorCode.UNAUTHORIZED) from exc
+        key = Ed25519PublicKey.from_public_bytes(hello.public_key)
+    except ValueError as exc:
+        raise RemoteProtocolError("hello carries an invalid key", ErrorCode.UNAUTHORIZED) from exc
+    for cert_der in candidates:
+        try:
+            key.verify(hello.signature, transcript(hello.role, nonce, cert_der))
+        except InvalidSignature:
+            continue
+        return
+    raise RemoteProtocolError("hello signature does not verify", ErrorCode.UNAUTHORIZED)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -196,6 +197,13 @@ class Peer:
             except RemoteProtocolError as exc:
                 self.close_reason = f"dead peer: {exc}"
                 log.warning("closing connection to %s: %s", self.label, self.close_reason)
+                self.writer.transport.abort()
+                return
+            expires_at = self.identity.expires_at
+            if expires_at is not None and time.time() >= expires_at:
+                # The peer's evidence ran out: close, so that it redials with fresh evidence.
+                self.close_reason = "peer evidence expired"
+                log.info("closing connection to %s: its attestation expired", self.label)
                 self.writer.transport.abort()
                 return
             if ping and not self.closed:

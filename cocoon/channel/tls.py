@@ -21,27 +21,58 @@ from cryptography.x509.oid import NameOID
 from cocoon.keys import public_bytes
 
 CERT_LIFETIME = datetime.timedelta(days=1)
+# Our own (non-critical) extension carrying the node's attestation evidence. The OID is in the
+# UUID arc (2.25, ITU-T X.667), so it needs no registration and collides with nothing.
+EVIDENCE_OID = x509.ObjectIdentifier("2.25.216482513916411519658052734829366270581")
+MAX_EVIDENCE_EXTENSION = 2 * 1024 * 1024
 
 
-def make_certificate(key: Ed25519PrivateKey, now: datetime.datetime) -> x509.Certificate:
+def make_certificate(
+    key: Ed25519PrivateKey, now: datetime.datetime, evidence: bytes = b"", lifetime: datetime.timedelta = CERT_LIFETIME
+) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cocoon-" + public_bytes(key)[:8].hex())])
-    return (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + CERT_LIFETIME)
-        .sign(key, None)
+        .not_valid_after(now + min(lifetime, CERT_LIFETIME))
     )
+    if evidence:
+        builder = builder.add_extension(x509.UnrecognizedExtension(EVIDENCE_OID, evidence), critical=False)
+    return builder.sign(key, None)
 
 
-def server_context(key: Ed25519PrivateKey) -> tuple[ssl.SSLContext, bytes]:
+def certificate_evidence(cert_der: bytes) -> bytes:
+    """The evidence carried in a peer certificate, or b"" when it carries none."""
+    try:
+        extension = x509.load_der_x509_certificate(cert_der).extensions.get_extension_for_oid(EVIDENCE_OID)
+    except x509.ExtensionNotFound:
+        return b""
+    except ValueError:
+        return b""
+    value = extension.value
+    if not isinstance(value, x509.UnrecognizedExtension) or len(value.value) > MAX_EVIDENCE_EXTENSION:
+        return b""
+    return value.value
+
+
+def server_context(
+    key: Ed25519PrivateKey, evidence: bytes = b"", lifetime: datetime.timedelta = CERT_LIFETIME
+) -> tuple[ssl.SSLContext, bytes]:
     """A listening context and the DER of its certificate (which dialers sign over)."""
-    cert = make_certificate(key, datetime.datetime.now(datetime.UTC))
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    return ctx, load_certificate(ctx, key, evidence, lifetime)
+
+
+def load_certificate(
+    ctx: ssl.SSLContext, key: Ed25519PrivateKey, evidence: bytes = b"", lifetime: datetime.timedelta = CERT_LIFETIME
+) -> bytes:
+    """Put a fresh certificate into ``ctx`` (new connections get it); returns its DER."""
+    cert = make_certificate(key, datetime.datetime.now(datetime.UTC), evidence, lifetime)
     # ssl loads certificates from files only; the temporary directory lives for the call.
     with tempfile.TemporaryDirectory() as tmp:
         cert_path, key_path = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
@@ -55,7 +86,7 @@ def server_context(key: Ed25519PrivateKey) -> tuple[ssl.SSLContext, bytes]:
             )
         )
         ctx.load_cert_chain(cert_path, key_path)
-    return ctx, cert.public_bytes(serialization.Encoding.DER)
+    return cert.public_bytes(serialization.Encoding.DER)
 
 
 def client_context() -> ssl.SSLContext:

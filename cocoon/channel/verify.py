@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,8 @@ class PeerIdentity:
     role: str
     public_key: bytes
     software: str = ""
+    expires_at: float | None = None  # unix time after which the peer must attest again
+    attestation: Any = None  # the attestation verdict, where the peer was attested
 
     @property
     def short(self) -> str:

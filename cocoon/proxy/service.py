@@ -13,10 +13,12 @@ import logging
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cocoon.attest.node import NodeAttestation
+from cocoon.channel.attested import AttestedVerifier
 from cocoon.channel.connect import HandshakeFailed, accept
 from cocoon.channel.peer import Peer, PeerGone
-from cocoon.channel.tls import server_context
-from cocoon.channel.verify import ANY_KEY, PeerVerifier, PinnedKeyVerifier
+from cocoon.channel.tls import load_certificate, server_context
+from cocoon.channel.verify import ANY_KEY, PeerVerifier
 from cocoon.config import ProxySettings, connection_options, split_address
 from cocoon.keys import parse_public_key, public_bytes
 from cocoon.protocol.errors import ErrorCode
@@ -39,20 +41,34 @@ log = logging.getLogger("cocoon.proxy")
 MAX_ATTEMPTS = 3  # a request whose worker vanishes before the first chunk is retried elsewhere
 
 
-def verifier_from(settings: ProxySettings) -> PeerVerifier:
+RENEW_CHECK = 600.0  # seconds between checks whether the certificate's evidence needs renewing
+
+
+def verifier_from(settings: ProxySettings, attestation: NodeAttestation) -> PeerVerifier:
+    """Workers must attest (and match a pinned key where keys are pinned); clients by key."""
+
     def keys(value: list[str] | str) -> list[bytes] | str:
         return ANY_KEY if value == ANY_KEY else [parse_public_key(k) for k in value]
 
-    if settings.worker_keys == ANY_KEY:
-        log.warning("accepting workers with any key: configure worker_keys to pin them")
-    return PinnedKeyVerifier({"worker": keys(settings.worker_keys), "client": keys(settings.client_keys)})
+    return AttestedVerifier(
+        attestation.verifier,
+        accept={"worker", "client"},
+        pinned={"worker": keys(settings.worker_keys), "client": keys(settings.client_keys)},
+    )
 
 
 class Proxy:
-    def __init__(self, settings: ProxySettings, key: Ed25519PrivateKey, verifier: PeerVerifier | None = None) -> None:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        key: Ed25519PrivateKey,
+        attestation: NodeAttestation,
+        verifier: PeerVerifier | None = None,
+    ) -> None:
         self.settings = settings
         self.key = key
-        self.verifier = verifier or verifier_from(settings)
+        self.attestation = attestation
+        self.verifier = verifier or verifier_from(settings, attestation)
         self.router = Router(settings.models)
         self.worker_peers: dict[int, Peer] = {}
         self._slot_freed = asyncio.Condition()
@@ -62,13 +78,28 @@ class Proxy:
         self.server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        ssl_context, self._cert_der = server_context(self.key)
+        ssl_context, cert_der = server_context(self.key, self.attestation.evidence(public_bytes(self.key)))
+        self._ssl_context = ssl_context
+        self._cert_ders: tuple[bytes, ...] = (cert_der,)
         host, port = split_address(self.settings.listen)
         self.server = await asyncio.start_server(self._on_connection, host, port, ssl=ssl_context)
         bound = self.server.sockets[0].getsockname()
         self.address = f"{bound[0]}:{bound[1]}"
         log.info("proxy %s listening on %s", public_bytes(self.key).hex(), self.address)
         write_status(self.settings.status_file, "ready", address=self.address, public_key=public_bytes(self.key).hex())
+        self._renewal = asyncio.create_task(self._renew_certificate())
+
+    async def _renew_certificate(self) -> None:
+        """Renew the evidence-carrying certificate before its evidence expires. The previous
+        certificate stays acceptable for handshakes that were already shown it."""
+        while True:
+            await asyncio.sleep(RENEW_CHECK)
+            expires = self.attestation.expires_at
+            evidence = self.attestation.evidence(public_bytes(self.key))
+            if self.attestation.expires_at != expires:
+                cert_der = load_certificate(self._ssl_context, self.key, evidence)
+                self._cert_ders = (cert_der, self._cert_ders[0])
+                log.info("renewed the proxy certificate and its evidence")
 
     async def run(self) -> None:
         await self.start()
@@ -81,6 +112,7 @@ class Proxy:
     async def aclose(self) -> None:
         if self.server is not None:
             self.server.close()
+            self._renewal.cancel()
         for task in list(self._connections):
             task.cancel()
         for task in list(self._relays.values()):
@@ -96,7 +128,7 @@ class Proxy:
                 peer = await accept(
                     reader,
                     writer,
-                    cert_der=self._cert_der,
+                    cert_der=self._cert_ders,
                     role="proxy",
                     verifier=self.verifier,
                     connection_options=options,

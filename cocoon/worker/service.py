@@ -15,12 +15,13 @@ import time
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cocoon.attest.node import NodeAttestation
+from cocoon.channel.attested import AttestedVerifier
 from cocoon.channel.connect import HandshakeFailed, dial
 from cocoon.channel.peer import Peer, PeerGone
-from cocoon.channel.verify import PinnedKeyVerifier
 from cocoon.config import PeerPin, WorkerSettings, connection_options, split_address
 from cocoon.engine.base import Chunk, Engine, EngineError, EngineRequest, Finished
-from cocoon.keys import parse_public_key
+from cocoon.keys import parse_public_key, public_bytes
 from cocoon.openai.schemas import InvalidRequest, engine_params, parse_request
 from cocoon.protocol.errors import ErrorCode
 from cocoon.protocol.messages import Announce, Cancel, Data, End, Error, Goodbye, ListModels, Open
@@ -32,10 +33,13 @@ STABLE_AFTER = 10.0  # a connection that lasted this long resets the backoff
 
 
 class Worker:
-    def __init__(self, settings: WorkerSettings, engine: Engine, key: Ed25519PrivateKey) -> None:
+    def __init__(
+        self, settings: WorkerSettings, engine: Engine, key: Ed25519PrivateKey, attestation: NodeAttestation
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.key = key
+        self.attestation = attestation
         self.active: dict[tuple[int, int], asyncio.Task[None]] = {}
         self.connected: dict[str, Peer] = {}
         self._json = msgspec.json.Encoder()
@@ -83,14 +87,21 @@ class Worker:
 
     async def _proxy_loop(self, pin: PeerPin) -> None:
         host, port = split_address(pin.address)
-        verifier = PinnedKeyVerifier({"proxy": [parse_public_key(pin.public_key)]})
+        pinned = {"proxy": [parse_public_key(pin.public_key)]} if pin.public_key else {}
+        verifier = AttestedVerifier(self.attestation.verifier, accept={"proxy"}, pinned=pinned)
         delay = self.settings.reconnect_min
         options = connection_options(self.settings)
         while True:
             started = time.monotonic()
             try:
                 peer = await dial(
-                    host, port, key=self.key, role="worker", verifier=verifier, connection_options=options
+                    host,
+                    port,
+                    key=self.key,
+                    role="worker",
+                    verifier=verifier,
+                    evidence=self.attestation.evidence(public_bytes(self.key)),
+                    connection_options=options,
                 )
             except HandshakeFailed as exc:
                 log.warning("proxy %s: %s; retrying in %.1f s", pin.address, exc, delay)

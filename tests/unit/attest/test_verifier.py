@@ -1,0 +1,260 @@
+"""The evidence verifier end to end: the simulated TEE, real quotes, and every rejection reason."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+
+import msgspec
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cocoon.attest import ccel, sim
+from cocoon.attest.claims import CLAIMS_VERSION, Claims, encode_claims, report_data_for
+from cocoon.attest.errors import AttestationError
+from cocoon.attest.evidence import EVIDENCE_VERSION, Evidence, encode_evidence
+from cocoon.attest.image import tdx_image_hash
+from cocoon.attest.policy import Policy, PolicyError, RolePolicy, development_policy
+from cocoon.attest.sim import SimAuthority, SimMeasurements
+from cocoon.attest.tdx import parse_quote
+from cocoon.attest.verifier import EvidenceVerifier
+from cocoon.keys import public_bytes
+from tests.unit.attest.conftest import unix, vector
+
+NOW = unix("2026-11-25T12:00:00Z")
+KEY = public_bytes(Ed25519PrivateKey.generate())
+MODEL = hashlib.sha256(b"weights").digest()
+
+
+def claims_for(role: str = "worker", key: bytes = KEY, now: int = NOW, lifetime: int = 3600, **extra: object) -> bytes:
+    fields: dict[str, object] = {
+        "version": CLAIMS_VERSION,
+        "role": role,
+        "channel_key": key,
+        "hpke_key": bytes(32),
+        "model_hash": MODEL if role == "worker" else b"",
+        "software": "cocoon-py/test",
+        "not_before": now - 60,
+        "not_after": now + lifetime,
+        **extra,
+    }
+    return encode_claims(Claims(**fields))  # type: ignore[arg-type]
+
+
+def sim_evidence(
+    authority: SimAuthority,
+    claims: bytes | None = None,
+    measurements: SimMeasurements | None = None,
+    **envelope: bytes,
+) -> bytes:
+    claims = claims if claims is not None else claims_for()
+    quote = authority.quote(report_data_for(claims), measurements)
+    return encode_evidence(Evidence(version=EVIDENCE_VERSION, tee="sim", quote=quote, claims=claims, **envelope))
+
+
+def dev_verifier(authority: SimAuthority, **policy: object) -> EvidenceVerifier:
+    base = msgspec.structs.asdict(development_policy())
+    return EvidenceVerifier(msgspec.convert({**base, **policy}, Policy), sim_root_der=authority.root_der)
+
+
+def reason(verifier: EvidenceVerifier, raw: bytes, *, role: str = "worker", key: bytes = KEY, now: int = NOW) -> str:
+    with pytest.raises(AttestationError) as excinfo:
+        verifier.verify(raw, role=role, channel_key=key, now=now)
+    return excinfo.value.code
+
+
+def test_simulated_evidence_verifies_under_the_development_policy(authority: SimAuthority) -> None:
+    verdict = dev_verifier(authority).verify(sim_evidence(authority), role="worker", channel_key=KEY, now=NOW)
+    assert verdict.simulated and verdict.tee == "sim"
+    assert verdict.claims.model_hash == MODEL
+    assert verdict.tcb_status == "UpToDate"
+    quote = parse_quote(sim.SimAuthority.quote(authority, bytes(64)))
+    assert quote.td is not None and verdict.image_hash == tdx_image_hash(quote.td)
+    assert verdict.expires_at == NOW + 3600
+
+
+# --- the rejections, each with its own reason --------------------------------------------------
+
+
+def test_flipped_reportdata_breaks_the_quote_signature(authority: SimAuthority) -> None:
+    claims = claims_for()
+    quote = bytearray(authority.quote(report_data_for(claims)))
+    quote[48 + 520] ^= 1  # REPORTDATA[0] of a v4 quote
+    raw = encode_evidence(Evidence(version=1, tee="sim", quote=bytes(quote), claims=claims))
+    assert reason(dev_verifier(authority), raw) == "bad_signature"
+
+
+def test_claims_that_do_not_match_reportdata(authority: SimAuthority) -> None:
+    quote = authority.quote(report_data_for(claims_for()))
+    other = claims_for(software="cocoon-py/evil")
+    raw = encode_evidence(Evidence(version=1, tee="sim", quote=quote, claims=other))
+    assert reason(dev_verifier(authority), raw) == "claims_mismatch"
+
+
+def test_channel_key_other_than_the_bound_key(authority: SimAuthority) -> None:
+    other = public_bytes(Ed25519PrivateKey.generate())
+    assert reason(dev_verifier(authority), sim_evidence(authority), key=other) == "key_mismatch"
+
+
+def test_evidence_for_another_role(authority: SimAuthority) -> None:
+    assert reason(dev_verifier(authority), sim_evidence(authority), role="proxy") == "wrong_role"
+
+
+def test_expired_and_future_claims(authority: SimAuthority) -> None:
+    raw = sim_evidence(authority)
+    assert reason(dev_verifier(authority), raw, now=NOW + 7200) == "expired"
+    assert reason(dev_verifier(authority), raw, now=NOW - 7200) == "not_yet_valid"
+
+
+def test_debug_td_is_always_rejected(authority: SimAuthority) -> None:
+    debug = SimMeasurements(td_attributes=0x10000001)
+    assert reason(dev_verifier(authority), sim_evidence(authority, measurements=debug)) == "debug_tee"
+
+
+def test_image_not_in_the_policy(authority: SimAuthority) -> None:
+    verifier = dev_verifier(authority, worker={"image_hashes": ["00" * 32], "model_hashes": "*"})
+    assert reason(verifier, sim_evidence(authority)) == "image_not_allowed"
+
+
+def test_image_in_the_policy_is_accepted(authority: SimAuthority) -> None:
+    quote = parse_quote(authority.quote(bytes(64)))
+    assert quote.td is not None
+    image = tdx_image_hash(quote.td).hex()
+    verifier = dev_verifier(authority, worker={"image_hashes": [image], "model_hashes": [MODEL.hex()]})
+    assert verifier.verify(sim_evidence(authority), role="worker", channel_key=KEY, now=NOW).image_hash.hex() == image
+
+
+def test_model_not_in_the_policy(authority: SimAuthority) -> None:
+    verifier = dev_verifier(authority, worker={"image_hashes": "*", "model_hashes": ["11" * 32]})
+    assert reason(verifier, sim_evidence(authority)) == "model_not_allowed"
+
+
+def test_tcb_status_not_allowed() -> None:
+    """A real, valid quote whose TCB status (UpToDate) this policy does not list."""
+    now = unix("2025-07-01T00:00:00Z")
+    raw = encode_evidence(
+        Evidence(
+            version=1,
+            tee="tdx",
+            quote=vector("tdx/dcap-qvl/tdx_quote"),
+            claims=claims_for(now=now),
+            collateral=vector("tdx/dcap-qvl/tdx_quote_collateral.json"),
+        )
+    )
+    strict = EvidenceVerifier(Policy(tcb_statuses=["OutOfDate"], worker=RolePolicy(image_hashes=["00" * 32])))
+    assert reason(strict, raw, now=now) == "tcb_status"
+    # with UpToDate allowed, the real quote gets past Intel's checks and fails on our claims
+    default = EvidenceVerifier(Policy(worker=RolePolicy(image_hashes=["00" * 32])))
+    assert reason(default, raw, now=now) == "claims_mismatch"
+
+
+@pytest.mark.parametrize(
+    ("when", "code"),
+    [("2025-06-01T00:00:00Z", "collateral_not_yet_valid"), ("2025-08-01T00:00:00Z", "collateral_expired")],
+)
+def test_collateral_outside_its_window(when: str, code: str) -> None:
+    now = unix(when)
+    raw = encode_evidence(
+        Evidence(
+            version=1,
+            tee="tdx",
+            quote=vector("tdx/dcap-qvl/tdx_quote"),
+            claims=claims_for(now=now),
+            collateral=vector("tdx/dcap-qvl/tdx_quote_collateral.json"),
+        )
+    )
+    assert reason(EvidenceVerifier(Policy()), raw, now=now) == code
+
+
+def test_simulated_evidence_under_the_production_policy(authority: SimAuthority) -> None:
+    production = EvidenceVerifier(Policy(tees=["tdx", "sev-snp"]))
+    assert reason(production, sim_evidence(authority)) == "simulated_evidence"
+    with pytest.raises(ValueError, match="no simulated root"):
+        EvidenceVerifier(Policy(), sim_root_der=authority.root_der)
+    with pytest.raises(PolicyError):
+        Policy(tees=["sim"]).check()
+
+
+def test_simulated_quote_from_another_dev_root(authority: SimAuthority) -> None:
+    stranger = SimAuthority.generate(datetime.datetime.now(datetime.UTC))
+    assert reason(dev_verifier(authority), sim_evidence(stranger)) == "untrusted_root"
+
+
+def test_tee_not_allowed_by_the_policy(authority: SimAuthority) -> None:
+    raw = encode_evidence(Evidence(version=1, tee="sev-snp", quote=b"x", claims=claims_for()))
+    assert reason(dev_verifier(authority, tees=["sim"]), raw) == "tee_not_allowed"
+
+
+def test_truncated_and_oversized_quotes(authority: SimAuthority) -> None:
+    claims = claims_for()
+    quote = authority.quote(report_data_for(claims))
+    truncated = encode_evidence(Evidence(version=1, tee="sim", quote=quote[:700], claims=claims))
+    assert reason(dev_verifier(authority), truncated) == "malformed"
+    oversized = msgspec.msgpack.encode({"version": 1, "tee": "sim", "quote": quote + bytes(70_000), "claims": claims})
+    assert reason(dev_verifier(authority), oversized) == "malformed"
+
+
+def test_non_canonical_claims_are_malformed(authority: SimAuthority) -> None:
+    claims = claims_for()
+    padded = claims[:-1] + b"\xd9\x00" if claims.endswith(b"\xa0") else claims + b"\x00"
+    quote = authority.quote(report_data_for(padded))
+    raw = encode_evidence(Evidence(version=1, tee="sim", quote=quote, claims=padded))
+    assert reason(dev_verifier(authority), raw) == "malformed"
+
+
+def test_real_sev_snp_report_is_rejected_for_its_debug_bit() -> None:
+    raw = encode_evidence(
+        Evidence(
+            version=1,
+            tee="sev-snp",
+            quote=vector("sev-snp/go-sev-guest/attestation.bin"),
+            claims=claims_for(),
+            vcek=vector("sev-snp/go-sev-guest/vcek.der"),
+            cert_chain=vector("sev-snp/go-sev-guest/ask_ark_milan.pem"),
+        )
+    )
+    assert reason(EvidenceVerifier(Policy()), raw) == "debug_tee"
+
+
+def test_event_log_must_replay_to_the_quoted_rtmrs(authority: SimAuthority) -> None:
+    log = vector("tdx/go-tdx-guest/ccel/ccel_data.dat")
+    rtmrs = ccel.replay_rtmrs(ccel.parse_event_log(log))
+    matching = SimMeasurements(rtmrs=(rtmrs[0], rtmrs[1], rtmrs[2], rtmrs[3]))
+    verifier = dev_verifier(authority)
+    verdict = verifier.verify(
+        sim_evidence(authority, measurements=matching, event_log=log), role="worker", channel_key=KEY, now=NOW
+    )
+    assert verdict.measurements["rtmr0"] == rtmrs[0].hex()
+    other = SimMeasurements()  # the default registers do not match the log
+    assert reason(verifier, sim_evidence(authority, measurements=other, event_log=log)) == "rtmr_mismatch"
+
+
+# --- the cache -----------------------------------------------------------------------------------
+
+
+def test_cache_skips_vendor_checks_but_not_the_binding(
+    authority: SimAuthority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = 0
+    real = sim.verify_sim_quote
+
+    def counting(*args: object) -> object:
+        nonlocal calls
+        calls += 1
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("cocoon.attest.verifier.verify_sim_quote", counting)
+    verifier = dev_verifier(authority)
+    raw = sim_evidence(authority)
+    first = verifier.verify(raw, role="worker", channel_key=KEY, now=NOW)
+    second = verifier.verify(raw, role="worker", channel_key=KEY, now=NOW + 10)
+    assert first is second and calls == 1
+    assert reason(verifier, raw, key=bytes(32)) == "key_mismatch"  # a hit still checks the key
+    assert reason(verifier, raw, now=NOW + 3600) == "expired"  # and never outlives the claims
+    assert calls == 1  # expired claims are refused before any vendor check
+
+
+def test_cache_entry_never_outlives_policy_ttl(authority: SimAuthority) -> None:
+    verifier = dev_verifier(authority, max_cache_seconds=60)
+    verdict = verifier.verify(sim_evidence(authority), role="worker", channel_key=KEY, now=NOW)
+    assert verdict.expires_at == NOW + 60
