@@ -39,7 +39,7 @@ class Verdict:
 
 
 @dataclass(frozen=True)
-class _VendorVerdict:
+class VendorVerdict:
     status: str
     advisories: tuple[str, ...]
     valid_until: int
@@ -96,13 +96,10 @@ class EvidenceVerifier:
         claims = decode_claims(evidence.claims)
         role_policy = policy.for_role(role)
         check_validity(claims, now)
-        vendor = self._tdx(evidence, now) if evidence.tee in ("sim", "tdx") else self._snp(evidence, now)
+        vendor = self.vendor_check(evidence, now)
         # Vendor verdict first, then what this policy and these claims require of it.
-        if vendor.status not in policy.tcb_statuses:
-            raise AttestationError("tcb_status", f"TCB status {vendor.status} is not allowed by the policy")
+        self.check_platform(vendor, role)
         check_report_data(evidence.claims, vendor.report_data)
-        if not role_policy.allows_image(vendor.image):
-            raise AttestationError("image_not_allowed", f"image {vendor.image.hex()} is not allowed for a {role}")
         if role == "worker" and not role_policy.allows_model(claims.model_hash):
             raise AttestationError("model_not_allowed", f"model {claims.model_hash.hex()} is not allowed")
         return Verdict(
@@ -116,12 +113,23 @@ class EvidenceVerifier:
             measurements=vendor.measurements,
         )
 
-    def _tdx(self, evidence: Evidence, now: int) -> _VendorVerdict:
+    def vendor_check(self, evidence: Evidence, now: int) -> VendorVerdict:
+        """The TEE vendor's verdict on the quote or report alone (no claims, no policy)."""
+        if evidence.tee == "sim" and (self.policy.production or self.sim_root_der is None):
+            raise AttestationError("simulated_evidence", "simulated TEE evidence is never accepted here")
+        return self._tdx(evidence, now) if evidence.tee in ("sim", "tdx") else self._snp(evidence, now)
+
+    def check_platform(self, vendor: VendorVerdict, role: str) -> None:
+        """The policy's demands on the platform: TCB status and image."""
+        if vendor.status not in self.policy.tcb_statuses:
+            raise AttestationError("tcb_status", f"TCB status {vendor.status} is not allowed by the policy")
+        if not self.policy.for_role(role).allows_image(vendor.image):
+            raise AttestationError("image_not_allowed", f"image {vendor.image.hex()} is not allowed for a {role}")
+
+    def _tdx(self, evidence: Evidence, now: int) -> VendorVerdict:
         quote = parse_quote(evidence.quote)
         if quote.td is None or quote.header.tee_type != TEE_TDX:
             raise AttestationError("tee_mismatch", "evidence is not a TDX quote")
-        if quote.td.debug:
-            raise AttestationError("debug_tee", "the TD runs in DEBUG mode")
         status, advisories, valid_until = "UpToDate", tuple[str, ...](), 2**40
         if evidence.tee == "sim":
             assert self.sim_root_der is not None
@@ -132,22 +140,24 @@ class EvidenceVerifier:
             collateral = evidence.collateral or self._collateral(evidence.quote, quote.pem_chain(), now)
             dcap = verify_tdx(evidence.quote, collateral, now)
             status, advisories, valid_until = dcap.status, dcap.advisories, dcap.valid_until
+        if quote.td.debug:  # after the vendor checks, so a report shows it verified and why it is refused
+            raise AttestationError("debug_tee", "the TD runs in DEBUG mode")
         if evidence.event_log:
             ccel.check_rtmrs(ccel.parse_event_log(evidence.event_log), list(quote.td.rtmrs))
-        return _VendorVerdict(
+        return VendorVerdict(
             status, advisories, valid_until, quote.report_data, tdx_image_hash(quote.td), tdx_measurements(quote.td)
         )
 
-    def _snp(self, evidence: Evidence, now: int) -> _VendorVerdict:
+    def _snp(self, evidence: Evidence, now: int) -> VendorVerdict:
         report = sevsnp.parse_report(evidence.quote)
-        if report.debug_allowed:
-            raise AttestationError("debug_tee", "the SNP guest policy allows DEBUG")
         sevsnp.verify_report(
             report, evidence.vcek, evidence.cert_chain, datetime.datetime.fromtimestamp(now, datetime.UTC)
         )
+        if report.debug_allowed:  # after the signature checks, so a report shows it verified
+            raise AttestationError("debug_tee", "the SNP guest policy allows DEBUG")
         measurements = {"measurement": report.measurement.hex(), "host_data": report.host_data.hex()}
         image = snp_image_hash(report.measurement, report.host_data)
-        return _VendorVerdict("UpToDate", (), 2**40, report.report_data, image, measurements)
+        return VendorVerdict("UpToDate", (), 2**40, report.report_data, image, measurements)
 
     def _collateral(self, raw_quote: bytes, pem_chain: bytes, now: int) -> bytes:
         if self.collateral is None:

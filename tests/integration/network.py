@@ -105,6 +105,7 @@ class Network:
         proxy: dict[str, Any] | None = None,
         worker: dict[str, Any] | None = None,
         client: dict[str, Any] | None = None,
+        wait: bool = True,
     ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
@@ -144,7 +145,8 @@ class Network:
             self.start_worker(i)
         self.nodes["client"] = Node("client", ["client", "--config", str(self.config)], root)
         self.url = f"http://127.0.0.1:{self.client_port}/v1"
-        self.wait_workers(workers)
+        if wait:
+            self.wait_workers(workers)
 
     def start_proxy(self) -> Node:
         node = Node("proxy", ["proxy", "--config", str(self.config)], self.root)
