@@ -46,6 +46,17 @@ StatusOpt = Annotated[str | None, typer.Option(help="Write the node's state as J
 LogOpt = Annotated[str | None, typer.Option(help="Log level: debug, info, warning or error.")]
 HeartbeatOpt = Annotated[float | None, typer.Option(help="Seconds between heartbeats on each connection.")]
 DeadOpt = Annotated[float | None, typer.Option(help="Seconds of silence after which a peer counts as dead.")]
+PolicyOpt = Annotated[
+    str | None,
+    typer.Option(help="Attestation policy for peers: 'development' or a policy TOML file (docs/attestation.md)."),
+]
+CollateralOpt = Annotated[str | None, typer.Option(help="Directory of DCAP collateral files (<fmspc>.json).")]
+PccsOpt = Annotated[
+    str | None, typer.Option(help="Fetch missing DCAP collateral from this PCCS URL ('intel' = Intel PCS).")
+]
+TeeOpt = Annotated[str | None, typer.Option(help="Where this node's evidence comes from: sim, tdx or sev-snp.")]
+VcekOpt = Annotated[str | None, typer.Option(help="SEV-SNP: file with this chip's VCEK certificate (DER).")]
+ChainOpt = Annotated[str | None, typer.Option(help="SEV-SNP: file with the ASK and ARK certificates (PEM).")]
 
 
 def _pin(text: str) -> dict[str, str]:
@@ -104,6 +115,12 @@ def proxy(
     log_level: LogOpt = None,
     heartbeat_interval: HeartbeatOpt = None,
     dead_after: DeadOpt = None,
+    tee: TeeOpt = None,
+    policy: PolicyOpt = None,
+    collateral_dir: CollateralOpt = None,
+    pccs_url: PccsOpt = None,
+    sev_vcek: VcekOpt = None,
+    sev_chain: ChainOpt = None,
 ) -> None:
     """Route requests from clients to workers and relay the answers."""
     from cocoon.run import run_proxy, setup_logging
@@ -131,6 +148,12 @@ def proxy(
                 log_level=log_level,
                 heartbeat_interval=heartbeat_interval,
                 dead_after=dead_after,
+                tee=tee,
+                policy=policy,
+                collateral_dir=collateral_dir,
+                pccs_url=pccs_url,
+                sev_vcek=sev_vcek,
+                sev_chain=sev_chain,
             ),
         )
         setup_logging(settings.log_level, "proxy")
@@ -180,6 +203,15 @@ def worker(
     log_level: LogOpt = None,
     heartbeat_interval: HeartbeatOpt = None,
     dead_after: DeadOpt = None,
+    tee: TeeOpt = None,
+    policy: PolicyOpt = None,
+    collateral_dir: CollateralOpt = None,
+    pccs_url: PccsOpt = None,
+    sev_vcek: VcekOpt = None,
+    sev_chain: ChainOpt = None,
+    model_hash: Annotated[
+        str | None, typer.Option(help="openai_http: SHA-256 (hex) of the served weights, for the claims.")
+    ] = None,
 ) -> None:
     """Serve one model to one or more proxies, dialing out to each of them."""
     from cocoon.run import run_worker, setup_logging
@@ -209,6 +241,13 @@ def worker(
                 log_level=log_level,
                 heartbeat_interval=heartbeat_interval,
                 dead_after=dead_after,
+                tee=tee,
+                policy=policy,
+                collateral_dir=collateral_dir,
+                pccs_url=pccs_url,
+                sev_vcek=sev_vcek,
+                sev_chain=sev_chain,
+                model_hash=model_hash,
             ),
         )
         setup_logging(settings.log_level, settings.name)
@@ -251,6 +290,9 @@ def client(
     log_level: LogOpt = None,
     heartbeat_interval: HeartbeatOpt = None,
     dead_after: DeadOpt = None,
+    policy: PolicyOpt = None,
+    collateral_dir: CollateralOpt = None,
+    pccs_url: PccsOpt = None,
 ) -> None:
     """Serve the OpenAI HTTP API on loopback and forward requests to a proxy."""
     from cocoon.run import run_client, setup_logging
@@ -272,6 +314,9 @@ def client(
                 log_level=log_level,
                 heartbeat_interval=heartbeat_interval,
                 dead_after=dead_after,
+                policy=policy,
+                collateral_dir=collateral_dir,
+                pccs_url=pccs_url,
             ),
         )
         setup_logging(settings.log_level, "client")

@@ -8,7 +8,7 @@ from typing import Any
 from cocoon.attest import sevsnp
 from cocoon.attest.claims import decode_claims
 from cocoon.attest.errors import AttestationError, MalformedEvidence
-from cocoon.attest.evidence import EVIDENCE_VERSION, Evidence, decode_evidence
+from cocoon.attest.evidence import EVIDENCE_VERSION, Evidence, Tee, decode_evidence
 from cocoon.attest.image import snp_image_hash, tdx_image_hash
 from cocoon.attest.sim import SIM_QE_VENDOR_ID
 from cocoon.attest.tdx import parse_quote
@@ -25,7 +25,7 @@ def as_evidence(data: bytes) -> Evidence:
     if len(data) == sevsnp.REPORT_SIZE:
         return Evidence(version=EVIDENCE_VERSION, tee="sev-snp", quote=data, claims=b"\x90")
     quote = parse_quote(data)
-    tee = "sim" if quote.header.qe_vendor_id == SIM_QE_VENDOR_ID else "tdx"
+    tee: Tee = "sim" if quote.header.qe_vendor_id == SIM_QE_VENDOR_ID else "tdx"
     return Evidence(version=EVIDENCE_VERSION, tee=tee, quote=data, claims=b"\x90")
 
 
