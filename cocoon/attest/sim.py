@@ -11,7 +11,9 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import shutil
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,24 +109,43 @@ class SimAuthority:
 
     @classmethod
     def load_or_create(cls, directory: Path) -> SimAuthority:
-        """The dev authority kept in ``directory`` (created with mode 0700, keys 0600)."""
+        """The dev authority kept in ``directory`` (mode 0700, keys 0600), created on first use.
+
+        Nodes of one local network start together: the authority is written to a temporary
+        directory and renamed into place, so exactly one is created and nobody reads half of it.
+        """
+        if not directory.exists():
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".sim-tee-", dir=directory.parent))
+            authority = cls.generate(datetime.datetime.now(datetime.UTC))
+            authority._write(staging)
+            try:
+                os.rename(staging, directory)
+            except OSError:  # another process won the race: use its authority
+                shutil.rmtree(staging, ignore_errors=True)
+        return cls._read(directory)
+
+    @classmethod
+    def _read(cls, directory: Path) -> SimAuthority:
         paths = [directory / n for n in ("root.key", "root.pem", "pck.key", "pck.pem")]
-        if all(p.exists() for p in paths):
+        try:
             keys = [serialization.load_pem_private_key(paths[i].read_bytes(), None) for i in (0, 2)]
             certs = [x509.load_pem_x509_certificate(paths[i].read_bytes()) for i in (1, 3)]
-            if not all(isinstance(k, ec.EllipticCurvePrivateKey) for k in keys):
-                raise AttestationError("bad_key", f"{directory} holds keys of the wrong kind")
-            return cls(keys[0], certs[0], keys[1], certs[1])  # type: ignore[arg-type]
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        authority = cls.generate(datetime.datetime.now(datetime.UTC))
+        except (OSError, ValueError) as exc:
+            raise AttestationError("bad_key", f"{directory} does not hold a simulated TEE authority") from exc
+        if not all(isinstance(k, ec.EllipticCurvePrivateKey) for k in keys):
+            raise AttestationError("bad_key", f"{directory} holds keys of the wrong kind")
+        return cls(keys[0], certs[0], keys[1], certs[1])  # type: ignore[arg-type]
+
+    def _write(self, directory: Path) -> None:
+        directory.chmod(0o700)
         pem = serialization.Encoding.PEM
         private = serialization.PrivateFormat.PKCS8
         none = serialization.NoEncryption()
-        _write_private(paths[0], authority.root_key.private_bytes(pem, private, none))
-        paths[1].write_bytes(authority.root_cert.public_bytes(pem))
-        _write_private(paths[2], authority.pck_key.private_bytes(pem, private, none))
-        paths[3].write_bytes(authority.pck_cert.public_bytes(pem))
-        return authority
+        _write_private(directory / "root.key", self.root_key.private_bytes(pem, private, none))
+        (directory / "root.pem").write_bytes(self.root_cert.public_bytes(pem))
+        _write_private(directory / "pck.key", self.pck_key.private_bytes(pem, private, none))
+        (directory / "pck.pem").write_bytes(self.pck_cert.public_bytes(pem))
 
     def quote(self, report_data: bytes, measurements: SimMeasurements | None = None) -> bytes:
         """A TDX v4 quote over ``report_data`` (64 bytes)."""

@@ -122,6 +122,8 @@ class Proxy:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        # read now: once the handshake fails, asyncio's SSL transport cannot tell any more
+        peername = writer.get_extra_info("peername")
         try:
             options = connection_options(self.settings)
             try:
@@ -134,7 +136,7 @@ class Proxy:
                     connection_options=options,
                 )
             except HandshakeFailed as exc:
-                log.warning("rejected a connection from %s: %s", writer.get_extra_info("peername"), exc)
+                log.warning("rejected a connection from %s: %s", peername, exc)
                 return
             log.info("%s connected", peer.label)
             if peer.identity.role == "worker":

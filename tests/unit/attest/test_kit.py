@@ -126,3 +126,15 @@ def test_node_evidence_is_renewed_before_it_expires(tmp_path: Path) -> None:
     verdict = kit.verifier.verify(renewed, role="worker", channel_key=key, now=expires - RENEW_BEFORE + 2)
     assert verdict.simulated
     assert build_attestation(role="client", tee="none", policy="development", data_dir=tmp_path).evidence(key) == b""
+
+
+def test_nodes_starting_together_share_one_dev_root(tmp_path: Path) -> None:
+    import concurrent.futures
+
+    with concurrent.futures.ProcessPoolExecutor(4) as pool:
+        roots = list(pool.map(_root_of, [tmp_path / "sim-tee"] * 8))
+    assert len(set(roots)) == 1
+
+
+def _root_of(directory: Path) -> bytes:
+    return SimAuthority.load_or_create(directory).root_der
