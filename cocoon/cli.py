@@ -57,6 +57,10 @@ PccsOpt = Annotated[
 TeeOpt = Annotated[str | None, typer.Option(help="Where this node's evidence comes from: sim, tdx or sev-snp.")]
 VcekOpt = Annotated[str | None, typer.Option(help="SEV-SNP: file with this chip's VCEK certificate (DER).")]
 ChainOpt = Annotated[str | None, typer.Option(help="SEV-SNP: file with the ASK and ARK certificates (PEM).")]
+ExtendOpt = Annotated[
+    bool | None,
+    typer.Option("--extend-rtmr/--no-extend-rtmr", help="TDX: measure the config hash into RTMR3 once per boot."),
+]
 
 
 def _pin(text: str) -> dict[str, str]:
@@ -121,6 +125,7 @@ def proxy(
     pccs_url: PccsOpt = None,
     sev_vcek: VcekOpt = None,
     sev_chain: ChainOpt = None,
+    extend_rtmr: ExtendOpt = None,
 ) -> None:
     """Route requests from clients to workers and relay the answers."""
     from cocoon.run import run_proxy, setup_logging
@@ -154,6 +159,7 @@ def proxy(
                 pccs_url=pccs_url,
                 sev_vcek=sev_vcek,
                 sev_chain=sev_chain,
+                extend_rtmr=extend_rtmr,
             ),
         )
         setup_logging(settings.log_level, "proxy")
@@ -209,6 +215,7 @@ def worker(
     pccs_url: PccsOpt = None,
     sev_vcek: VcekOpt = None,
     sev_chain: ChainOpt = None,
+    extend_rtmr: ExtendOpt = None,
     model_hash: Annotated[
         str | None, typer.Option(help="openai_http: SHA-256 (hex) of the served weights, for the claims.")
     ] = None,
@@ -247,6 +254,7 @@ def worker(
                 pccs_url=pccs_url,
                 sev_vcek=sev_vcek,
                 sev_chain=sev_chain,
+                extend_rtmr=extend_rtmr,
                 model_hash=model_hash,
             ),
         )

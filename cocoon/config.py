@@ -58,6 +58,7 @@ class _Attested(_Common, kw_only=True):
     tee: Literal["sim", "tdx", "sev-snp"] = "sim"  # where this node's evidence comes from
     sev_vcek: str = ""  # SEV-SNP: the chip's VCEK (DER file)
     sev_chain: str = ""  # SEV-SNP: ASK and ARK (PEM file)
+    extend_rtmr: bool = False  # TDX: measure the configuration hash into RTMR3 (once per boot)
 
 
 class ProxySettings(_Attested, kw_only=True):

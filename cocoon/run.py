@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -12,8 +13,10 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import uvicorn
 
+from cocoon.attest.errors import AttestationError
 from cocoon.attest.model_hash import model_hash
 from cocoon.attest.node import NodeAttestation, build_attestation
 from cocoon.attest.policy import PolicyError
@@ -63,6 +66,15 @@ async def _until_signalled(main: Coroutine[Any, Any, None]) -> None:
         await task
 
 
+SECRET_SETTINGS = frozenset({"engine_api_key"})
+
+
+def config_hash(settings: ProxySettings | WorkerSettings | ClientSettings) -> bytes:
+    """SHA-256 of the node's settings (secrets left out), bound into its claims."""
+    values = {k: v for k, v in msgspec.to_builtins(settings).items() if k not in SECRET_SETTINGS}
+    return hashlib.sha256(msgspec.json.encode(values, order="sorted")).digest()
+
+
 def attestation_of(
     settings: ProxySettings | WorkerSettings | ClientSettings, role: str, model_hash: bytes = b""
 ) -> NodeAttestation:
@@ -77,8 +89,10 @@ def attestation_of(
             sev_vcek=getattr(settings, "sev_vcek", ""),
             sev_chain=getattr(settings, "sev_chain", ""),
             model_hash=model_hash,
+            config_hash=config_hash(settings),
+            extend_rtmr=getattr(settings, "extend_rtmr", False),
         )
-    except PolicyError as exc:
+    except (PolicyError, AttestationError) as exc:
         raise ConfigError(str(exc)) from exc
 
 

@@ -3,6 +3,7 @@ claims, HPKE key) and how it checks its peers (policy, verifier, collateral, sim
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cocoon.attest.collateral import CollateralStore, pcs_fetcher
+from cocoon.attest.errors import AttestationError
 from cocoon.attest.policy import Policy, development_policy, load_policy
 from cocoon.attest.provider import (
     RENEW_BEFORE,
@@ -35,8 +37,10 @@ class NodeAttestation:
         verifier: EvidenceVerifier,
         source: QuoteSource | None,
         model_hash: bytes = b"",
+        config_hash: bytes = b"",
     ) -> None:
         self.role = role
+        self.config_hash = config_hash
         self.policy = policy
         self.verifier = verifier
         self.source = source
@@ -66,6 +70,7 @@ class NodeAttestation:
                 channel_key=channel_key,
                 hpke_key=self.hpke_public,
                 model_hash=self.model_hash,
+                config_hash=self.config_hash,
                 now=moment,
             )
         return current.raw
@@ -86,6 +91,8 @@ def build_attestation(
     sev_vcek: str = "",
     sev_chain: str = "",
     model_hash: bytes = b"",
+    config_hash: bytes = b"",
+    extend_rtmr: bool = False,
 ) -> NodeAttestation:
     if policy == "development":
         chosen = development_policy()
@@ -106,4 +113,34 @@ def build_attestation(
         )
     else:
         source = None
-    return NodeAttestation(role=role, policy=chosen, verifier=verifier, source=source, model_hash=model_hash)
+    if extend_rtmr and tee == "tdx" and config_hash:
+        measure_config(config_hash)
+    return NodeAttestation(
+        role=role, policy=chosen, verifier=verifier, source=source, model_hash=model_hash, config_hash=config_hash
+    )
+
+
+BOOT_MARKER = Path("/run/cocoon/rtmr3-config")
+
+
+def measure_config(config_hash: bytes, marker: Path = BOOT_MARKER, sysfs: Path | None = None) -> bool:
+    """Extend RTMR3 with the node's configuration hash, once per boot (``/run`` is emptied at
+    boot, so the marker there says whether this boot's RTMR3 already holds it). A restarted
+    node with the same configuration does not extend again, so the image hash stays stable;
+    one with another configuration is refused, since RTMR3 can never be taken back."""
+    from cocoon.attest.configfs import RTMR_SYSFS, extend_rtmr
+
+    if marker.exists():
+        if marker.read_bytes() != config_hash:
+            raise AttestationError("rtmr_conflict", "RTMR3 already measures another configuration this boot")
+        return False
+    digest = hashlib.sha384(b"cocoon/config/v1\x00" + config_hash).digest()
+    try:
+        extend_rtmr(3, digest, sysfs=sysfs or RTMR_SYSFS)
+    except AttestationError as exc:
+        log.info("configuration not measured into RTMR3: %s", exc)
+        return False
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_bytes(config_hash)
+    log.info("measured the configuration into RTMR3")
+    return True

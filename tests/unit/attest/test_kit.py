@@ -138,3 +138,20 @@ def test_nodes_starting_together_share_one_dev_root(tmp_path: Path) -> None:
 
 def _root_of(directory: Path) -> bytes:
     return SimAuthority.load_or_create(directory).root_der
+
+
+def test_configuration_is_measured_into_rtmr3_once_per_boot(tmp_path: Path) -> None:
+    from cocoon.attest.node import measure_config
+
+    sysfs = tmp_path / "measurements"
+    sysfs.mkdir()
+    (sysfs / "rtmr3:sha384").write_bytes(b"")  # test double for the kernel's write-only attribute
+    marker = tmp_path / "run" / "rtmr3-config"
+    config = hashlib.sha256(b"settings").digest()
+    assert measure_config(config, marker, sysfs)
+    assert (sysfs / "rtmr3:sha384").read_bytes() == hashlib.sha384(b"cocoon/config/v1\x00" + config).digest()
+    assert not measure_config(config, marker, sysfs)  # a restart with the same config
+    with pytest.raises(AttestationError) as excinfo:
+        measure_config(hashlib.sha256(b"other").digest(), marker, sysfs)
+    assert excinfo.value.code == "rtmr_conflict"
+    assert not measure_config(config, tmp_path / "elsewhere", tmp_path / "no-tdx")  # no TDX: skipped
