@@ -1,0 +1,184 @@
+"""Sealed requests, sealed chunked answers and signed usage records, with every tampering."""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cocoon.keys import public_bytes
+from cocoon.seal.errors import SealError
+from cocoon.seal.request import decode_sealed, open_request, seal_request, sealed_hash
+from cocoon.seal.response import ChunkOpener, ChunkSealer
+from cocoon.seal.usage import UsageRecord, sign_usage, verify_usage
+
+BODY = b'{"model": "m", "messages": [{"role": "user", "content": "secret canary"}]}'
+
+
+class Worker:
+    def __init__(self) -> None:
+        self.hpke = X25519PrivateKey.generate()
+        self.id = os.urandom(32)
+
+    @property
+    def public(self) -> bytes:
+        return self.hpke.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+    @property
+    def private(self) -> bytes:
+        return self.hpke.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+
+
+def seal_for(*workers: Worker, request_id: bytes | None = None) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    rid = request_id or os.urandom(16)
+    sealed, secrets = seal_request(
+        BODY, kind="chat", request_id=rid, content_key=os.urandom(32), recipients=[(w.id, w.public) for w in workers]
+    )
+    return sealed, secrets, rid
+
+
+def test_any_candidate_opens_the_request_and_shares_the_response_secret() -> None:
+    workers = [Worker() for _ in range(3)]
+    sealed, secrets, rid = seal_for(*workers)
+    assert b"secret canary" not in sealed and BODY not in sealed
+    for worker in workers:
+        request, body, secret = open_request(sealed, worker_id=worker.id, hpke_private=worker.private)
+        assert body == BODY and request.request_id == rid and secret == secrets[worker.id]
+    assert len(set(secrets.values())) == 3  # one answer key per candidate
+
+
+def test_a_worker_that_is_not_a_candidate_cannot_open() -> None:
+    sealed, _, _ = seal_for(Worker())
+    outsider = Worker()
+    with pytest.raises(SealError) as excinfo:
+        open_request(sealed, worker_id=outsider.id, hpke_private=outsider.private)
+    assert excinfo.value.code == "not_a_candidate"
+
+
+def test_a_wrapped_key_relabelled_for_another_worker_fails() -> None:
+    """The proxy cannot move a candidate's entry to another worker id."""
+    alice, mallory = Worker(), Worker()
+    sealed, _, _ = seal_for(alice)
+    request = decode_sealed(sealed)
+    entry = request.keys[0]
+    forged = msgspec.structs.replace(request, keys=[msgspec.structs.replace(entry, worker_id=mallory.id)])
+    with pytest.raises(SealError) as excinfo:
+        open_request(msgspec.msgpack.encode(forged), worker_id=mallory.id, hpke_private=mallory.private)
+    assert excinfo.value.code == "unwrap_failed"
+
+
+def test_sealing_to_a_key_that_is_not_x25519_fails() -> None:
+    worker = Worker()
+    with pytest.raises(SealError) as excinfo:
+        seal_request(
+            BODY, kind="chat", request_id=os.urandom(16), content_key=os.urandom(32), recipients=[(worker.id, b"x")]
+        )
+    assert excinfo.value.code == "bad_key"
+    with pytest.raises(SealError) as excinfo:
+        seal_request(BODY, kind="chat", request_id=os.urandom(16), content_key=os.urandom(32), recipients=[])
+    assert excinfo.value.code == "no_candidates"
+
+
+def test_a_flipped_byte_in_the_sealed_body_is_detected() -> None:
+    worker = Worker()
+    sealed, _, _ = seal_for(worker)
+    request = decode_sealed(sealed)
+    flipped = bytearray(request.ciphertext)
+    flipped[5] ^= 1
+    tampered = msgspec.msgpack.encode(msgspec.structs.replace(request, ciphertext=bytes(flipped)))
+    with pytest.raises(SealError) as excinfo:
+        open_request(tampered, worker_id=worker.id, hpke_private=worker.private)
+    assert excinfo.value.code == "tampered"
+    with pytest.raises(SealError) as excinfo:
+        open_request(b"\x00garbage", worker_id=worker.id, hpke_private=worker.private)
+    assert excinfo.value.code == "malformed"
+
+
+def answer(secret: bytes, rid: bytes, parts: list[bytes]) -> list[bytes]:
+    sealer = ChunkSealer(secret, rid)
+    return [sealer.seal(p, final=i == len(parts) - 1) for i, p in enumerate(parts)]
+
+
+def test_chunks_open_in_order_and_end_final() -> None:
+    secret, rid = os.urandom(32), os.urandom(16)
+    chunks = answer(secret, rid, [b"one", b"two", b"usage"])
+    opener = ChunkOpener(secret, rid)
+    assert [opener.open(c) for c in chunks] == [(b"one", False), (b"two", False), (b"usage", True)]
+    opener.finish()
+    assert all(b"two" not in c for c in chunks)
+
+
+def opening(secret: bytes, rid: bytes, chunks: list[bytes]) -> str:
+    opener = ChunkOpener(secret, rid)
+    with pytest.raises(SealError) as excinfo:
+        for chunk in chunks:
+            opener.open(chunk)
+        opener.finish()
+    return excinfo.value.code
+
+
+def test_every_tampering_of_the_answer_is_named() -> None:
+    secret, rid = os.urandom(32), os.urandom(16)
+    chunks = answer(secret, rid, [b"a", b"b", b"c", b"end"])
+    flipped = bytearray(chunks[1])
+    flipped[-3] ^= 1
+    assert opening(secret, rid, [chunks[0], bytes(flipped)]) == "tampered"
+    assert opening(secret, rid, chunks[:-1]) == "truncated"  # the final chunk dropped
+    assert opening(secret, rid, [chunks[0], chunks[0]]) == "replayed"
+    assert opening(secret, rid, [chunks[0], chunks[2]]) == "out_of_order"
+    assert opening(secret, rid, [*chunks, chunks[-1]]) == "after_final"
+    other_secret, other_rid = os.urandom(32), os.urandom(16)
+    foreign = answer(other_secret, other_rid, [b"x", b"y"])
+    assert opening(secret, rid, [chunks[0], foreign[1]]) == "foreign_chunk"  # swapped between requests
+    header_flip = bytearray(chunks[0])
+    header_flip[16] = 1  # claim "final" on the first chunk
+    assert opening(secret, rid, [bytes(header_flip)]) == "tampered"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_chunks_only_raise_seal_errors(data: bytes) -> None:
+    try:
+        ChunkOpener(os.urandom(32), os.urandom(16)).open(data)
+    except SealError:
+        pass
+
+
+def record(worker_key: bytes, completion: int = 10) -> UsageRecord:
+    return UsageRecord(
+        1, os.urandom(16), sealed_hash(b"sealed"), bytes(32), worker_key, 30, 0, completion, 0, "stop", 1, 2
+    )
+
+
+def test_usage_records_are_signed_and_checked() -> None:
+    key = Ed25519PrivateKey.generate()
+    worker = public_bytes(key)
+    signed = sign_usage(record(worker), key)
+    assert verify_usage(signed, worker).completion_tokens == 10
+    envelope = msgspec.msgpack.decode(signed)
+    inflated = msgspec.msgpack.encode(record(worker, completion=10_000))
+    with pytest.raises(SealError) as excinfo:
+        verify_usage(msgspec.msgpack.encode([inflated, envelope[1]]), worker)
+    assert excinfo.value.code == "bad_signature"
+    forged = msgspec.msgpack.encode([envelope[0], bytes(64)])
+    with pytest.raises(SealError) as excinfo:
+        verify_usage(forged, worker)
+    assert excinfo.value.code == "bad_signature"
+    other = Ed25519PrivateKey.generate()
+    with pytest.raises(SealError) as excinfo:
+        verify_usage(sign_usage(record(worker), other), worker)
+    assert excinfo.value.code == "bad_signature"
+    with pytest.raises(SealError) as excinfo:
+        verify_usage(signed, public_bytes(other))
+    assert excinfo.value.code == "wrong_worker"
+    with pytest.raises(SealError) as excinfo:
+        verify_usage(b"\xc1", worker)
+    assert excinfo.value.code == "malformed"
