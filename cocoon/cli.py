@@ -293,6 +293,9 @@ def client(
     reconnect_max: Annotated[
         float | None, typer.Option(help="Longest delay in seconds between redials of the proxy.")
     ] = None,
+    candidates: Annotated[
+        int | None, typer.Option(help="Attested workers each request is sealed for, so the proxy can fail over (K).")
+    ] = None,
     key_file: KeyFileOpt = None,
     status_file: StatusOpt = None,
     log_level: LogOpt = None,
@@ -317,6 +320,7 @@ def client(
                 request_timeout=request_timeout,
                 idle_timeout=idle_timeout,
                 reconnect_max=reconnect_max,
+                candidates=candidates,
                 key_file=key_file,
                 status_file=status_file,
                 log_level=log_level,

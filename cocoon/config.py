@@ -96,6 +96,7 @@ class ClientSettings(_Common, kw_only=True):
     request_timeout: Seconds = 600.0
     idle_timeout: Seconds = 120.0
     reconnect_max: Seconds = 5.0
+    candidates: Annotated[int, Meta(ge=1, le=8)] = 3  # workers each request is sealed for (K)
 
 
 S = TypeVar("S", ProxySettings, WorkerSettings, ClientSettings)

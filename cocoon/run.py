@@ -154,7 +154,8 @@ def run_client(settings: ClientSettings) -> None:
     key = load_or_create_identity(Path(settings.key_file))
     proxy_host, proxy_port = split_address(settings.proxy.address)
     pinned = {"proxy": [parse_public_key(settings.proxy.public_key)]} if settings.proxy.public_key else {}
-    verifier = AttestedVerifier(attestation_of(settings, "client").verifier, accept={"proxy"}, pinned=pinned)
+    evidence_verifier = attestation_of(settings, "client").verifier
+    verifier = AttestedVerifier(evidence_verifier, accept={"proxy"}, pinned=pinned)
     host, port = split_address(settings.listen)
 
     async def main() -> None:
@@ -167,7 +168,13 @@ def run_client(settings: ClientSettings) -> None:
             connection_options=connection_options(settings),
         )
         link.start()
-        service = ClientService(link, idle_timeout=settings.idle_timeout, request_timeout=settings.request_timeout)
+        service = ClientService(
+            link,
+            idle_timeout=settings.idle_timeout,
+            request_timeout=settings.request_timeout,
+            verifier=evidence_verifier,
+            candidates=settings.candidates,
+        )
         app = build_app(service, max_body_bytes=settings.max_body_bytes)
         config = uvicorn.Config(
             app,

@@ -50,6 +50,12 @@ class NodeAttestation:
         self._current: NodeEvidence | None = None
 
     @property
+    def hpke_private(self) -> bytes:
+        return self.hpke_key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+
+    @property
     def hpke_public(self) -> bytes:
         return self.hpke_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 

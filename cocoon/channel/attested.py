@@ -55,5 +55,10 @@ class AttestedVerifier:
                 public_key.hex()[:16],
             )
         return PeerIdentity(
-            role=role, public_key=public_key, software=software, expires_at=verdict.expires_at, attestation=verdict
+            role=role,
+            public_key=public_key,
+            software=software,
+            expires_at=verdict.expires_at,
+            attestation=verdict,
+            evidence=evidence,
         )

@@ -22,15 +22,15 @@ from cocoon.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocol
 from cocoon.protocol.messages import (
     RESPONDER_MESSAGES,
     STREAM_CLOSING,
+    STREAM_OPENING,
     Announce,
     Cancel,
     Error,
     Goodbye,
-    ListModels,
     Message,
-    Open,
     Ping,
     Pong,
+    StreamRequest,
 )
 
 log = logging.getLogger("cocoon.channel")
@@ -43,7 +43,7 @@ class PeerGone(Exception):
 
 
 class PeerHandler(Protocol):
-    def stream_opened(self, peer: Peer, message: Open | ListModels) -> None: ...
+    def stream_opened(self, peer: Peer, message: StreamRequest) -> None: ...
 
     def stream_cancelled(self, peer: Peer, message: Cancel) -> None: ...
 
@@ -124,7 +124,7 @@ class Peer:
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             raise PeerGone(str(exc)) from exc
 
-    async def open(self, make: Callable[[int], Open | ListModels]) -> Stream:
+    async def open(self, make: Callable[[int], StreamRequest]) -> Stream:
         """Open a stream with the message ``make(stream_id)``."""
         if self.closed:
             raise PeerGone(self.close_reason or "connection closed")
@@ -171,7 +171,7 @@ class Peer:
             self.send_nowait(Pong(nonce=message.nonce))
         elif isinstance(message, Pong):
             pass
-        elif isinstance(message, Open | ListModels):
+        elif isinstance(message, STREAM_OPENING):
             handler.stream_opened(self, message)
         elif isinstance(message, Cancel):
             handler.stream_cancelled(self, message)

@@ -18,6 +18,7 @@ class PeerIdentity:
     software: str = ""
     expires_at: float | None = None  # unix time after which the peer must attest again
     attestation: Any = None  # the attestation verdict, where the peer was attested
+    evidence: bytes = b""  # the evidence it presented (a proxy hands workers' on to clients)
 
     @property
     def short(self) -> str:

@@ -128,6 +128,13 @@ def build_app(service: ClientService, *, max_body_bytes: int) -> Starlette:
                 return JSONResponse(_model_object(m.id, m.workers))
         return error_response(*from_code(ErrorCode.UNKNOWN_MODEL, f"The model `{name}` does not exist", "model"))
 
+    async def receipts(request: Request) -> Response:
+        """The worker-signed usage records of recent requests, newest first."""
+        limit = request.query_params.get("limit", "100")
+        if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+            return error_response(400, error_body("limit must be 1 to 1000", "invalid_request_error", "limit"))
+        return JSONResponse({"object": "list", "data": service.receipts.recent(int(limit))})
+
     async def health(request: Request) -> Response:
         try:
             await service.link.get(timeout=0.5)
@@ -150,6 +157,7 @@ def build_app(service: ClientService, *, max_body_bytes: int) -> Starlette:
             Route("/v1/completions", text_completions, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+            Route("/v1/cocoon/receipts", receipts, methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
         ],
         exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},

@@ -4,20 +4,40 @@ into OpenAI responses. HTTP details stay in ``api``."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
 
+from cocoon.attest.verifier import EvidenceVerifier
 from cocoon.channel.peer import Peer, PeerGone, Stream
 from cocoon.client.link import NoProxy, ProxyLink
+from cocoon.client.sealing import Candidate, Receipts, SealedCall, SealingFailed, verified_candidates
 from cocoon.openai import sse
 from cocoon.openai.errors import from_code
 from cocoon.openai.schemas import Kind, Request, include_usage, max_tokens_of
 from cocoon.protocol.errors import ErrorCode
-from cocoon.protocol.messages import Data, End, Error, ListModels, Message, ModelInfo, ModelList, Open, Usage
+from cocoon.protocol.messages import (
+    Data,
+    End,
+    Error,
+    ListModels,
+    ListWorkers,
+    Message,
+    ModelInfo,
+    ModelList,
+    Open,
+    StreamRequest,
+    Usage,
+    WorkerList,
+)
+
+log = logging.getLogger("cocoon.client")
+
+WORKER_LIST_TTL = 1.0  # seconds a verified worker list is reused before asking the proxy again
 
 
 class UpstreamError(Exception):
@@ -45,9 +65,18 @@ class Call:
     """One request in flight through the proxy."""
 
     def __init__(
-        self, kind: Kind, request: Request, stream: Stream, idle_timeout: float, request_timeout: float
+        self,
+        kind: Kind,
+        request: Request,
+        stream: Stream,
+        idle_timeout: float,
+        request_timeout: float,
+        sealing: SealedCall,
+        receipts: Receipts,
     ) -> None:
         self.kind = kind
+        self.sealing = sealing
+        self.receipts = receipts
         self.request = request
         self.stream = stream
         self.idle_timeout = idle_timeout
@@ -68,6 +97,18 @@ class Call:
             raise UpstreamError(ErrorCode.TIMEOUT, f"{why}; gave up") from None
         if isinstance(message, Error):
             raise UpstreamError(message.code, message.message or message.code)
+        try:
+            if isinstance(message, Data):
+                payload = self.sealing.open_chunk(message.payload)
+                if payload is None:  # the sealed receipt: kept for the end
+                    return await self.receive()
+                return Data(stream_id=message.stream_id, payload=payload)
+            if isinstance(message, End):
+                record = self.sealing.check_end(message)
+                self.receipts.add(record, message.receipt, self.request.model)
+        except SealingFailed as exc:
+            await self.stream.cancel("sealing failed")
+            raise UpstreamError(exc.code, str(exc)) from exc
         return message
 
     def _rewrite(self, payload: bytes) -> dict[str, Any]:
@@ -140,10 +181,24 @@ class Call:
 
 
 class ClientService:
-    def __init__(self, link: ProxyLink, *, idle_timeout: float, request_timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        link: ProxyLink,
+        *,
+        idle_timeout: float,
+        request_timeout: float = 600.0,
+        verifier: EvidenceVerifier,
+        candidates: int = 3,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.link = link
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
+        self.verifier = verifier
+        self.max_candidates = candidates
+        self.clock = clock
+        self.receipts = Receipts()
+        self._workers: dict[str, tuple[float, list[Candidate]]] = {}
 
     async def _peer(self) -> Peer:
         try:
@@ -151,7 +206,43 @@ class ClientService:
         except NoProxy as exc:
             raise UpstreamError(ErrorCode.NO_WORKER, str(exc)) from exc
 
+    async def _ask(self, make: Callable[[int], StreamRequest]) -> Message:
+        peer = await self._peer()
+        try:
+            stream = await peer.open(make)
+            message = await stream.receive(self.idle_timeout)
+        except PeerGone as exc:
+            raise UpstreamError(ErrorCode.CONNECTION_LOST, f"lost the proxy: {exc}") from exc
+        except TimeoutError:
+            raise UpstreamError(ErrorCode.TIMEOUT, "the proxy did not answer") from None
+        if isinstance(message, Error):
+            raise UpstreamError(message.code, message.message)
+        return message
+
+    async def candidates(self, model: str) -> list[Candidate]:
+        """Attested workers for ``model``, least loaded first (asked again after a second)."""
+        now = self.clock()
+        cached = self._workers.get(model)
+        if cached and now - cached[0] < WORKER_LIST_TTL:
+            return cached[1]
+        answer = await self._ask(lambda sid: ListWorkers(stream_id=sid, model=model))
+        if not isinstance(answer, WorkerList):
+            raise UpstreamError(ErrorCode.PROTOCOL_ERROR, "unexpected answer to a worker list")
+        good, reasons = verified_candidates(answer.workers, self.verifier, int(now))
+        for reason in reasons:
+            log.warning("not sealing to %s", reason)
+        if not good:
+            why = "; ".join(reasons) or "none is connected"
+            raise UpstreamError(ErrorCode.NO_WORKER, f"no attested worker for model {model!r}: {why}")
+        self._workers[model] = (now, good)
+        return good
+
     async def start(self, kind: Kind, request: Request, body: bytes) -> Call:
+        chosen = (await self.candidates(request.model))[: self.max_candidates]
+        try:
+            sealing = SealedCall(kind, body, chosen, max_tokens_of(request))
+        except SealingFailed as exc:
+            raise UpstreamError(exc.code, str(exc)) from exc
         peer = await self._peer()
         try:
             stream = await peer.open(
@@ -161,24 +252,17 @@ class ClientService:
                     kind=kind,
                     stream=bool(request.stream),
                     max_tokens=max_tokens_of(request) or 0,
-                    body=body,
+                    body=sealing.sealed,
+                    request_id=sealing.request_id,
+                    candidates=[c.worker_id for c in chosen],
                 )
             )
         except PeerGone as exc:
             raise UpstreamError(ErrorCode.CONNECTION_LOST, f"lost the proxy: {exc}") from exc
-        return Call(kind, request, stream, self.idle_timeout, self.request_timeout)
+        return Call(kind, request, stream, self.idle_timeout, self.request_timeout, sealing, self.receipts)
 
     async def models(self) -> list[ModelInfo]:
-        peer = await self._peer()
-        try:
-            stream = await peer.open(lambda sid: ListModels(stream_id=sid))
-            message = await stream.receive(self.idle_timeout)
-        except PeerGone as exc:
-            raise UpstreamError(ErrorCode.CONNECTION_LOST, f"lost the proxy: {exc}") from exc
-        except TimeoutError:
-            raise UpstreamError(ErrorCode.TIMEOUT, "the proxy did not list its models") from None
-        if isinstance(message, Error):
-            raise UpstreamError(message.code, message.message)
+        message = await self._ask(lambda sid: ListModels(stream_id=sid))
         if not isinstance(message, ModelList):
             raise UpstreamError(ErrorCode.PROTOCOL_ERROR, "unexpected answer to a model list")
         return message.models

@@ -16,6 +16,8 @@ HTTP_OF: dict[str, tuple[int, str]] = {
     ErrorCode.ENGINE_ERROR: (502, "server_error"),
     ErrorCode.WORKER_LOST: (502, "server_error"),
     ErrorCode.PROTOCOL_ERROR: (502, "server_error"),
+    ErrorCode.SEAL_ERROR: (502, "server_error"),
+    ErrorCode.BAD_RECEIPT: (502, "server_error"),
     ErrorCode.NO_WORKER: (503, "service_unavailable"),
     ErrorCode.CONNECTION_LOST: (503, "service_unavailable"),
     ErrorCode.SHUTTING_DOWN: (503, "service_unavailable"),

@@ -17,6 +17,8 @@ class ErrorCode(StrEnum):
     ENGINE_ERROR = "engine_error"
     WORKER_LOST = "worker_lost"
     CONNECTION_LOST = "connection_lost"
+    SEAL_ERROR = "seal_error"
+    BAD_RECEIPT = "bad_receipt"
     PROTOCOL_ERROR = "protocol_error"
     UNAUTHORIZED = "unauthorized"
     TOO_LARGE = "too_large"

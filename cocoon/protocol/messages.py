@@ -27,7 +27,7 @@ Role = Literal["client", "proxy", "worker"]
 Kind = Literal["chat", "completion"]
 
 
-class _Message(Struct, tag_field="t", forbid_unknown_fields=False, frozen=True):
+class _Message(Struct, tag_field="t", forbid_unknown_fields=False, frozen=True, omit_defaults=True):
     pass
 
 
@@ -91,7 +91,7 @@ class Goodbye(_Message, tag="goodbye", frozen=True):
 
 class Open(_Message, tag="open", frozen=True):
     """Opener → responder: one inference request. The proxy routes on the clear fields only;
-    ``body`` is the request body the proxy forwards without reading (sealed in a later layer)."""
+    ``body`` is the sealed request (``cocoon.seal.request``), which it cannot open."""
 
     stream_id: StreamId
     model: Name
@@ -99,6 +99,29 @@ class Open(_Message, tag="open", frozen=True):
     stream: bool
     max_tokens: Count  # 0 = the serving worker's default
     body: Blob
+    request_id: Annotated[bytes, Meta(max_length=16)] = b""
+    candidates: Annotated[list[Key], Meta(max_length=8)] = []  # worker ids the body is sealed for
+    max_price_milli: Count = 0  # the client's price cap (price coefficient × 1000); 0 = none
+
+
+class ListWorkers(_Message, tag="list_workers", frozen=True):
+    """Client → proxy: the live workers for a model, with their evidence, to seal to."""
+
+    stream_id: StreamId
+    model: Name
+
+
+class WorkerOffer(Struct, frozen=True, forbid_unknown_fields=False):
+    worker_id: Key  # the worker's channel key
+    evidence: Blob
+    capacity: Count
+    inflight: Count
+    price_milli: Count
+
+
+class WorkerList(_Message, tag="worker_list", frozen=True):
+    stream_id: StreamId
+    workers: Annotated[list[WorkerOffer], Meta(max_length=256)]
 
 
 class ListModels(_Message, tag="list_models", frozen=True):
@@ -141,6 +164,7 @@ class End(_Message, tag="end", frozen=True):
     stream_id: StreamId
     usage: Usage
     finish_reason: Annotated[str, Meta(max_length=64)] | None = None
+    receipt: Annotated[bytes, Meta(max_length=2048)] = b""  # the worker-signed usage record
 
 
 class Cancel(_Message, tag="cancel", frozen=True):
@@ -168,6 +192,8 @@ Message = (
     | Goodbye
     | Open
     | ListModels
+    | ListWorkers
+    | WorkerList
     | ModelList
     | Data
     | End
@@ -175,12 +201,15 @@ Message = (
     | Error
 )
 
-OPENER_MESSAGES = (Open, ListModels, Cancel)
+StreamRequest = Open | ListModels | ListWorkers
+"""A message that opens a stream."""
+
+OPENER_MESSAGES = (Open, ListModels, ListWorkers, Cancel)
 """Stream messages sent by the side that opened the stream."""
-RESPONDER_MESSAGES = (Data, End, ModelList, Error)
+RESPONDER_MESSAGES = (Data, End, ModelList, WorkerList, Error)
 """Stream messages sent by the side that answers the stream."""
-STREAM_OPENING = (Open, ListModels)
-STREAM_CLOSING = (End, ModelList, Error, Cancel)
+STREAM_OPENING = (Open, ListModels, ListWorkers)
+STREAM_CLOSING = (End, ModelList, WorkerList, Error, Cancel)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)

@@ -57,9 +57,25 @@ class Router:
         if entry := self.workers.get(worker_id):
             entry.draining = True
 
-    def pick(self, model: str, exclude: frozenset[int] = frozenset()) -> WorkerEntry:
-        """The least-loaded worker with room for ``model``; raises ``RouteError``."""
-        serving = [w for w in self.workers.values() if w.offer.model == model and w.worker_id not in exclude]
+    def serving(self, model: str) -> list[WorkerEntry]:
+        """Live workers for ``model``, least loaded first; raises ``RouteError`` when none."""
+        live = [w for w in self.workers.values() if w.offer.model == model and not w.draining]
+        if not live:
+            if model in self.known_models:
+                raise RouteError(ErrorCode.NO_WORKER, f"no worker is available for model {model!r}")
+            raise RouteError(ErrorCode.UNKNOWN_MODEL, f"The model `{model}` does not exist")
+        return sorted(live, key=lambda w: (w.load, w.served, w.worker_id))
+
+    def pick(
+        self, model: str, exclude: frozenset[int] = frozenset(), only: frozenset[int] | None = None
+    ) -> WorkerEntry:
+        """The least-loaded worker with room for ``model`` (among ``only``, if given: the
+        workers the request is sealed for); raises ``RouteError``."""
+        serving = [
+            w
+            for w in self.workers.values()
+            if w.offer.model == model and w.worker_id not in exclude and (only is None or w.worker_id in only)
+        ]
         if not serving:
             if model in self.known_models:
                 raise RouteError(ErrorCode.NO_WORKER, f"no worker is available for model {model!r}")

@@ -30,10 +30,17 @@ from cocoon.protocol.messages import (
     Error,
     Goodbye,
     ListModels,
+    ListWorkers,
     ModelList,
     Open,
+    StreamRequest,
+    WorkerList,
+    WorkerOffer,
 )
 from cocoon.proxy.router import RouteError, Router, WorkerEntry
+from cocoon.seal.errors import SealError
+from cocoon.seal.request import sealed_hash
+from cocoon.seal.usage import verify_usage
 from cocoon.status import write_status
 
 log = logging.getLogger("cocoon.proxy")
@@ -167,14 +174,14 @@ class Proxy:
         async with self._slot_freed:
             self._slot_freed.notify_all()
 
-    async def _acquire(self, model: str, exclude: frozenset[int]) -> WorkerEntry:
+    async def _acquire(self, model: str, exclude: frozenset[int], only: frozenset[int] | None = None) -> WorkerEntry:
         """A worker slot for ``model``, waiting up to ``queue_timeout`` while all are busy."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.queue_timeout
         async with self._slot_freed:
             while True:
                 try:
-                    entry = self.router.pick(model, exclude)
+                    entry = self.router.pick(model, exclude, only)
                 except RouteError as exc:
                     remaining = deadline - loop.time()
                     if (
@@ -219,9 +226,12 @@ class Proxy:
     async def _relay(self, client: Peer, request: Open) -> None:
         sid = request.stream_id
         tried: set[int] = set()
+        # the body is sealed for these workers only: no other could open it
+        candidates = set(request.candidates)
+        only = frozenset(wid for wid, peer in self.worker_peers.items() if peer.identity.public_key in candidates)
         for _ in range(MAX_ATTEMPTS):
             try:
-                entry = await self._acquire(request.model, frozenset(tried))
+                entry = await self._acquire(request.model, frozenset(tried), only)
             except RouteError as exc:
                 await _send_quietly(client, Error(stream_id=sid, code=exc.code, message=str(exc)))
                 return
@@ -251,6 +261,9 @@ class Proxy:
                     stream=request.stream,
                     max_tokens=request.max_tokens,
                     body=request.body,
+                    request_id=request.request_id,
+                    candidates=request.candidates,
+                    max_price_milli=request.max_price_milli,
                 )
             )
         except PeerGone:
@@ -263,7 +276,15 @@ class Proxy:
                     relayed += len(message.payload)
                     await client.send(Data(stream_id=sid, payload=message.payload))
                 elif isinstance(message, End):
-                    await client.send(End(stream_id=sid, usage=message.usage, finish_reason=message.finish_reason))
+                    problem = check_receipt(message, request, worker.identity.public_key)
+                    if problem:
+                        log.warning("request %d via %s: refusing its usage record: %s", sid, entry.label, problem)
+                        await client.send(Error(stream_id=sid, code=ErrorCode.BAD_RECEIPT, message=problem))
+                        return False
+                    end = End(
+                        stream_id=sid, usage=message.usage, finish_reason=message.finish_reason, receipt=message.receipt
+                    )
+                    await client.send(end)
                     log.info(
                         "request %d via %s: %d body bytes, %d answer bytes, %d+%d tokens",
                         sid,
@@ -296,6 +317,43 @@ class Proxy:
     def list_models(self, client: Peer, message: ListModels) -> None:
         client.send_nowait(ModelList(stream_id=message.stream_id, models=self.router.models()))
 
+    def list_workers(self, client: Peer, message: ListWorkers) -> None:
+        """The live workers for a model, least loaded first, each with the evidence it showed
+        us, so the client can verify them itself and seal to their HPKE keys."""
+        try:
+            entries = self.router.serving(message.model)
+        except RouteError as exc:
+            client.send_nowait(Error(stream_id=message.stream_id, code=exc.code, message=str(exc)))
+            return
+        offers = [
+            WorkerOffer(
+                worker_id=peer.identity.public_key,
+                evidence=peer.identity.evidence,
+                capacity=entry.offer.capacity,
+                inflight=entry.inflight,
+                price_milli=entry.offer.price_milli,
+            )
+            for entry in entries
+            if (peer := self.worker_peers.get(entry.worker_id)) is not None
+        ]
+        client.send_nowait(WorkerList(stream_id=message.stream_id, workers=offers))
+
+
+def check_receipt(end: End, request: Open, worker_key: bytes) -> str:
+    """Why the worker's usage record cannot be billed, or "" when it can."""
+    try:
+        record = verify_usage(end.receipt, worker_key)
+    except SealError as exc:
+        return str(exc)
+    if record.request_id != request.request_id or record.sealed_request_hash != sealed_hash(request.body):
+        return "the usage record is for another request"
+    usage = end.usage
+    counted = (usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, usage.reasoning_tokens)
+    signed = (record.prompt_tokens, record.cached_tokens, record.completion_tokens, record.reasoning_tokens)
+    if counted != signed:
+        return "the clear usage differs from the signed record"
+    return ""
+
 
 async def _send_quietly(peer: Peer, message: Error) -> None:
     with contextlib.suppress(PeerGone):
@@ -306,7 +364,7 @@ class _WorkerHandler:
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
 
-    def stream_opened(self, peer: Peer, message: Open | ListModels) -> None:
+    def stream_opened(self, peer: Peer, message: StreamRequest) -> None:
         peer.send_nowait(
             Error(stream_id=message.stream_id, code=ErrorCode.BAD_REQUEST, message="workers cannot open streams")
         )
@@ -335,9 +393,11 @@ class _ClientHandler:
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
 
-    def stream_opened(self, peer: Peer, message: Open | ListModels) -> None:
+    def stream_opened(self, peer: Peer, message: StreamRequest) -> None:
         if isinstance(message, ListModels):
             self.proxy.list_models(peer, message)
+        elif isinstance(message, ListWorkers):
+            self.proxy.list_workers(peer, message)
         else:
             self.proxy.start_relay(peer, message)
 

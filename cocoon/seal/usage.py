@@ -17,6 +17,7 @@ from cocoon.seal.errors import SealError
 
 DOMAIN = b"cocoon/usage/v1\x00"
 Count = Annotated[int, Meta(ge=0, le=2**40)]
+Millis = Annotated[int, Meta(ge=0, le=2**53)]  # unix time in milliseconds
 
 
 class UsageRecord(Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
@@ -30,8 +31,8 @@ class UsageRecord(Struct, array_like=True, frozen=True, forbid_unknown_fields=Tr
     completion_tokens: Count
     reasoning_tokens: Count
     finish_reason: Annotated[str, Meta(max_length=64)]
-    started_ms: Count
-    finished_ms: Count
+    started_ms: Millis
+    finished_ms: Millis
 
 
 class SignedUsage(Struct, array_like=True, frozen=True):

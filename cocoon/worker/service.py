@@ -24,7 +24,11 @@ from cocoon.engine.base import Chunk, Engine, EngineError, EngineRequest, Finish
 from cocoon.keys import parse_public_key, public_bytes
 from cocoon.openai.schemas import InvalidRequest, engine_params, parse_request
 from cocoon.protocol.errors import ErrorCode
-from cocoon.protocol.messages import Announce, Cancel, Data, End, Error, Goodbye, ListModels, Open
+from cocoon.protocol.messages import Announce, Cancel, Data, End, Error, Goodbye, Open, StreamRequest
+from cocoon.seal.errors import SealError
+from cocoon.seal.request import open_request, sealed_hash
+from cocoon.seal.response import ChunkSealer
+from cocoon.seal.usage import UsageRecord, sign_usage
 from cocoon.status import write_status
 
 log = logging.getLogger("cocoon.worker")
@@ -126,10 +130,10 @@ class Worker:
 
     # --- PeerHandler ------------------------------------------------------------------------
 
-    def stream_opened(self, peer: Peer, message: Open | ListModels) -> None:
-        if isinstance(message, ListModels):
+    def stream_opened(self, peer: Peer, message: StreamRequest) -> None:
+        if not isinstance(message, Open):
             peer.send_nowait(
-                Error(stream_id=message.stream_id, code=ErrorCode.BAD_REQUEST, message="workers do not list models")
+                Error(stream_id=message.stream_id, code=ErrorCode.BAD_REQUEST, message="workers only serve requests")
             )
             return
         if len(self.active) >= self.settings.capacity:
@@ -160,21 +164,36 @@ class Worker:
     async def _serve(self, peer: Peer, message: Open) -> None:
         sid = message.stream_id
         started = time.monotonic()
+        started_ms = int(time.time() * 1000)
         try:
-            request = parse_request(message.kind, message.body)
+            sealed, body, secret = open_request(
+                message.body, worker_id=public_bytes(self.key), hpke_private=self.attestation.hpke_private
+            )
+            if sealed.kind != message.kind or sealed.request_id != message.request_id:
+                raise SealError("mismatch", "the clear routing fields do not match the sealed request")
+            request = parse_request(sealed.kind, body)
+        except SealError as exc:
+            await self._send(peer, Error(stream_id=sid, code=ErrorCode.SEAL_ERROR, message=str(exc)[:1000]))
+            return
         except InvalidRequest as exc:
             await self._send(peer, Error(stream_id=sid, code=ErrorCode.BAD_REQUEST, message=str(exc)[:1000]))
             return
+        sealer = ChunkSealer(secret, sealed.request_id)
         engine_request = EngineRequest(kind=message.kind, params=engine_params(request), stream=message.stream)
         events = self.engine.generate(engine_request)
         try:
             async for event in events:
                 if isinstance(event, Chunk):
-                    if not peer.send_nowait(Data(stream_id=sid, payload=self._json.encode(event.payload))):
+                    chunk = sealer.seal(self._json.encode(event.payload))
+                    if not peer.send_nowait(Data(stream_id=sid, payload=chunk)):
                         return  # the stream was cancelled or the proxy left
                     await peer.flush()
                 elif isinstance(event, Finished):
-                    await self._send(peer, End(stream_id=sid, usage=event.usage, finish_reason=event.finish_reason))
+                    receipt = self._receipt(message, sealed.request_id, event, started_ms)
+                    # the receipt travels twice: sealed as the final chunk, and in the clear
+                    await self._send(peer, Data(stream_id=sid, payload=sealer.seal(receipt, final=True)))
+                    usage, reason = event.usage, event.finish_reason
+                    await self._send(peer, End(stream_id=sid, usage=usage, finish_reason=reason, receipt=receipt))
                     log.info(
                         "request %d done: %d prompt + %d completion tokens in %.2f s (%s)",
                         sid,
@@ -191,6 +210,23 @@ class Worker:
         finally:
             await events.aclose()  # type: ignore[attr-defined]
 
-    async def _send(self, peer: Peer, message: End | Error) -> None:
+    def _receipt(self, message: Open, request_id: bytes, event: Finished, started_ms: int) -> bytes:
+        record = UsageRecord(
+            version=1,
+            request_id=request_id,
+            sealed_request_hash=sealed_hash(message.body),
+            model_hash=self.attestation.model_hash,
+            worker_key=public_bytes(self.key),
+            prompt_tokens=event.usage.prompt_tokens,
+            cached_tokens=event.usage.cached_tokens,
+            completion_tokens=event.usage.completion_tokens,
+            reasoning_tokens=event.usage.reasoning_tokens,
+            finish_reason=event.finish_reason or "",
+            started_ms=started_ms,
+            finished_ms=int(time.time() * 1000),
+        )
+        return sign_usage(record, self.key)
+
+    async def _send(self, peer: Peer, message: Data | End | Error) -> None:
         with contextlib.suppress(PeerGone):
             await peer.send(message)

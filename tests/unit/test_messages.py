@@ -22,6 +22,7 @@ from cocoon.protocol.messages import (
     Goodbye,
     Hello,
     ListModels,
+    ListWorkers,
     Message,
     ModelInfo,
     ModelList,
@@ -30,6 +31,8 @@ from cocoon.protocol.messages import (
     Pong,
     Usage,
     Welcome,
+    WorkerList,
+    WorkerOffer,
     decode_message,
     encode_message,
 )
@@ -47,6 +50,11 @@ EXAMPLES: dict[type, Message] = {
     Goodbye: Goodbye(reason="restarting"),
     Open: Open(stream_id=1, model="m", kind="completion", stream=False, max_tokens=16, body=b'{"prompt":"x"}'),
     ListModels: ListModels(stream_id=3),
+    ListWorkers: ListWorkers(stream_id=5, model="m"),
+    WorkerList: WorkerList(
+        stream_id=5,
+        workers=[WorkerOffer(worker_id=bytes(range(32)), evidence=b"e", capacity=2, inflight=1, price_milli=1000)],
+    ),
     ModelList: ModelList(
         stream_id=3, models=[ModelInfo(id="a", workers=2, capacity=8, max_tokens=2048), ModelInfo("b", 0, 0)]
     ),
@@ -83,16 +91,16 @@ GOLDEN: list[tuple[Message, str]] = [
     ),
     (
         Hello(role="worker", public_key=bytes(range(32)), signature=bytes(range(64)), software="w"),
-        "86a174a568656c6c6fa4726f6c65a6776f726b6572aa7075626c69635f6b6579c420"
+        "85a174a568656c6c6fa4726f6c65a6776f726b6572aa7075626c69635f6b6579c420"
         "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
         "a97369676e6174757265c440"
         "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
         "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
-        "a8736f667477617265a177a865766964656e6365c400",
+        "a8736f667477617265a177",
     ),
     (
         Welcome(role="proxy"),
-        "83a174a777656c636f6d65a4726f6c65a570726f7879a8736f667477617265a0",
+        "82a174a777656c636f6d65a4726f6c65a570726f7879",  # defaults are omitted
     ),
     (
         Open(stream_id=1, model="m", kind="chat", stream=True, max_tokens=0, body=b"{}"),
@@ -131,7 +139,6 @@ def test_golden_hello_is_a_tagged_map() -> None:
         "public_key": bytes(range(32)),
         "signature": bytes(range(64)),
         "software": "w",
-        "evidence": b"",
     }
 
 

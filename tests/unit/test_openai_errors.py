@@ -16,6 +16,8 @@ EXPECTED: dict[ErrorCode, tuple[int, str, str]] = {
     ErrorCode.ENGINE_ERROR: (502, "server_error", "engine_error"),
     ErrorCode.WORKER_LOST: (502, "server_error", "worker_lost"),
     ErrorCode.PROTOCOL_ERROR: (502, "server_error", "protocol_error"),
+    ErrorCode.SEAL_ERROR: (502, "server_error", "seal_error"),
+    ErrorCode.BAD_RECEIPT: (502, "server_error", "bad_receipt"),
     ErrorCode.NO_WORKER: (503, "service_unavailable", "no_worker"),
     ErrorCode.CONNECTION_LOST: (503, "service_unavailable", "connection_lost"),
     ErrorCode.SHUTTING_DOWN: (503, "service_unavailable", "shutting_down"),
