@@ -41,7 +41,9 @@ def toml_value(value: Any) -> str:
 
 
 class Node:
-    def __init__(self, name: str, args: list[str], root: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, args: list[str], root: Path, env: dict[str, str] | None = None, module: str = "cocoon"
+    ) -> None:
         self.name = name
         self.status_path = root / f"{name}.status.json"
         self.status_path.unlink(missing_ok=True)
@@ -49,7 +51,7 @@ class Node:
         self.killed = False
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "cocoon", *args, "--status-file", str(self.status_path)],
+                [sys.executable, "-m", module, *args, "--status-file", str(self.status_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -106,7 +108,9 @@ class Network:
         worker: dict[str, Any] | None = None,
         client: dict[str, Any] | None = None,
         wait: bool = True,
+        proxy_module: str = "cocoon",
     ) -> None:
+        self.proxy_module = proxy_module
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.proxy_port = free_port()
@@ -149,7 +153,8 @@ class Network:
             self.wait_workers(workers)
 
     def start_proxy(self) -> Node:
-        node = Node("proxy", ["proxy", "--config", str(self.config)], self.root)
+        env = {"COCOON_TEST_RECORD": str(self.root / "proxy.record")}
+        node = Node("proxy", ["proxy", "--config", str(self.config)], self.root, env=env, module=self.proxy_module)
         self.nodes["proxy"] = node
         return node
 
