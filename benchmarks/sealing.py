@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from cocoon.seal.hpke import RecipientKey
 from cocoon.seal.request import open_request, seal_request
 from cocoon.seal.response import ChunkOpener, ChunkSealer
 
@@ -36,13 +37,10 @@ def per_call(fn: Callable[[], object], calls: int, batches: int = 7) -> float:
     return statistics.median(timings)
 
 
-def worker() -> tuple[bytes, bytes, bytes]:
+def worker() -> tuple[bytes, bytes, RecipientKey]:
     key = X25519PrivateKey.generate()
     public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    private = key.private_bytes(
-        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-    )
-    return os.urandom(32), public, private
+    return os.urandom(32), public, RecipientKey(key)
 
 
 def main() -> None:
@@ -62,7 +60,7 @@ def main() -> None:
     seal1 = per_call(lambda: seal(1), 200)
     seal3 = per_call(lambda: seal(3), 100)
     sealed, secrets = seal(1)
-    opened = per_call(lambda: open_request(sealed, worker_id=workers[0][0], hpke_private=workers[0][2]), 200)
+    opened = per_call(lambda: open_request(sealed, worker_id=workers[0][0], hpke_key=workers[0][2]), 200)
 
     secret, rid = secrets[workers[0][0]], os.urandom(16)
     sealer, opener = ChunkSealer(secret, rid), ChunkOpener(secret, rid)

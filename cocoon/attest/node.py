@@ -24,6 +24,7 @@ from cocoon.attest.provider import (
 )
 from cocoon.attest.sim import SimAuthority
 from cocoon.attest.verifier import EvidenceVerifier
+from cocoon.seal.hpke import RecipientKey
 
 log = logging.getLogger("cocoon.attest")
 
@@ -47,13 +48,14 @@ class NodeAttestation:
         self.model_hash = model_hash
         # The HPKE key that end-to-end sealed requests will be encrypted to; lives in memory only.
         self.hpke_key = X25519PrivateKey.generate()
+        self._recipient: RecipientKey | None = None
         self._current: NodeEvidence | None = None
 
     @property
-    def hpke_private(self) -> bytes:
-        return self.hpke_key.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-        )
+    def hpke_recipient(self) -> RecipientKey:
+        if self._recipient is None:
+            self._recipient = RecipientKey(self.hpke_key)
+        return self._recipient
 
     @property
     def hpke_public(self) -> bytes:

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from msgspec import Meta, Struct
 
 from cocoon.seal.errors import SealError
-from cocoon.seal.hpke import unwrap_key, wrap_key
+from cocoon.seal.hpke import RecipientKey, unwrap_key, wrap_key
 
 MAX_CANDIDATES = 8
 MAX_SEALED_BODY = 8 * 1024 * 1024
@@ -77,14 +77,14 @@ def decode_sealed(data: bytes) -> SealedRequest:
         raise SealError("malformed", f"sealed request does not decode: {exc}") from exc
 
 
-def open_request(data: bytes, *, worker_id: bytes, hpke_private: bytes) -> tuple[SealedRequest, bytes, bytes]:
+def open_request(data: bytes, *, worker_id: bytes, hpke_key: RecipientKey) -> tuple[SealedRequest, bytes, bytes]:
     """(sealed request, body, response secret) for the worker ``worker_id``."""
     sealed = decode_sealed(data)
     entry = next((k for k in sealed.keys if k.worker_id == worker_id), None)
     if entry is None:
         raise SealError("not_a_candidate", "the request was not sealed for this worker")
     aad = _aad(sealed.request_id, sealed.kind)
-    content_key, secret = unwrap_key(hpke_private, entry.enc, entry.wrapped, aad + worker_id)
+    content_key, secret = unwrap_key(hpke_key, entry.enc, entry.wrapped, aad + worker_id)
     try:
         body = ChaCha20Poly1305(content_key).decrypt(ZERO_NONCE, sealed.ciphertext, aad)
     except (InvalidTag, ValueError) as exc:

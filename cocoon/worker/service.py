@@ -167,7 +167,7 @@ class Worker:
         started_ms = int(time.time() * 1000)
         try:
             sealed, body, secret = open_request(
-                message.body, worker_id=public_bytes(self.key), hpke_private=self.attestation.hpke_private
+                message.body, worker_id=public_bytes(self.key), hpke_key=self.attestation.hpke_recipient
             )
             if sealed.kind != message.kind or sealed.request_id != message.request_id:
                 raise SealError("mismatch", "the clear routing fields do not match the sealed request")

@@ -36,7 +36,7 @@ class Setup:
         self.call = SealedCall(
             "chat", b'{"x": 1}', [Candidate(self.worker.id, self.worker.public, MODEL_HASH)], max_tokens
         )
-        _, _, secret = open_request(self.call.sealed, worker_id=self.worker.id, hpke_private=self.worker.private)
+        _, _, secret = open_request(self.call.sealed, worker_id=self.worker.id, hpke_key=self.worker.recipient)
         self.sealer = ChunkSealer(secret, self.call.request_id)
 
     def receipt(self, completion: int = 10, **changes: object) -> bytes:

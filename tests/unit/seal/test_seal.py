@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from cocoon.keys import public_bytes
 from cocoon.seal.errors import SealError
+from cocoon.seal.hpke import RecipientKey
 from cocoon.seal.request import decode_sealed, open_request, seal_request, sealed_hash
 from cocoon.seal.response import ChunkOpener, ChunkSealer
 from cocoon.seal.usage import UsageRecord, sign_usage, verify_usage
@@ -31,10 +32,8 @@ class Worker:
         return self.hpke.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
     @property
-    def private(self) -> bytes:
-        return self.hpke.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-        )
+    def recipient(self) -> RecipientKey:
+        return RecipientKey(self.hpke)
 
 
 def seal_for(*workers: Worker, request_id: bytes | None = None) -> tuple[bytes, dict[bytes, bytes], bytes]:
@@ -50,7 +49,7 @@ def test_any_candidate_opens_the_request_and_shares_the_response_secret() -> Non
     sealed, secrets, rid = seal_for(*workers)
     assert b"secret canary" not in sealed and BODY not in sealed
     for worker in workers:
-        request, body, secret = open_request(sealed, worker_id=worker.id, hpke_private=worker.private)
+        request, body, secret = open_request(sealed, worker_id=worker.id, hpke_key=worker.recipient)
         assert body == BODY and request.request_id == rid and secret == secrets[worker.id]
     assert len(set(secrets.values())) == 3  # one answer key per candidate
 
@@ -59,7 +58,7 @@ def test_a_worker_that_is_not_a_candidate_cannot_open() -> None:
     sealed, _, _ = seal_for(Worker())
     outsider = Worker()
     with pytest.raises(SealError) as excinfo:
-        open_request(sealed, worker_id=outsider.id, hpke_private=outsider.private)
+        open_request(sealed, worker_id=outsider.id, hpke_key=outsider.recipient)
     assert excinfo.value.code == "not_a_candidate"
 
 
@@ -71,7 +70,7 @@ def test_a_wrapped_key_relabelled_for_another_worker_fails() -> None:
     entry = request.keys[0]
     forged = msgspec.structs.replace(request, keys=[msgspec.structs.replace(entry, worker_id=mallory.id)])
     with pytest.raises(SealError) as excinfo:
-        open_request(msgspec.msgpack.encode(forged), worker_id=mallory.id, hpke_private=mallory.private)
+        open_request(msgspec.msgpack.encode(forged), worker_id=mallory.id, hpke_key=mallory.recipient)
     assert excinfo.value.code == "unwrap_failed"
 
 
@@ -95,10 +94,10 @@ def test_a_flipped_byte_in_the_sealed_body_is_detected() -> None:
     flipped[5] ^= 1
     tampered = msgspec.msgpack.encode(msgspec.structs.replace(request, ciphertext=bytes(flipped)))
     with pytest.raises(SealError) as excinfo:
-        open_request(tampered, worker_id=worker.id, hpke_private=worker.private)
+        open_request(tampered, worker_id=worker.id, hpke_key=worker.recipient)
     assert excinfo.value.code == "tampered"
     with pytest.raises(SealError) as excinfo:
-        open_request(b"\x00garbage", worker_id=worker.id, hpke_private=worker.private)
+        open_request(b"\x00garbage", worker_id=worker.id, hpke_key=worker.recipient)
     assert excinfo.value.code == "malformed"
 
 
