@@ -296,6 +296,9 @@ def client(
     candidates: Annotated[
         int | None, typer.Option(help="Attested workers each request is sealed for, so the proxy can fail over (K).")
     ] = None,
+    max_price: Annotated[
+        float | None, typer.Option(help="Highest worker price coefficient to be routed to; 0 = any.")
+    ] = None,
     key_file: KeyFileOpt = None,
     status_file: StatusOpt = None,
     log_level: LogOpt = None,
@@ -321,6 +324,7 @@ def client(
                 idle_timeout=idle_timeout,
                 reconnect_max=reconnect_max,
                 candidates=candidates,
+                max_price=max_price,
                 key_file=key_file,
                 status_file=status_file,
                 log_level=log_level,

@@ -97,6 +97,7 @@ class ClientSettings(_Common, kw_only=True):
     idle_timeout: Seconds = 120.0
     reconnect_max: Seconds = 5.0
     candidates: Annotated[int, Meta(ge=1, le=8)] = 3  # workers each request is sealed for (K)
+    max_price: Annotated[float, Meta(ge=0, le=1_000_000)] = 0.0  # highest worker price coefficient; 0 = any
 
 
 S = TypeVar("S", ProxySettings, WorkerSettings, ClientSettings)

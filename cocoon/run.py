@@ -174,6 +174,7 @@ def run_client(settings: ClientSettings) -> None:
             request_timeout=settings.request_timeout,
             verifier=evidence_verifier,
             candidates=settings.candidates,
+            max_price_milli=round(settings.max_price * 1000),
         )
         app = build_app(service, max_body_bytes=settings.max_body_bytes)
         config = uvicorn.Config(

@@ -189,8 +189,10 @@ class ClientService:
         request_timeout: float = 600.0,
         verifier: EvidenceVerifier,
         candidates: int = 3,
+        max_price_milli: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.max_price_milli = max_price_milli
         self.link = link
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
@@ -228,7 +230,10 @@ class ClientService:
         answer = await self._ask(lambda sid: ListWorkers(stream_id=sid, model=model))
         if not isinstance(answer, WorkerList):
             raise UpstreamError(ErrorCode.PROTOCOL_ERROR, "unexpected answer to a worker list")
-        good, reasons = verified_candidates(answer.workers, self.verifier, int(now))
+        offers = [w for w in answer.workers if not self.max_price_milli or w.price_milli <= self.max_price_milli]
+        if answer.workers and not offers:
+            raise UpstreamError(ErrorCode.NO_WORKER, f"no worker for model {model!r} within the price cap")
+        good, reasons = verified_candidates(offers, self.verifier, int(now))
         for reason in reasons:
             log.warning("not sealing to %s", reason)
         if not good:
@@ -255,6 +260,7 @@ class ClientService:
                     body=sealing.sealed,
                     request_id=sealing.request_id,
                     candidates=[c.worker_id for c in chosen],
+                    max_price_milli=self.max_price_milli,
                 )
             )
         except PeerGone as exc:

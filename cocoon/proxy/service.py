@@ -228,7 +228,13 @@ class Proxy:
         tried: set[int] = set()
         # the body is sealed for these workers only: no other could open it
         candidates = set(request.candidates)
-        only = frozenset(wid for wid, peer in self.worker_peers.items() if peer.identity.public_key in candidates)
+        cap = request.max_price_milli
+        only = frozenset(
+            wid
+            for wid, peer in self.worker_peers.items()
+            if peer.identity.public_key in candidates
+            and (not cap or (entry := self.router.workers.get(wid)) is None or entry.offer.price_milli <= cap)
+        )
         for _ in range(MAX_ATTEMPTS):
             try:
                 entry = await self._acquire(request.model, frozenset(tried), only)

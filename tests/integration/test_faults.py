@@ -251,3 +251,14 @@ def test_one_worker_serves_several_proxies(tmp_path: Path) -> None:
     finally:
         first.stop()
         second.stop()
+
+
+def test_client_price_cap_keeps_it_off_dearer_workers(tmp_path: Path) -> None:
+    net = Network(tmp_path, workers=1, worker={"price_coefficient": 2.0}, client={"max_price": 1.5})
+    try:
+        with client_of(net, timeout=30) as client, pytest.raises(openai.InternalServerError) as excinfo:
+            client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2)
+        assert excinfo.value.status_code == 503
+        assert "price cap" in str(excinfo.value.message)
+    finally:
+        net.stop()
