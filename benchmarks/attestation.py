@@ -12,14 +12,13 @@ and the ratios full/baseline and hit/sim. Targets: full <= 2 ms, hit <= 20 us.
 from __future__ import annotations
 
 import datetime
-import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import dcap_qvl
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from benchmarks.timing import per_call
 from cocoon.attest.claims import CLAIMS_VERSION, Claims, encode_claims
 from cocoon.attest.evidence import EVIDENCE_VERSION, Evidence
 from cocoon.attest.policy import Policy, RolePolicy, development_policy
@@ -30,16 +29,6 @@ from cocoon.keys import public_bytes
 
 VECTORS = Path(__file__).resolve().parents[1] / "tests" / "vectors" / "attestation" / "tdx" / "dcap-qvl"
 NOW = int(datetime.datetime(2025, 7, 1, tzinfo=datetime.UTC).timestamp())
-
-
-def per_call(fn: Callable[[], object], calls: int, batches: int = 7) -> float:
-    timings = []
-    for _ in range(batches):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        timings.append((time.perf_counter() - start) / calls)
-    return statistics.median(timings)
 
 
 def main() -> None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Callable
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from benchmarks.timing import per_call
 from cocoon.seal.hpke import RecipientKey
 from cocoon.seal.request import open_request, seal_request
 from cocoon.seal.response import ChunkOpener, ChunkSealer
@@ -25,16 +25,6 @@ CHUNK = (
     b'{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",'
     b'"choices":[{"index":0,"delta":{"content":" word"},"finish_reason":null}]}'
 )
-
-
-def per_call(fn: Callable[[], object], calls: int, batches: int = 7) -> float:
-    timings = []
-    for _ in range(batches):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        timings.append((time.perf_counter() - start) / calls)
-    return statistics.median(timings)
 
 
 def worker() -> tuple[bytes, bytes, RecipientKey]:
