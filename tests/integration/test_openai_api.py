@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from cocoon.keys import load_identity, public_bytes
 from tests.integration.network import MODEL, Network
 
 pytestmark = pytest.mark.integration
@@ -221,3 +222,20 @@ def test_logs_and_files_of_proxy_and_workers_carry_no_content(network: Network) 
             assert canary.encode() not in written, path.name
             assert text.strip().encode() not in written, path.name
             assert streamed.strip().encode() not in written, path.name
+
+
+def test_receipts_are_kept_for_every_answer(client: openai.OpenAI, network: Network) -> None:
+    answer = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6)
+    with httpx.Client(base_url=network.url, timeout=30) as http:
+        receipts = http.get("/cocoon/receipts", params={"limit": 5}).json()["data"]
+        assert http.get("/cocoon/receipts", params={"limit": 0}).status_code == 400
+    newest = receipts[0]
+    assert newest["completion_tokens"] == answer.usage.completion_tokens
+    assert newest["prompt_tokens"] == answer.usage.prompt_tokens
+    assert newest["model"] == MODEL and len(newest["request_id"]) == 32
+    assert newest["worker"] in _worker_keys(network)
+    assert len(bytes.fromhex(newest["signed_record"])) > 64
+
+
+def _worker_keys(network: Network) -> list[str]:
+    return [public_bytes(load_identity(network.root / f"worker-{i}.key")).hex() for i in (1, 2)]
