@@ -1,7 +1,8 @@
 """Peer verification: the one replaceable step that decides whether a peer is acceptable.
 
-In this layer peers are identified by public keys pinned in config. The attestation layer
-replaces ``PinnedKeyVerifier`` with one that checks evidence; callers only see ``PeerVerifier``.
+Nodes use ``channel.attested.AttestedVerifier`` (evidence, plus pins where configured);
+``PinnedKeyVerifier`` identifies peers by pinned keys alone (tests, tools). Callers only see
+``PeerVerifier``.
 """
 
 from __future__ import annotations
