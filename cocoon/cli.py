@@ -112,7 +112,16 @@ def proxy(
         int | None, typer.Option(help="Most requests waiting for a slot at once; more get 429.")
     ] = None,
     request_timeout: Annotated[
-        float | None, typer.Option(help="Seconds a worker may stay silent on a request before 504.")
+        float | None, typer.Option(help="Most seconds one request may take, retries included, before 504.")
+    ] = None,
+    first_token_timeout: Annotated[
+        float | None, typer.Option(help="Seconds to wait for a worker's first chunk before trying another worker.")
+    ] = None,
+    inter_token_timeout: Annotated[
+        float | None, typer.Option(help="Seconds of silence between chunks after which a stream fails (504).")
+    ] = None,
+    reputation_file: Annotated[
+        str | None, typer.Option(help="Where worker reputation is kept across restarts. Default: the data dir.")
     ] = None,
     key_file: KeyFileOpt = None,
     status_file: StatusOpt = None,
@@ -148,6 +157,9 @@ def proxy(
                 queue_timeout=queue_timeout,
                 max_queue=max_queue,
                 request_timeout=request_timeout,
+                first_token_timeout=first_token_timeout,
+                inter_token_timeout=inter_token_timeout,
+                reputation_file=reputation_file,
                 key_file=key_file,
                 status_file=status_file,
                 log_level=log_level,
@@ -299,6 +311,9 @@ def client(
     max_price: Annotated[
         float | None, typer.Option(help="Highest worker price coefficient to be routed to; 0 = any.")
     ] = None,
+    routing: Annotated[
+        str | None, typer.Option(help="Default routing preference: balanced, cheapest or fastest.")
+    ] = None,
     key_file: KeyFileOpt = None,
     status_file: StatusOpt = None,
     log_level: LogOpt = None,
@@ -325,6 +340,7 @@ def client(
                 reconnect_max=reconnect_max,
                 candidates=candidates,
                 max_price=max_price,
+                routing=routing,
                 key_file=key_file,
                 status_file=status_file,
                 log_level=log_level,

@@ -68,7 +68,10 @@ class ProxySettings(_Attested, kw_only=True):
     models: list[Annotated[str, Meta(min_length=1, max_length=256)]] = []
     queue_timeout: Annotated[float, Meta(ge=0, le=3600)] = 5.0
     max_queue: Annotated[int, Meta(ge=0, le=1_000_000)] = 256
-    request_timeout: Seconds = 300.0
+    request_timeout: Seconds = 600.0  # a whole request, across retries
+    first_token_timeout: Seconds = 120.0  # a worker's first chunk; past it, another worker is tried
+    inter_token_timeout: Seconds = 60.0  # silence between chunks once streaming
+    reputation_file: str = ""  # worker reputation, kept across restarts; default <data dir>/reputation.json
 
 
 class WorkerSettings(_Attested, kw_only=True):
@@ -98,6 +101,7 @@ class ClientSettings(_Common, kw_only=True):
     reconnect_max: Seconds = 5.0
     candidates: Annotated[int, Meta(ge=1, le=8)] = 3  # workers each request is sealed for (K)
     max_price: Annotated[float, Meta(ge=0, le=1_000_000)] = 0.0  # highest worker price coefficient; 0 = any
+    routing: Literal["balanced", "cheapest", "fastest"] = "balanced"  # default routing preference
 
 
 S = TypeVar("S", ProxySettings, WorkerSettings, ClientSettings)

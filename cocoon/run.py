@@ -175,6 +175,7 @@ def run_client(settings: ClientSettings) -> None:
             verifier=evidence_verifier,
             candidates=settings.candidates,
             max_price_milli=round(settings.max_price * 1000),
+            routing=settings.routing,
         )
         app = build_app(service, max_body_bytes=settings.max_body_bytes)
         config = uvicorn.Config(

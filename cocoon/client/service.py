@@ -33,7 +33,9 @@ from cocoon.protocol.messages import (
     StreamRequest,
     Usage,
     WorkerList,
+    WorkerOffer,
 )
+from cocoon.proxy.scoring import raw_score
 
 log = logging.getLogger("cocoon.client")
 
@@ -190,9 +192,11 @@ class ClientService:
         verifier: EvidenceVerifier,
         candidates: int = 3,
         max_price_milli: int = 0,
+        routing: str = "balanced",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.max_price_milli = max_price_milli
+        self.routing = routing
         self.link = link
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
@@ -200,7 +204,7 @@ class ClientService:
         self.max_candidates = candidates
         self.clock = clock
         self.receipts = Receipts()
-        self._workers: dict[str, tuple[float, list[Candidate]]] = {}
+        self._workers: dict[str, tuple[float, list[WorkerOffer]]] = {}
 
     async def _peer(self) -> Peer:
         try:
@@ -221,17 +225,25 @@ class ClientService:
             raise UpstreamError(message.code, message.message)
         return message
 
-    async def candidates(self, model: str) -> list[Candidate]:
-        """Attested workers for ``model``, least loaded first (asked again after a second)."""
+    async def candidates(self, model: str, max_price_milli: int, routing: str = "balanced") -> list[Candidate]:
+        """Attested workers for ``model`` within the price cap, least loaded first (the list is
+        asked for again after a second)."""
         now = self.clock()
         cached = self._workers.get(model)
-        if cached and now - cached[0] < WORKER_LIST_TTL:
-            return cached[1]
-        answer = await self._ask(lambda sid: ListWorkers(stream_id=sid, model=model))
-        if not isinstance(answer, WorkerList):
-            raise UpstreamError(ErrorCode.PROTOCOL_ERROR, "unexpected answer to a worker list")
-        offers = [w for w in answer.workers if not self.max_price_milli or w.price_milli <= self.max_price_milli]
-        if answer.workers and not offers:
+        if cached is None or now - cached[0] >= WORKER_LIST_TTL:
+            answer = await self._ask(lambda sid: ListWorkers(stream_id=sid, model=model))
+            if not isinstance(answer, WorkerList):
+                raise UpstreamError(ErrorCode.PROTOCOL_ERROR, "unexpected answer to a worker list")
+            cached = self._workers[model] = (now, answer.workers)
+        offers = [w for w in cached[1] if not max_price_milli or w.price_milli <= max_price_milli]
+        # best first for this request's preference: the proxy then chooses among the K we seal to
+        offers.sort(
+            key=lambda w: raw_score(
+                w.price_milli / 1000, w.inflight / max(1, w.capacity), w.ttft_ms / 1000,
+                w.tokens_per_second, w.success_rate, routing,
+            )
+        )  # fmt: skip
+        if cached[1] and not offers:
             raise UpstreamError(ErrorCode.NO_WORKER, f"no worker for model {model!r} within the price cap")
         good, reasons = verified_candidates(offers, self.verifier, int(now))
         for reason in reasons:
@@ -239,11 +251,12 @@ class ClientService:
         if not good:
             why = "; ".join(reasons) or "none is connected"
             raise UpstreamError(ErrorCode.NO_WORKER, f"no attested worker for model {model!r}: {why}")
-        self._workers[model] = (now, good)
         return good
 
     async def start(self, kind: Kind, request: Request, body: bytes) -> Call:
-        chosen = (await self.candidates(request.model))[: self.max_candidates]
+        cap = round(request.max_price * 1000) if request.max_price is not None else self.max_price_milli
+        routing = request.routing or self.routing
+        chosen = (await self.candidates(request.model, cap, routing))[: self.max_candidates]
         try:
             sealing = SealedCall(kind, body, chosen, max_tokens_of(request))
         except SealingFailed as exc:
@@ -260,7 +273,8 @@ class ClientService:
                     body=sealing.sealed,
                     request_id=sealing.request_id,
                     candidates=[c.worker_id for c in chosen],
-                    max_price_milli=self.max_price_milli,
+                    max_price_milli=cap,
+                    routing=routing,
                 )
             )
         except PeerGone as exc:

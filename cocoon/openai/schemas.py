@@ -28,6 +28,8 @@ Stop = (
 Seed = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 User = Annotated[str, Meta(max_length=512)]
 JsonObject = dict[str, Any]
+Routing = Literal["balanced", "cheapest", "fastest"]
+MaxPrice = Annotated[float, Meta(ge=0, le=1_000_000)]  # highest worker price coefficient
 
 
 class StreamOptions(Struct, forbid_unknown_fields=True):
@@ -73,6 +75,9 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=True, omit_defaults=Tr
     metadata: dict[str, Annotated[str, Meta(max_length=512)]] | None = None
     store: bool | None = None
     service_tier: Annotated[str, Meta(max_length=32)] | None = None
+    # ours: how the network picks a worker for this request
+    routing: Routing | None = None
+    max_price: MaxPrice | None = None
 
 
 class CompletionRequest(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -93,6 +98,9 @@ class CompletionRequest(Struct, forbid_unknown_fields=True, omit_defaults=True):
     temperature: Temperature | None = None
     top_p: TopP | None = None
     user: User | None = None
+    # ours: how the network picks a worker for this request
+    routing: Routing | None = None
+    max_price: MaxPrice | None = None
 
 
 Request = ChatCompletionRequest | CompletionRequest

@@ -102,6 +102,7 @@ class Open(_Message, tag="open", frozen=True):
     request_id: Annotated[bytes, Meta(max_length=16)] = b""
     candidates: Annotated[list[Key], Meta(max_length=8)] = []  # worker ids the body is sealed for
     max_price_milli: Count = 0  # the client's price cap (price coefficient × 1000); 0 = none
+    routing: Annotated[str, Meta(max_length=16)] = ""  # "balanced" (default), "cheapest" or "fastest"
 
 
 class ListWorkers(_Message, tag="list_workers", frozen=True):
@@ -111,12 +112,16 @@ class ListWorkers(_Message, tag="list_workers", frozen=True):
     model: Name
 
 
-class WorkerOffer(Struct, frozen=True, forbid_unknown_fields=False):
+class WorkerOffer(Struct, frozen=True, forbid_unknown_fields=False, omit_defaults=True):
     worker_id: Key  # the worker's channel key
     evidence: Blob
     capacity: Count
     inflight: Count
     price_milli: Count
+    # as the proxy measured it (0 = not measured yet)
+    ttft_ms: Count = 0
+    tokens_per_second: Annotated[float, Meta(ge=0, le=1e9)] = 0.0
+    success_rate: Annotated[float, Meta(ge=0, le=1)] = 1.0
 
 
 class WorkerList(_Message, tag="worker_list", frozen=True):

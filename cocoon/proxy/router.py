@@ -23,6 +23,7 @@ class WorkerEntry:
     worker_id: int
     label: str
     offer: Announce
+    key: str = ""  # the worker's public key (hex): what its reputation is kept under
     inflight: int = 0
     draining: bool = False
     served: int = field(default=0)
@@ -41,10 +42,10 @@ class Router:
         self.workers: dict[int, WorkerEntry] = {}
         self.known_models: set[str] = set(known_models or ())
 
-    def announce(self, worker_id: int, label: str, offer: Announce) -> WorkerEntry:
+    def announce(self, worker_id: int, label: str, offer: Announce, key: str = "") -> WorkerEntry:
         entry = self.workers.get(worker_id)
         if entry is None:
-            entry = self.workers[worker_id] = WorkerEntry(worker_id, label, offer)
+            entry = self.workers[worker_id] = WorkerEntry(worker_id, label, offer, key)
         else:
             entry.offer = offer
         self.known_models.add(offer.model)
@@ -71,6 +72,13 @@ class Router:
     ) -> WorkerEntry:
         """The least-loaded worker with room for ``model`` (among ``only``, if given: the
         workers the request is sealed for); raises ``RouteError``."""
+        return min(self.eligible(model, exclude, only), key=lambda w: (w.load, w.served, w.worker_id))
+
+    def eligible(
+        self, model: str, exclude: frozenset[int] = frozenset(), only: frozenset[int] | None = None
+    ) -> list[WorkerEntry]:
+        """Every worker with room for ``model`` (among ``only``, if given); raises ``RouteError``
+        when there is none, saying whether the model is unknown, unserved or saturated."""
         serving = [
             w
             for w in self.workers.values()
@@ -85,8 +93,7 @@ class Router:
             if all(w.draining for w in serving):
                 raise RouteError(ErrorCode.NO_WORKER, f"no worker is available for model {model!r}")
             raise RouteError(ErrorCode.SATURATED, f"all workers for model {model!r} are busy")
-        # ties go to the worker that has served least, so idle workers share the work
-        return min(free, key=lambda w: (w.load, w.served, w.worker_id))
+        return free
 
     def acquire(self, entry: WorkerEntry) -> None:
         entry.inflight += 1

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
+import random
+import time
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -19,7 +23,7 @@ from cocoon.channel.connect import HandshakeFailed, accept
 from cocoon.channel.peer import Peer, PeerGone
 from cocoon.channel.tls import load_certificate, server_context
 from cocoon.channel.verify import ANY_KEY, PeerVerifier
-from cocoon.config import ProxySettings, connection_options, split_address
+from cocoon.config import ProxySettings, connection_options, data_dir, split_address
 from cocoon.keys import parse_public_key, public_bytes
 from cocoon.protocol.errors import ErrorCode
 from cocoon.protocol.messages import (
@@ -37,7 +41,9 @@ from cocoon.protocol.messages import (
     WorkerList,
     WorkerOffer,
 )
+from cocoon.proxy.reputation import Reputation
 from cocoon.proxy.router import RouteError, Router, WorkerEntry
+from cocoon.proxy.scoring import PREFERENCES, Preference, choose
 from cocoon.seal.errors import SealError
 from cocoon.seal.request import sealed_hash
 from cocoon.seal.usage import verify_usage
@@ -45,7 +51,15 @@ from cocoon.status import write_status
 
 log = logging.getLogger("cocoon.proxy")
 
-MAX_ATTEMPTS = 3  # a request whose worker vanishes before the first chunk is retried elsewhere
+MAX_ATTEMPTS = 3  # a request whose worker fails before its first chunk is retried, twice at most
+SAVE_EVERY = 10.0  # seconds between saves of the reputation file
+# errors caused by the request, not by the worker: they neither count against it nor retry
+CLIENT_FAULTS = frozenset({ErrorCode.BAD_REQUEST, ErrorCode.TOO_LARGE, ErrorCode.UNKNOWN_MODEL})
+
+
+class Attempt(enum.Enum):
+    DONE = "done"
+    RETRY = "retry"
 
 
 RENEW_CHECK = 600.0  # seconds between checks whether the certificate's evidence needs renewing
@@ -77,6 +91,9 @@ class Proxy:
         self.attestation = attestation
         self.verifier = verifier or verifier_from(settings, attestation)
         self.router = Router(settings.models)
+        reputation_file = Path(settings.reputation_file) if settings.reputation_file else data_dir() / "reputation.json"
+        self.reputation = Reputation(reputation_file)
+        self._rng = random.Random()
         self.worker_peers: dict[int, Peer] = {}
         self._slot_freed = asyncio.Condition()
         self._waiting = 0
@@ -95,6 +112,15 @@ class Proxy:
         log.info("proxy %s listening on %s", public_bytes(self.key).hex(), self.address)
         write_status(self.settings.status_file, "ready", address=self.address, public_key=public_bytes(self.key).hex())
         self._renewal = asyncio.create_task(self._renew_certificate())
+        self._saver = asyncio.create_task(self._save_reputation())
+
+    async def _save_reputation(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(SAVE_EVERY)
+                self.reputation.save()
+        finally:
+            self.reputation.save()
 
     async def _renew_certificate(self) -> None:
         """Renew the evidence-carrying certificate before its evidence expires. The previous
@@ -120,6 +146,7 @@ class Proxy:
         if self.server is not None:
             self.server.close()
             self._renewal.cancel()
+            self._saver.cancel()
         for task in list(self._connections):
             task.cancel()
         for task in list(self._relays.values()):
@@ -174,14 +201,31 @@ class Proxy:
         async with self._slot_freed:
             self._slot_freed.notify_all()
 
-    async def _acquire(self, model: str, exclude: frozenset[int], only: frozenset[int] | None = None) -> WorkerEntry:
+    def _choose(
+        self, model: str, exclude: frozenset[int], only: frozenset[int] | None, preference: Preference
+    ) -> WorkerEntry:
+        """Among workers with room and in good standing, the better of two random ones."""
+        now = time.time()
+        entries = [e for e in self.router.eligible(model, exclude, only) if self.reputation.stats(e.key).eligible(now)]
+        if not entries:
+            raise RouteError(ErrorCode.NO_WORKER, f"every worker for model {model!r} is suspended")
+        stats = [self.reputation.stats(e.key) for e in entries]
+        return entries[choose(entries, stats, preference, self._rng)]
+
+    async def _acquire(
+        self,
+        model: str,
+        exclude: frozenset[int],
+        only: frozenset[int] | None = None,
+        preference: Preference = "balanced",
+    ) -> WorkerEntry:
         """A worker slot for ``model``, waiting up to ``queue_timeout`` while all are busy."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.queue_timeout
         async with self._slot_freed:
             while True:
                 try:
-                    entry = self.router.pick(model, exclude, only)
+                    entry = self._choose(model, exclude, only, preference)
                 except RouteError as exc:
                     remaining = deadline - loop.time()
                     if (
@@ -235,29 +279,38 @@ class Proxy:
             if peer.identity.public_key in candidates
             and (not cap or (entry := self.router.workers.get(wid)) is None or entry.offer.price_milli <= cap)
         )
+        preference = request.routing if request.routing in PREFERENCES else "balanced"
+        outcome = Attempt.RETRY
         for _ in range(MAX_ATTEMPTS):
             try:
-                entry = await self._acquire(request.model, frozenset(tried), only)
+                entry = await self._acquire(request.model, frozenset(tried), only, preference)
             except RouteError as exc:
+                if tried:  # the candidates are used up: report why the last one failed
+                    break
                 await _send_quietly(client, Error(stream_id=sid, code=exc.code, message=str(exc)))
                 return
             tried.add(entry.worker_id)
             try:
-                retry = await self._relay_to(client, request, entry)
+                outcome = await self._relay_to(client, request, entry)
             finally:
                 self.router.release(entry)
                 await self._notify_slot()
-            if not retry:
+            if outcome is not Attempt.RETRY:
                 return
-            log.info("request %d: worker %s vanished before answering; retrying", sid, entry.label)
-        await _send_quietly(client, Error(stream_id=sid, code=ErrorCode.WORKER_LOST, message="workers went away"))
+            log.info("request %d: worker %s failed before its first chunk; trying another", sid, entry.label)
+        await _send_quietly(
+            client, Error(stream_id=sid, code=ErrorCode.WORKER_LOST, message="every candidate worker failed")
+        )
 
-    async def _relay_to(self, client: Peer, request: Open, entry: WorkerEntry) -> bool:
-        """Relay one attempt; True when the worker vanished before sending anything."""
+    async def _relay_to(self, client: Peer, request: Open, entry: WorkerEntry) -> Attempt:
+        """Relay one attempt. RETRY when the worker failed before its first chunk (nothing was
+        sent to the client, so another worker may answer); DONE otherwise."""
         sid = request.stream_id
         worker = self.worker_peers.get(entry.worker_id)
         if worker is None:
-            return True
+            return Attempt.RETRY
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             upstream = await worker.open(
                 lambda wid: Open(
@@ -273,49 +326,64 @@ class Proxy:
                 )
             )
         except PeerGone:
-            return True
+            return Attempt.RETRY
         relayed = 0
+        first_chunk = 0.0
+        deadline = started + self.settings.request_timeout
         try:
             while True:
-                message = await upstream.receive(timeout=self.settings.request_timeout)
+                limit = self.settings.inter_token_timeout if relayed else self.settings.first_token_timeout
+                message = await upstream.receive(timeout=max(0.0, min(limit, deadline - loop.time())))
                 if isinstance(message, Data):
+                    if not relayed:
+                        first_chunk = loop.time() - started
                     relayed += len(message.payload)
                     await client.send(Data(stream_id=sid, payload=message.payload))
                 elif isinstance(message, End):
                     problem = check_receipt(message, request, worker.identity.public_key)
                     if problem:
                         log.warning("request %d via %s: refusing its usage record: %s", sid, entry.label, problem)
+                        self.reputation.dispute(entry.key)
                         await client.send(Error(stream_id=sid, code=ErrorCode.BAD_RECEIPT, message=problem))
-                        return False
+                        return Attempt.DONE
                     end = End(
                         stream_id=sid, usage=message.usage, finish_reason=message.finish_reason, receipt=message.receipt
                     )
                     await client.send(end)
+                    duration = loop.time() - started
+                    self.reputation.success(entry.key, first_chunk, message.usage.completion_tokens, duration)
                     log.info(
-                        "request %d via %s: %d body bytes, %d answer bytes, %d+%d tokens",
+                        "request %d via %s: %d body bytes, %d answer bytes, %d+%d tokens in %.2f s",
                         sid,
                         entry.label,
                         len(request.body),
                         relayed,
                         message.usage.prompt_tokens,
                         message.usage.completion_tokens,
+                        duration,
                     )
-                    return False
+                    return Attempt.DONE
                 elif isinstance(message, Error):
+                    if message.code not in CLIENT_FAULTS:
+                        self.reputation.failure(entry.key, time.time())
+                        if not relayed:
+                            return Attempt.RETRY
                     if message.code == ErrorCode.CONNECTION_LOST:
-                        if relayed == 0:
-                            return True
                         message = Error(stream_id=sid, code=ErrorCode.WORKER_LOST, message="the worker went away")
                     await client.send(Error(stream_id=sid, code=message.code, message=message.message))
-                    return False
+                    return Attempt.DONE
         except TimeoutError:
-            log.warning("request %d: worker %s silent for %.0f s", sid, entry.label, self.settings.request_timeout)
             await upstream.cancel("timeout")
+            self.reputation.failure(entry.key, time.time(), timeout=True)
+            what = "its first chunk" if not relayed else "the next chunk"
+            log.warning("request %d: worker %s timed out waiting for %s", sid, entry.label, what)
+            if not relayed and loop.time() < deadline:
+                return Attempt.RETRY
             await _send_quietly(client, Error(stream_id=sid, code=ErrorCode.TIMEOUT, message="the worker timed out"))
-            return False
+            return Attempt.DONE
         except PeerGone:  # the client left: stop the worker
             await upstream.cancel("client gone")
-            return False
+            return Attempt.DONE
         except asyncio.CancelledError:
             await upstream.cancel("client cancelled")
             raise
@@ -331,6 +399,7 @@ class Proxy:
         except RouteError as exc:
             client.send_nowait(Error(stream_id=message.stream_id, code=exc.code, message=str(exc)))
             return
+        now = time.time()
         offers = [
             WorkerOffer(
                 worker_id=peer.identity.public_key,
@@ -338,9 +407,13 @@ class Proxy:
                 capacity=entry.offer.capacity,
                 inflight=entry.inflight,
                 price_milli=entry.offer.price_milli,
+                ttft_ms=round(stats.ttft * 1000),
+                tokens_per_second=stats.tokens_per_second,
+                success_rate=stats.success_rate,
             )
             for entry in entries
             if (peer := self.worker_peers.get(entry.worker_id)) is not None
+            and (stats := self.reputation.stats(entry.key)).eligible(now)
         ]
         client.send_nowait(WorkerList(stream_id=message.stream_id, workers=offers))
 
@@ -380,7 +453,7 @@ class _WorkerHandler:
 
     def connection_message(self, peer: Peer, message: Announce | Goodbye) -> None:
         if isinstance(message, Announce):
-            self.proxy.router.announce(id(peer), peer.label, message)
+            self.proxy.router.announce(id(peer), peer.label, message, peer.identity.public_key.hex())
             log.info(
                 "%s serves %s on %s, capacity %d, price ×%.3f",
                 peer.label,

@@ -1,0 +1,101 @@
+"""Worker reputation (pure: time comes in as ``now``): measured speed and reliability.
+
+Per worker, exponentially weighted time to first token and tokens per second, a success rate,
+error and timeout counts, and usage-record disputes. Repeated failures suspend a worker for a
+growing interval (after which one probe request may test it); a worker caught signing usage
+that does not match what it sent is banned. Keyed by the worker's public key (hex), so it
+survives reconnects, and saved to a JSON file, so it survives proxy restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ALPHA = 0.2  # weight of the newest sample in the moving averages
+FAILURES_TO_SUSPEND = 3
+SUSPEND_BASE = 5.0  # seconds; doubles with every suspension in a row
+SUSPEND_MAX = 600.0
+
+
+@dataclass
+class WorkerStats:
+    ttft: float = 0.0  # seconds, moving average (0 = not measured yet)
+    tokens_per_second: float = 0.0
+    success_rate: float = 1.0  # moving average of 1 (success) / 0 (failure)
+    successes: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    disputes: int = 0
+    failures_in_row: int = 0
+    suspensions: int = 0
+    suspended_until: float = 0.0
+    banned: bool = False
+
+    def _average(self, current: float, sample: float) -> float:
+        return sample if current == 0.0 else (1 - ALPHA) * current + ALPHA * sample
+
+    def eligible(self, now: float) -> bool:
+        return not self.banned and now >= self.suspended_until
+
+
+class Reputation:
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.workers: dict[str, WorkerStats] = {}
+        if path is not None and path.exists():
+            self._load(path)
+
+    def stats(self, key: str) -> WorkerStats:
+        return self.workers.setdefault(key, WorkerStats())
+
+    def success(self, key: str, ttft: float, tokens: int, duration: float) -> None:
+        stats = self.stats(key)
+        stats.successes += 1
+        stats.failures_in_row = 0
+        stats.suspensions = 0
+        stats.success_rate = stats._average(stats.success_rate, 1.0)
+        if ttft > 0:
+            stats.ttft = stats._average(stats.ttft, ttft)
+        generating = duration - ttft
+        if tokens > 1 and generating > 0:
+            stats.tokens_per_second = stats._average(stats.tokens_per_second, (tokens - 1) / generating)
+
+    def failure(self, key: str, now: float, *, timeout: bool = False) -> None:
+        stats = self.stats(key)
+        if timeout:
+            stats.timeouts += 1
+        else:
+            stats.errors += 1
+        stats.success_rate = (1 - ALPHA) * stats.success_rate
+        stats.failures_in_row += 1
+        if stats.failures_in_row >= FAILURES_TO_SUSPEND:
+            stats.suspensions += 1
+            stats.suspended_until = now + min(SUSPEND_MAX, SUSPEND_BASE * 2 ** (stats.suspensions - 1))
+            stats.failures_in_row = FAILURES_TO_SUSPEND - 1  # a failed probe suspends it again
+
+    def dispute(self, key: str) -> None:
+        """The worker signed usage that does not match what it sent: banned at this proxy."""
+        stats = self.stats(key)
+        stats.disputes += 1
+        stats.banned = True
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({key: asdict(stats) for key, stats in self.workers.items()}))
+        os.replace(tmp, self.path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            data = json.loads(path.read_text())
+            fields = set(WorkerStats.__dataclass_fields__)
+            self.workers = {
+                str(key): WorkerStats(**{k: v for k, v in value.items() if k in fields}) for key, value in data.items()
+            }
+        except (ValueError, TypeError, AttributeError):
+            self.workers = {}  # a damaged file costs the history, not the proxy

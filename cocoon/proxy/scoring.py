@@ -1,0 +1,57 @@
+"""Choosing among eligible workers (pure: randomness comes in as a ``Random``).
+
+Each routing preference is a score (lower is better) over price, queue and measured speed and
+reliability; the power of two choices (score two random eligible workers, take the better)
+spreads load and gives new workers traffic while still favouring the best.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Literal
+
+from cocoon.proxy.reputation import WorkerStats
+from cocoon.proxy.router import WorkerEntry
+
+Preference = Literal["balanced", "cheapest", "fastest"]
+PREFERENCES: tuple[Preference, ...] = ("balanced", "cheapest", "fastest")
+UNMEASURED_TTFT = 0.5  # seconds assumed for a worker not measured yet
+UNMEASURED_SPEED = 50.0  # tokens per second assumed likewise
+
+
+def score(entry: WorkerEntry, stats: WorkerStats, preference: Preference) -> float:
+    return raw_score(
+        entry.offer.price_milli / 1000,
+        entry.inflight / entry.offer.capacity,
+        stats.ttft,
+        stats.tokens_per_second,
+        stats.success_rate,
+        preference,
+    )
+
+
+def raw_score(price: float, queue: float, ttft: float, speed: float, success: float, preference: str) -> float:
+    """Lower is better. ``queue`` is the share of capacity in use; zero speed or time to first
+    token mean "not measured yet" and get middling assumed values."""
+    ttft = ttft or UNMEASURED_TTFT
+    speed = speed or UNMEASURED_SPEED
+    stats_success = success
+    slowness = ttft + 100.0 / speed  # time to first token plus time for 100 more tokens
+    unreliability = 1.0 - stats_success
+    if preference == "cheapest":
+        return price * 10 + queue + unreliability
+    if preference == "fastest":
+        return slowness * (1 + queue) + unreliability * 10
+    return price * slowness * (1 + queue) * (1 + 5 * unreliability)
+
+
+def choose(
+    entries: Sequence[WorkerEntry], stats: Sequence[WorkerStats], preference: Preference, rng: random.Random
+) -> int:
+    """Index of the chosen entry: the better of two random picks (power of two choices)."""
+    if len(entries) == 1:
+        return 0
+    first, second = rng.sample(range(len(entries)), 2)
+    scored = [(score(entries[i], stats[i], preference), i) for i in (first, second)]
+    return min(scored)[1]

@@ -1,0 +1,76 @@
+"""Worker reputation and the routing score."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from cocoon.protocol.messages import Announce
+from cocoon.proxy.reputation import FAILURES_TO_SUSPEND, SUSPEND_BASE, Reputation, WorkerStats
+from cocoon.proxy.router import WorkerEntry
+from cocoon.proxy.scoring import choose, raw_score, score
+
+
+def test_moving_averages_and_success() -> None:
+    rep = Reputation()
+    rep.success("w", ttft=0.2, tokens=11, duration=1.2)
+    stats = rep.stats("w")
+    assert stats.ttft == 0.2 and stats.tokens_per_second == 10.0 and stats.successes == 1
+    rep.success("w", ttft=0.4, tokens=11, duration=0.9)
+    assert 0.2 < stats.ttft < 0.4 and stats.tokens_per_second > 10.0
+
+
+def test_repeated_failures_suspend_for_growing_intervals_and_a_success_clears_them() -> None:
+    rep = Reputation()
+    for _ in range(FAILURES_TO_SUSPEND - 1):
+        rep.failure("w", now=100.0)
+    assert rep.stats("w").eligible(100.0)
+    rep.failure("w", now=100.0, timeout=True)
+    stats = rep.stats("w")
+    assert not stats.eligible(100.0) and stats.eligible(100.0 + SUSPEND_BASE)
+    assert stats.timeouts == 1 and stats.errors == FAILURES_TO_SUSPEND - 1 and stats.success_rate < 1
+    rep.failure("w", now=200.0)  # the probe after the suspension fails: suspended twice as long
+    assert not stats.eligible(200.0 + SUSPEND_BASE) and stats.eligible(200.0 + 2 * SUSPEND_BASE)
+    rep.success("w", ttft=0.1, tokens=2, duration=0.2)
+    assert stats.failures_in_row == 0 and stats.suspensions == 0
+
+
+def test_a_disputed_worker_is_banned_and_it_all_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "reputation.json"
+    rep = Reputation(path)
+    rep.dispute("liar")
+    rep.success("good", ttft=0.3, tokens=5, duration=1.0)
+    rep.save()
+    again = Reputation(path)
+    assert again.stats("liar").banned and not again.stats("liar").eligible(0.0)
+    assert again.stats("good").ttft == 0.3
+    path.write_text("{not json")
+    assert Reputation(path).workers == {}  # a damaged file costs the history, not the proxy
+
+
+def entry(worker_id: int, price: float, inflight: int = 0) -> WorkerEntry:
+    offer = Announce(model="m", engine="e", capacity=4, price_milli=round(price * 1000))
+    return WorkerEntry(worker_id, f"w{worker_id}", offer, inflight=inflight)
+
+
+def test_preferences_rank_price_and_speed() -> None:
+    fast = WorkerStats(ttft=0.1, tokens_per_second=100)
+    slow = WorkerStats(ttft=1.0, tokens_per_second=10)
+    cheap_slow, dear_fast = entry(1, 1.0), entry(2, 3.0)
+    assert score(cheap_slow, slow, "cheapest") < score(dear_fast, fast, "cheapest")
+    assert score(dear_fast, fast, "fastest") < score(cheap_slow, slow, "fastest")
+    flaky = WorkerStats(ttft=0.1, tokens_per_second=100, success_rate=0.3)
+    assert score(entry(3, 1.0), fast, "balanced") < score(entry(3, 1.0), flaky, "balanced")
+    assert raw_score(1.0, 0.0, 0.0, 0.0, 1.0, "balanced") == raw_score(1.0, 0.0, 0.5, 50.0, 1.0, "balanced")
+
+
+def test_two_choices_favour_the_best_but_spread_the_load() -> None:
+    entries = [entry(i, 1.0) for i in range(4)]
+    stats = [WorkerStats(ttft=0.1 * (i + 1), tokens_per_second=100 / (i + 1)) for i in range(4)]
+    rng = random.Random(7)
+    counts = [0] * 4
+    for _ in range(2000):
+        counts[choose(entries, stats, "fastest", rng)] += 1
+    assert counts[0] > counts[1] > counts[2] > counts[3] == 0  # the slowest never wins a pair
+    assert counts[0] < 2000 * 0.6  # but the fastest does not take everything
+    assert choose(entries[:1], stats[:1], "fastest", rng) == 0
