@@ -51,12 +51,18 @@ class Reputation:
     def stats(self, key: str) -> WorkerStats:
         return self.workers.setdefault(key, WorkerStats())
 
-    def success(self, key: str, ttft: float, tokens: int, duration: float) -> None:
+    def success(self, key: str, ttft: float | None, tokens: int, duration: float) -> None:
+        """A completed request. ``ttft`` is None for a non-streamed answer (its first chunk is
+        the whole answer), whose speed is then taken over the whole duration."""
         stats = self.stats(key)
         stats.successes += 1
         stats.failures_in_row = 0
         stats.suspensions = 0
         stats.success_rate = stats._average(stats.success_rate, 1.0)
+        if ttft is None:
+            if tokens > 0 and duration > 0:
+                stats.tokens_per_second = stats._average(stats.tokens_per_second, tokens / duration)
+            return
         if ttft > 0:
             stats.ttft = stats._average(stats.ttft, ttft)
         generating = duration - ttft

@@ -16,8 +16,10 @@ from cocoon.proxy.router import WorkerEntry
 
 Preference = Literal["balanced", "cheapest", "fastest"]
 PREFERENCES: tuple[Preference, ...] = ("balanced", "cheapest", "fastest")
-UNMEASURED_TTFT = 0.5  # seconds assumed for a worker not measured yet
-UNMEASURED_SPEED = 50.0  # tokens per second assumed likewise
+# A worker not measured yet is assumed to be good (optimism in the face of uncertainty), so it
+# gets traffic, gets measured, and keeps traffic only if it earns it.
+UNMEASURED_TTFT = 0.05  # seconds
+UNMEASURED_SPEED = 500.0  # tokens per second
 
 
 def score(entry: WorkerEntry, stats: WorkerStats, preference: Preference) -> float:
@@ -33,7 +35,7 @@ def score(entry: WorkerEntry, stats: WorkerStats, preference: Preference) -> flo
 
 def raw_score(price: float, queue: float, ttft: float, speed: float, success: float, preference: str) -> float:
     """Lower is better. ``queue`` is the share of capacity in use; zero speed or time to first
-    token mean "not measured yet" and get middling assumed values."""
+    token mean "not measured yet" and get optimistic assumed values."""
     ttft = ttft or UNMEASURED_TTFT
     speed = speed or UNMEASURED_SPEED
     stats_success = success

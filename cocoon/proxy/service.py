@@ -351,7 +351,8 @@ class Proxy:
                     )
                     await client.send(end)
                     duration = loop.time() - started
-                    self.reputation.success(entry.key, first_chunk, message.usage.completion_tokens, duration)
+                    ttft = first_chunk if request.stream else None
+                    self.reputation.success(entry.key, ttft, message.usage.completion_tokens, duration)
                     log.info(
                         "request %d via %s: %d body bytes, %d answer bytes, %d+%d tokens in %.2f s",
                         sid,

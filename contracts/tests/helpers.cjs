@@ -1,7 +1,8 @@
 // Shared helpers for the contract tests (not a test file itself).
 const assert = require('node:assert/strict');
 const path = require('node:path');
-const { Cell, beginCell, Address, contractAddress, toNano, internal } = require('@ton/core');
+const { Cell, beginCell, Address, contractAddress, toNano } = require('@ton/core');
+const { internal } = require('@ton/sandbox');
 const { keyPairFromSeed, sign } = require('@ton/crypto');
 const { flattenTransaction } = require('@ton/test-utils');
 

@@ -158,7 +158,8 @@ class Network:
         self.nodes["proxy"] = node
         return node
 
-    def start_worker(self, i: int, extra: Iterable[str] = ()) -> Node:
+    def start_worker(self, i: int, extra: Iterable[str] = (), fault: str = "") -> Node:
+        """Start worker ``i``; with ``fault``, as the fault-injecting test double."""
         name = f"worker-{i}"
         node = Node(
             name,
@@ -173,6 +174,8 @@ class Network:
                 *extra,
             ],
             self.root,
+            env={"COCOON_TEST_FAULT": fault} if fault else None,
+            module="tests.integration.faulty_worker" if fault else "cocoon",
         )
         self.nodes[name] = node
         return node

@@ -11,6 +11,12 @@ from cocoon.proxy.router import WorkerEntry
 from cocoon.proxy.scoring import choose, raw_score, score
 
 
+def test_non_streamed_answers_measure_speed_over_the_whole_request() -> None:
+    rep = Reputation()
+    rep.success("w", ttft=None, tokens=20, duration=2.0)
+    assert rep.stats("w").tokens_per_second == 10.0 and rep.stats("w").ttft == 0.0
+
+
 def test_moving_averages_and_success() -> None:
     rep = Reputation()
     rep.success("w", ttft=0.2, tokens=11, duration=1.2)
@@ -61,7 +67,8 @@ def test_preferences_rank_price_and_speed() -> None:
     assert score(dear_fast, fast, "fastest") < score(cheap_slow, slow, "fastest")
     flaky = WorkerStats(ttft=0.1, tokens_per_second=100, success_rate=0.3)
     assert score(entry(3, 1.0), fast, "balanced") < score(entry(3, 1.0), flaky, "balanced")
-    assert raw_score(1.0, 0.0, 0.0, 0.0, 1.0, "balanced") == raw_score(1.0, 0.0, 0.5, 50.0, 1.0, "balanced")
+    # a worker not measured yet is assumed good, so that it gets traffic and gets measured
+    assert raw_score(1.0, 0.0, 0.0, 0.0, 1.0, "fastest") < raw_score(1.0, 0.0, 0.1, 100.0, 1.0, "fastest")
 
 
 def test_two_choices_favour_the_best_but_spread_the_load() -> None:

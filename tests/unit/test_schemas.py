@@ -229,3 +229,12 @@ def test_no_limit_means_no_max_tokens() -> None:
 def test_include_usage(extra: dict[str, Any], expected: bool) -> None:
     assert include_usage(parse_request("chat", body(CHAT, **extra))) is expected
     assert include_usage(parse_request("completion", body(COMPLETION, **extra))) is expected
+
+
+def test_network_fields_do_not_reach_the_engine() -> None:
+    from cocoon.openai.schemas import engine_params, parse_request
+
+    body = b'{"model":"m","messages":[{"role":"user","content":"x"}],"routing":"fastest","max_price":1.5}'
+    request = parse_request("chat", body)
+    assert request.routing == "fastest" and request.max_price == 1.5
+    assert "routing" not in engine_params(request) and "max_price" not in engine_params(request)

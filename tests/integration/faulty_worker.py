@@ -1,0 +1,57 @@
+"""Test double: the real worker with a fault-injecting engine wrapped around its real one.
+
+``COCOON_TEST_FAULT`` selects the fault: ``slow:SECONDS`` (sleep before every chunk),
+``fail_first`` (fail before the first chunk, every time), ``stall`` (send one chunk, then hang).
+Run as ``python -m tests.integration.faulty_worker worker --config …``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+
+import cocoon.run
+from cocoon.cli import main
+from cocoon.config import WorkerSettings
+from cocoon.engine.base import Chunk, Engine, EngineError, EngineEvent, EngineRequest, ProgressCallback
+
+FAULT = os.environ.get("COCOON_TEST_FAULT", "")
+
+
+class FaultyEngine:
+    def __init__(self, real: Engine) -> None:
+        self.real = real
+        self.name = real.name
+        self.max_tokens = real.max_tokens
+
+    async def start(self, progress: ProgressCallback | None = None) -> None:
+        await self.real.start(progress)
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
+        if FAULT == "fail_first":
+            raise EngineError("injected failure before the first token")
+        chunks = 0
+        async for event in self.real.generate(request):
+            if FAULT.startswith("slow:") and isinstance(event, Chunk):
+                await asyncio.sleep(float(FAULT.split(":", 1)[1]))
+            if FAULT == "stall" and chunks == 1:
+                await asyncio.sleep(3600)
+            chunks += isinstance(event, Chunk)
+            yield event
+
+    async def aclose(self) -> None:
+        await self.real.aclose()
+
+
+real_make_engine = cocoon.run.make_engine
+
+
+def make_faulty_engine(settings: WorkerSettings) -> Engine:
+    return FaultyEngine(real_make_engine(settings))
+
+
+cocoon.run.make_engine = make_faulty_engine
+
+if __name__ == "__main__":
+    main()
