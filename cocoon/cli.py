@@ -513,6 +513,52 @@ def attest_verify(
     raise typer.Exit(0 if result["status"] == "accepted" else 1)
 
 
+@app.command()
+def market(
+    url: Annotated[str, typer.Option(help="Base URL of a running client's API.")] = "http://127.0.0.1:8000/v1",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the price book as JSON.")] = False,
+) -> None:
+    """Show the price book: per model, the live workers, their prices, free capacity and speed."""
+    import httpx
+    from rich.console import Console
+    from rich.table import Table
+
+    try:
+        response = httpx.get(url.rstrip("/") + "/market", timeout=10)
+        book = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        _fail(f"cannot read the price book from {url}: {exc}")
+        return
+    if response.status_code != 200:
+        _fail(f"the client answered {response.status_code}: {book.get('error', {}).get('message', '')}")
+    if as_json:
+        typer.echo(json.dumps(book, indent=2))
+        return
+    console = Console()
+    for entry in book.get("models", []):
+        table = Table(title=entry["model"])
+        for column in (
+            "worker",
+            "price ×",
+            "free",
+            "TTFT ms",
+            "tokens/s",
+            "success",
+            "nanoTON / 1M prompt",
+            "/ 1M completion",
+        ):
+            table.add_column(column)
+        for w in entry["workers"]:
+            prices = w["nano_ton_per_million_tokens"]
+            table.add_row(
+                w["worker"][:12], f"{w['price_coefficient']:.3f}", f"{w['free']}/{w['capacity']}", str(w["ttft_ms"]),
+                str(w["tokens_per_second"]), str(w["success_rate"]), str(prices["prompt"]), str(prices["completion"]),
+            )  # fmt: skip
+        console.print(table)
+    if not book.get("models"):
+        typer.echo("no live workers")
+
+
 @app.command("key")
 def key_command(
     key_file: Annotated[Path, typer.Argument(help="Key file to show (created with mode 0600 if missing).")],

@@ -72,6 +72,13 @@ class ProxySettings(_Attested, kw_only=True):
     first_token_timeout: Seconds = 120.0  # a worker's first chunk; past it, another worker is tried
     inter_token_timeout: Seconds = 60.0  # silence between chunks once streaming
     reputation_file: str = ""  # worker reputation, kept across restarts; default <data dir>/reputation.json
+    # price parameters published in the price book (the registry's, once the chain issue lands)
+    price_nano_per_token: Annotated[int, Meta(ge=0, le=10**12)] = 1000
+    prompt_multiplier: Annotated[float, Meta(ge=0, le=1000)] = 1.0
+    cached_multiplier: Annotated[float, Meta(ge=0, le=1000)] = 0.5
+    completion_multiplier: Annotated[float, Meta(ge=0, le=1000)] = 2.0
+    reasoning_multiplier: Annotated[float, Meta(ge=0, le=1000)] = 2.0
+    commission: Annotated[float, Meta(ge=0, le=1)] = 0.1
 
 
 class WorkerSettings(_Attested, kw_only=True):

@@ -34,7 +34,10 @@ def error_response(status: int, body: dict[str, Any]) -> JSONResponse:
 
 
 def upstream_error_response(exc: UpstreamError) -> JSONResponse:
-    return error_response(*from_code(exc.code, str(exc)))
+    response = error_response(*from_code(exc.code, str(exc)))
+    if response.status_code in (429, 503):
+        response.headers["Retry-After"] = "1"  # busy or between workers: worth trying again soon
+    return response
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -128,6 +131,12 @@ def build_app(service: ClientService, *, max_body_bytes: int) -> Starlette:
                 return JSONResponse(_model_object(m.id, m.workers))
         return error_response(*from_code(ErrorCode.UNKNOWN_MODEL, f"The model `{name}` does not exist", "model"))
 
+    async def market(request: Request) -> Response:
+        try:
+            return JSONResponse(await service.market())
+        except UpstreamError as exc:
+            return upstream_error_response(exc)
+
     async def receipts(request: Request) -> Response:
         """The worker-signed usage records of recent requests, newest first."""
         limit = request.query_params.get("limit", "100")
@@ -158,6 +167,7 @@ def build_app(service: ClientService, *, max_body_bytes: int) -> Starlette:
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", get_model, methods=["GET"]),
             Route("/v1/cocoon/receipts", receipts, methods=["GET"]),
+            Route("/v1/market", market, methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
         ],
         exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},

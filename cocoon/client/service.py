@@ -30,6 +30,7 @@ from cocoon.protocol.messages import (
     ModelInfo,
     ModelList,
     Open,
+    Prices,
     StreamRequest,
     Usage,
     WorkerList,
@@ -182,6 +183,30 @@ class Call:
                 await self.stream.cancel("client went away")
 
 
+def _offer(offer: WorkerOffer, prices: Prices) -> dict[str, Any]:
+    coefficient = offer.price_milli / 1000
+
+    def per_million(multiplier_milli: int) -> int:
+        # nanoTON per token × (multiplier_milli / 1000) × (price_milli / 1000) × 10^6 tokens: exact integers
+        return prices.nano_per_token * multiplier_milli * offer.price_milli
+
+    return {
+        "worker": offer.worker_id.hex(),
+        "price_coefficient": coefficient,
+        "capacity": offer.capacity,
+        "free": max(0, offer.capacity - offer.inflight),
+        "ttft_ms": offer.ttft_ms,
+        "tokens_per_second": round(offer.tokens_per_second, 1),
+        "success_rate": round(offer.success_rate, 3),
+        "nano_ton_per_million_tokens": {
+            "prompt": per_million(prices.prompt_milli),
+            "cached": per_million(prices.cached_milli),
+            "completion": per_million(prices.completion_milli),
+            "reasoning": per_million(prices.reasoning_milli),
+        },
+    }
+
+
 class ClientService:
     def __init__(
         self,
@@ -282,7 +307,26 @@ class ClientService:
         return Call(kind, request, stream, self.idle_timeout, self.request_timeout, sealing, self.receipts)
 
     async def models(self) -> list[ModelInfo]:
+        return (await self._model_list()).models
+
+    async def _model_list(self) -> ModelList:
         message = await self._ask(lambda sid: ListModels(stream_id=sid))
         if not isinstance(message, ModelList):
             raise UpstreamError(ErrorCode.PROTOCOL_ERROR, "unexpected answer to a model list")
-        return message.models
+        return message
+
+    async def market(self) -> dict[str, Any]:
+        """The price book: per model, the live workers, their prices, free capacity and
+        measured speed, and the effective price per 1M tokens of each kind (nanoTON)."""
+        listing = await self._model_list()
+        prices = listing.prices or Prices(nano_per_token=0)
+        book: dict[str, Any] = {"object": "market", "prices": msgspec.to_builtins(prices), "models": []}
+        for model in listing.models:
+            try:
+                answer = await self._ask(lambda sid, m=model.id: ListWorkers(stream_id=sid, model=m))  # type: ignore[misc]
+            except UpstreamError:
+                continue  # no live worker for it right now
+            if not isinstance(answer, WorkerList):
+                continue
+            book["models"].append({"model": model.id, "workers": [_offer(w, prices) for w in answer.workers]})
+        return book

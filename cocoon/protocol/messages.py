@@ -140,9 +140,21 @@ class ModelInfo(Struct, frozen=True, forbid_unknown_fields=False):
     max_tokens: Count = 0
 
 
+class Prices(Struct, frozen=True, forbid_unknown_fields=False):
+    """The network's price parameters (from the registry once the chain issue lands)."""
+
+    nano_per_token: Count  # nanoTON per token at coefficient 1.0, before multipliers
+    prompt_milli: Count = 1000  # multipliers per token kind, × 1000
+    cached_milli: Count = 1000
+    completion_milli: Count = 1000
+    reasoning_milli: Count = 1000
+    commission_milli: Count = 0  # the proxy's share of each payment, × 1000
+
+
 class ModelList(_Message, tag="model_list", frozen=True):
     stream_id: StreamId
     models: Annotated[list[ModelInfo], Meta(max_length=1024)]
+    prices: Prices | None = None
 
 
 class Data(_Message, tag="data", frozen=True):

@@ -37,6 +37,7 @@ from cocoon.protocol.messages import (
     ListWorkers,
     ModelList,
     Open,
+    Prices,
     StreamRequest,
     WorkerList,
     WorkerOffer,
@@ -390,7 +391,16 @@ class Proxy:
             raise
 
     def list_models(self, client: Peer, message: ListModels) -> None:
-        client.send_nowait(ModelList(stream_id=message.stream_id, models=self.router.models()))
+        settings = self.settings
+        prices = Prices(
+            nano_per_token=settings.price_nano_per_token,
+            prompt_milli=round(settings.prompt_multiplier * 1000),
+            cached_milli=round(settings.cached_multiplier * 1000),
+            completion_milli=round(settings.completion_multiplier * 1000),
+            reasoning_milli=round(settings.reasoning_multiplier * 1000),
+            commission_milli=round(settings.commission * 1000),
+        )
+        client.send_nowait(ModelList(stream_id=message.stream_id, models=self.router.models(), prices=prices))
 
     def list_workers(self, client: Peer, message: ListWorkers) -> None:
         """The live workers for a model, least loaded first, each with the evidence it showed

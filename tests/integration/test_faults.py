@@ -50,6 +50,7 @@ def test_saturated_network_answers_429(single_slot: Network) -> None:
         with pytest.raises(openai.RateLimitError) as excinfo:
             client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=5)
         assert excinfo.value.status_code == 429
+        assert excinfo.value.response.headers["retry-after"] == "1"
         stream.close()
 
 

@@ -3,6 +3,9 @@ with fault-injecting test doubles around real workers."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -92,3 +95,27 @@ def test_stalled_worker_is_detected_and_suspended(tmp_path: Path) -> None:
         assert all(r["worker"] == worker_key(net, 2) for r in run(net, 2))
     finally:
         net.stop()
+
+
+def test_price_book_shows_prices_capacity_and_measured_speed(market: Network) -> None:
+    run(market, 2, routing="balanced")
+    book = httpx.get(market.url + "/market", timeout=10).json()
+    assert book["prices"]["nano_per_token"] == 1000
+    (entry,) = book["models"]
+    workers = {w["worker"]: w for w in entry["workers"]}
+    fast, cheap = workers[worker_key(market, 1)], workers[worker_key(market, 2)]
+    assert fast["price_coefficient"] == 2.0 and cheap["price_coefficient"] == 1.0
+    per_million = fast["nano_ton_per_million_tokens"]
+    # 1000 nanoTON per token × 2.0 (completion multiplier) × 2.0 (coefficient) × 10^6 tokens
+    assert per_million["completion"] == 4_000_000_000
+    assert per_million["completion"] == 2 * cheap["nano_ton_per_million_tokens"]["completion"]
+    assert fast["tokens_per_second"] > cheap["tokens_per_second"] > 0
+    assert fast["free"] == fast["capacity"] == 2
+    shown = subprocess.run(
+        [sys.executable, "-m", "cocoon", "market", "--url", market.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert shown.returncode == 0 and MODEL in shown.stdout and worker_key(market, 1)[:12] in shown.stdout
