@@ -123,6 +123,13 @@ def proxy(
     reputation_file: Annotated[
         str | None, typer.Option(help="Where worker reputation is kept across restarts. Default: the data dir.")
     ] = None,
+    client_streams: Annotated[
+        int | None, typer.Option(help="Concurrent requests one client may have; 0 = any.")
+    ] = None,
+    client_rate: Annotated[float | None, typer.Option(help="Requests per second one client may send; 0 = any.")] = None,
+    max_tokens_cap: Annotated[
+        int | None, typer.Option(help="Largest max_tokens a request may ask for; 0 = any.")
+    ] = None,
     key_file: KeyFileOpt = None,
     status_file: StatusOpt = None,
     log_level: LogOpt = None,
@@ -160,6 +167,9 @@ def proxy(
                 first_token_timeout=first_token_timeout,
                 inter_token_timeout=inter_token_timeout,
                 reputation_file=reputation_file,
+                client_streams=client_streams,
+                client_rate=client_rate,
+                max_tokens_cap=max_tokens_cap,
                 key_file=key_file,
                 status_file=status_file,
                 log_level=log_level,

@@ -72,6 +72,9 @@ class ProxySettings(_Attested, kw_only=True):
     first_token_timeout: Seconds = 120.0  # a worker's first chunk; past it, another worker is tried
     inter_token_timeout: Seconds = 60.0  # silence between chunks once streaming
     reputation_file: str = ""  # worker reputation, kept across restarts; default <data dir>/reputation.json
+    client_streams: Annotated[int, Meta(ge=0, le=100_000)] = 64  # concurrent requests per client; 0 = any
+    client_rate: Annotated[float, Meta(ge=0, le=1_000_000)] = 0.0  # requests per second per client; 0 = any
+    max_tokens_cap: Annotated[int, Meta(ge=0, le=2**31)] = 0  # largest max_tokens accepted; 0 = any
     # price parameters published in the price book (the registry's, once the chain issue lands)
     price_nano_per_token: Annotated[int, Meta(ge=0, le=10**12)] = 1000
     prompt_multiplier: Annotated[float, Meta(ge=0, le=1000)] = 1.0

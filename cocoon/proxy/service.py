@@ -99,6 +99,7 @@ class Proxy:
         self._slot_freed = asyncio.Condition()
         self._waiting = 0
         self._relays: dict[tuple[int, int], asyncio.Task[None]] = {}
+        self._buckets: dict[int, tuple[float, float]] = {}  # client → (tokens, last refill): rate limits
         self._connections: set[asyncio.Task[None]] = set()
         self.server: asyncio.Server | None = None
 
@@ -255,9 +256,37 @@ class Proxy:
             for (peer_id, _), task in list(self._relays.items()):
                 if peer_id == id(peer):
                     task.cancel()
+            self._buckets.pop(id(peer), None)
             log.info("%s disconnected: %s", peer.label, peer.close_reason)
 
+    def admit(self, client: Peer, message: Open) -> Error | None:
+        """The per-client limits: concurrency, request rate, max_tokens cap."""
+        settings = self.settings
+        sid = message.stream_id
+        if settings.max_tokens_cap and message.max_tokens > settings.max_tokens_cap:
+            return Error(
+                stream_id=sid, code=ErrorCode.BAD_REQUEST, message=f"max_tokens above {settings.max_tokens_cap}"
+            )
+        if settings.client_streams and sum(1 for c, _ in self._relays if c == id(client)) >= settings.client_streams:
+            return Error(
+                stream_id=sid, code=ErrorCode.SATURATED, message="too many concurrent requests from this client"
+            )
+        if settings.client_rate:
+            now = asyncio.get_running_loop().time()
+            burst = max(1.0, settings.client_rate)
+            tokens, last = self._buckets.get(id(client), (burst, now))
+            tokens = min(burst, tokens + (now - last) * settings.client_rate)
+            if tokens < 1.0:
+                self._buckets[id(client)] = (tokens, now)
+                return Error(stream_id=sid, code=ErrorCode.SATURATED, message="request rate limit reached")
+            self._buckets[id(client)] = (tokens - 1.0, now)
+        return None
+
     def start_relay(self, client: Peer, message: Open) -> None:
+        refusal = self.admit(client, message)
+        if refusal is not None:
+            client.send_nowait(refusal)
+            return
         key = (id(client), message.stream_id)
         task = asyncio.create_task(self._relay(client, message))
         self._relays[key] = task

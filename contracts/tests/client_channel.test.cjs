@@ -240,6 +240,25 @@ describe('client channel (client -> proxy)', () => {
         assert.ok(s.redeemed < toNano('0.05'));
     });
 
+    test('attack: voucher of one client channel replayed on another channel of the same keys', async () => {
+        const c = await setup();
+        const d = await setup({ proxyAddr: c.stranger.address }); // same keys, other payout address -> other channel
+        assert.ok(!c.address.equals(d.address));
+        const v = c.voucher(1, toNano('1'));
+        const r = await d.blockchain.sendMessage(require('@ton/sandbox').internal({ from: d.stranger.address, to: d.address, value: toNano('0.05'), body: v }));
+        h.expectTx(r, { to: d.address, exitCode: ERR.WRONG_CHANNEL });
+    });
+
+    test('redeem of a zero voucher pays nothing but advances the seqno', async () => {
+        const c = await setup();
+        const r = await c.redeem(c.voucher(1, 0n));
+        const pay = h.expectTx(r, { from: c.address, to: c.proxy.address, op: OP.PAYOUT_REDEEM });
+        assert.ok(pay.value < toNano('0.05'));
+        const s = await c.state();
+        assert.equal(s.seqno, 1n);
+        assert.equal(s.balance, toNano('9.99'));
+    });
+
     test('unknown opcode refused; plain transfer accepted', async () => {
         const c = await setup();
         h.expectTx(await c.op(0x0badf00d), { to: c.address, exitCode: ERR.UNKNOWN_OP });

@@ -265,6 +265,24 @@ describe('root registry', () => {
         assert.equal(await c.version(), seq.length);
     });
 
+    test('changes return the unused value as standard excesses (op 0xd53276db, same query id)', async () => {
+        const c = await setup();
+        const r = await c.owner.send({ to: c.address, value: toNano('1'), body: body.addImage(PROXY, hash(1), 77) });
+        const ex = h.expectTx(r, { from: c.address, to: c.owner.address, op: 0xd53276db });
+        assert.ok(ex.value > toNano('0.9'));
+        assert.equal(ex.body.beginParse().skip(32).loadUintBig(64), 77n);
+        const failed = await c.stranger.send({ to: c.address, value: toNano('1'), body: body.addImage(PROXY, hash(2)) });
+        h.expectTx(failed, { from: c.address, to: c.stranger.address, inMessageBounced: true });
+    });
+
+    test('get_images with an invalid role fails; is_image_allowed returns false', async () => {
+        const c = await setup();
+        await c.send(body.addImage(PROXY, hash(1)));
+        const r = await c.blockchain.runGetMethod(c.address, 'get_images', [{ type: 'int', value: 3n }]);
+        assert.equal(r.exitCode, RERR.INVALID_ROLE);
+        assert.equal(await c.allowed(0, hash(1)), false);
+    });
+
     test('unknown opcode refused; plain transfer accepted', async () => {
         const c = await setup();
         h.expectTx(await c.send(h.simpleBody(0x1234)), { to: c.address, exitCode: RERR.UNKNOWN_OP });

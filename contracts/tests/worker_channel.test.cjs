@@ -256,6 +256,39 @@ describe('worker channel (proxy -> worker)', () => {
         assert.equal(s.seqno, 1n);
     });
 
+    test('bounced close payout returns to the balance; finish can be repeated', async () => {
+        const c = await setup();
+        // re-create with a proxy payout address that has no account
+        const ghost = Address.parse('0:' + '66'.repeat(32));
+        const code = await h.compile('worker_channel');
+        const params = beginCell().storeAddress(c.root.address).storeAddress(ghost).storeAddress(c.worker.address)
+            .storeUint(DELAY, 32).endCell();
+        const keys = beginCell().storeBuffer(c.proxyKp.publicKey).storeBuffer(c.workerKp.publicKey).endCell();
+        const data = beginCell().storeRef(params).storeRef(keys).storeCoins(0).storeCoins(0)
+            .storeUint(0, 64).storeUint(0, 32).storeUint(0, 64).storeUint(0, 256).endCell();
+        const init = { code, data };
+        const addr = contractAddress(0, init);
+        await c.stranger.send({ to: addr, value: toNano('5'), init, body: h.simpleBody(OP.TOP_UP) });
+        h.expectTx(await h.sendFrom(c.blockchain, ghost, addr, toNano('0.05'), h.simpleBody(OP.START_CLOSE)), { to: addr, success: true });
+        c.blockchain.now = NOW + DELAY;
+        const fin = await c.stranger.send({ to: addr, value: toNano('0.05'), body: h.simpleBody(OP.FINISH_CLOSE) });
+        h.expectTx(fin, { from: ghost, to: addr, inMessageBounced: true });
+        const st = (await c.blockchain.runGetMethod(addr, 'get_channel_state')).stackReader;
+        assert.ok(st.readBigNumber() > toNano('4.9'));
+        const again = await c.stranger.send({ to: addr, value: toNano('0.05'), body: h.simpleBody(OP.FINISH_CLOSE) });
+        h.expectTx(again, { to: addr, success: true });
+    });
+
+    test('the proxy cannot take funds back without a close (no withdraw op); excess returned on close/commit', async () => {
+        const c = await setup();
+        const r = await c.proxy.send({ to: c.address, value: toNano('0.05'),
+            body: beginCell().storeUint(OP.WITHDRAW, 32).storeUint(0, 64).storeCoins(toNano('1')).endCell() });
+        h.expectTx(r, { to: c.address, exitCode: ERR.UNKNOWN_OP });
+        const sc = await c.proxy.send({ to: c.address, value: toNano('1'), body: h.simpleBody(OP.START_CLOSE, 42) });
+        const ex = h.expectTx(sc, { from: c.address, to: c.proxy.address, op: 0xd53276db });
+        assert.ok(ex.value > toNano('0.9'));
+    });
+
     test('unknown opcode refused; empty transfer accepted', async () => {
         const c = await setup();
         const r = await c.stranger.send({ to: c.address, value: toNano('0.05'), body: h.simpleBody(0x12345678) });

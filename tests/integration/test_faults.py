@@ -263,3 +263,25 @@ def test_client_price_cap_keeps_it_off_dearer_workers(tmp_path: Path) -> None:
         assert "price cap" in str(excinfo.value.message)
     finally:
         net.stop()
+
+
+def test_per_client_limits_at_the_proxy(tmp_path: Path) -> None:
+    net = Network(
+        tmp_path, workers=1, capacity=2, proxy={"client_streams": 1, "client_rate": 1.0, "max_tokens_cap": 50}
+    )
+    try:
+        with client_of(net, timeout=30) as client:
+            with pytest.raises(openai.BadRequestError, match="max_tokens above 50"):
+                client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=60)
+            time.sleep(1.1)  # let the rate bucket refill
+            stream = client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=40, stream=True)
+            next(iter(stream))
+            with pytest.raises(openai.RateLimitError, match=r"too many concurrent requests|rate limit"):
+                client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2)
+            stream.close()
+            time.sleep(1.1)
+            assert client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2).usage.completion_tokens == 2
+            with pytest.raises(openai.RateLimitError, match="rate limit"):
+                client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2)
+    finally:
+        net.stop()
