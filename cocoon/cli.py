@@ -296,8 +296,10 @@ def worker(
 def client(
     config: ConfigOpt = None,
     proxy: Annotated[
-        str | None,
-        typer.Option("--proxy", help="Proxy to use, as HOST:PORT=PUBLIC_KEY (hex)."),
+        list[str] | None,
+        typer.Option(
+            "--proxy", help="Proxy to use, as HOST:PORT=PUBLIC_KEY (hex); repeat it to fail over between proxies."
+        ),
     ] = None,
     listen: Annotated[
         str | None,
@@ -342,7 +344,8 @@ def client(
             "client",
             config,
             _common(
-                proxy=_pin(proxy) if proxy else None,
+                proxy=_pin(proxy[0]) if proxy else None,
+                proxies=[_pin(p) for p in proxy[1:]] if proxy and len(proxy) > 1 else None,
                 listen=listen,
                 max_body_bytes=max_body_bytes,
                 request_timeout=request_timeout,

@@ -105,6 +105,7 @@ class WorkerSettings(_Attested, kw_only=True):
 class ClientSettings(_Common, kw_only=True):
     listen: Address = "127.0.0.1:8000"
     proxy: PeerPin | None = None
+    proxies: list[PeerPin] = []  # more proxies: requests go to the healthiest, and fail over
     max_body_bytes: Annotated[int, Meta(ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
     request_timeout: Seconds = 600.0
     idle_timeout: Seconds = 120.0

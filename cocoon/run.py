@@ -22,11 +22,12 @@ from cocoon.attest.node import NodeAttestation, build_attestation
 from cocoon.attest.policy import PolicyError
 from cocoon.channel.attested import AttestedVerifier
 from cocoon.client.api import build_app
-from cocoon.client.link import ProxyLink
+from cocoon.client.link import ProxyLink, ProxyPool
 from cocoon.client.service import ClientService
 from cocoon.config import (
     ClientSettings,
     ConfigError,
+    PeerPin,
     ProxySettings,
     WorkerSettings,
     connection_options,
@@ -149,27 +150,30 @@ def run_worker(settings: WorkerSettings) -> None:
 
 
 def run_client(settings: ClientSettings) -> None:
-    if settings.proxy is None:
+    pins = ([settings.proxy] if settings.proxy else []) + settings.proxies
+    if not pins:
         raise ConfigError("the client needs a proxy: --proxy HOST:PORT=PUBLIC_KEY or [client.proxy] in the config")
     key = load_or_create_identity(Path(settings.key_file))
-    proxy_host, proxy_port = split_address(settings.proxy.address)
-    pinned = {"proxy": [parse_public_key(settings.proxy.public_key)]} if settings.proxy.public_key else {}
     evidence_verifier = attestation_of(settings, "client").verifier
-    verifier = AttestedVerifier(evidence_verifier, accept={"proxy"}, pinned=pinned)
     host, port = split_address(settings.listen)
 
-    async def main() -> None:
-        link = ProxyLink(
+    def link_to(pin: PeerPin) -> ProxyLink:
+        proxy_host, proxy_port = split_address(pin.address)
+        pinned = {"proxy": [parse_public_key(pin.public_key)]} if pin.public_key else {}
+        return ProxyLink(
             proxy_host,
             proxy_port,
             key=key,
-            verifier=verifier,
+            verifier=AttestedVerifier(evidence_verifier, accept={"proxy"}, pinned=pinned),
             reconnect_max=settings.reconnect_max,
             connection_options=connection_options(settings),
         )
-        link.start()
+
+    async def main() -> None:
+        pool = ProxyPool([link_to(pin) for pin in pins])
+        pool.start()
         service = ClientService(
-            link,
+            pool,
             idle_timeout=settings.idle_timeout,
             request_timeout=settings.request_timeout,
             verifier=evidence_verifier,
@@ -202,6 +206,6 @@ def run_client(settings: ClientSettings) -> None:
             await serving
         finally:
             server.should_exit = True
-            await link.aclose()
+            await pool.aclose()
 
     asyncio.run(_until_signalled(main()))

@@ -8,6 +8,7 @@ that disconnects cancels its request all the way to the worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
@@ -59,14 +60,17 @@ async def _disconnected(receive: Callable[[], Awaitable[MutableMapping[str, Any]
         pass
 
 
-async def _unless_disconnected(call: Call, work: Awaitable[T], watcher: asyncio.Task[None]) -> T | None:
+async def _unless_disconnected(call: Call | None, work: Awaitable[T], watcher: asyncio.Task[None]) -> T | None:
     """The result of ``work``, or None (with the request cancelled) if the caller left first."""
     task = asyncio.ensure_future(work)
     racing: tuple[asyncio.Future[Any], ...] = (task, watcher)
     finished, _ = await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
     if task not in finished:
         task.cancel()
-        await call.stream.cancel("caller disconnected")
+        with contextlib.suppress(asyncio.CancelledError):
+            await task  # its own cleanup cancels what it started
+        if call is not None:
+            await call.stream.cancel("caller disconnected")
         return None
     return task.result()
 
@@ -83,16 +87,13 @@ def build_app(service: ClientService, *, max_body_bytes: int) -> Starlette:
             parsed = parse_request(kind, body)
         except InvalidRequest as exc:
             return error_response(400, error_body(str(exc), "invalid_request_error", exc.param))
-        try:
-            call = await service.start(kind, parsed, body)
-        except UpstreamError as exc:
-            return upstream_error_response(exc)
         # Watch for the caller going away while we wait: that cancels the request upstream.
         watcher = asyncio.create_task(_disconnected(request.receive))
         try:
-            first = await _unless_disconnected(call, call.first(), watcher)
-            if first is None:
+            begun = await _unless_disconnected(None, service.begin(kind, parsed, body), watcher)
+            if begun is None:
                 return Response(status_code=499)
+            call, first = begun
             if parsed.stream:
                 watcher.cancel()
                 return StreamingResponse(
@@ -146,7 +147,7 @@ def build_app(service: ClientService, *, max_body_bytes: int) -> Starlette:
 
     async def health(request: Request) -> Response:
         try:
-            await service.link.get(timeout=0.5)
+            await service.pool.pick(timeout=0.5)
         except Exception:  # noqa: BLE001 - health reports, never raises
             return JSONResponse({"status": "no proxy"}, status_code=503)
         return JSONResponse({"status": "ok"})

@@ -40,6 +40,8 @@ class ProxyLink:
         self.connection_options = connection_options
         self.peer: Peer | None = None
         self.last_error = "not connected yet"
+        self.failures = 0  # requests in a row that failed at this proxy
+        self.latency = 0.0  # moving average of the time to a request's first answer
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -54,6 +56,21 @@ class ProxyLink:
         if self.peer is None or self.peer.closed:
             raise NoProxy(f"proxy {self.host}:{self.port} is unreachable: {self.last_error}")
         return self.peer
+
+    @property
+    def connected(self) -> bool:
+        return self.peer is not None and not self.peer.closed
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def record(self, ok: bool, latency: float = 0.0) -> None:
+        if ok:
+            self.failures = 0
+            self.latency = latency if self.latency == 0.0 else 0.8 * self.latency + 0.2 * latency
+        else:
+            self.failures += 1
 
     async def _run(self) -> None:
         delay = 0.2
@@ -89,6 +106,36 @@ class ProxyLink:
                 await self._task
         if self.peer:
             await self.peer.aclose("client stopping")
+
+
+class ProxyPool:
+    """Connections to every configured proxy; requests go to the healthiest connected one."""
+
+    def __init__(self, links: list[ProxyLink]) -> None:
+        if not links:
+            raise ValueError("at least one proxy is needed")
+        self.links = links
+
+    def start(self) -> None:
+        for link in self.links:
+            link.start()
+
+    async def pick(self, exclude: frozenset[int] = frozenset(), timeout: float = 3.0) -> ProxyLink:
+        """The connected proxy with the fewest recent failures, then the lowest latency."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            ready = [link for link in self.links if link.connected and id(link) not in exclude]
+            if ready:
+                return min(ready, key=lambda link: (link.failures, link.latency))
+            if loop.time() >= deadline:
+                reasons = "; ".join(f"{link.name}: {link.last_error}" for link in self.links if id(link) not in exclude)
+                raise NoProxy(f"no proxy is reachable ({reasons or 'all tried'})")
+            await asyncio.sleep(0.05)
+
+    async def aclose(self) -> None:
+        for link in self.links:
+            await link.aclose()
 
 
 class _NoStreams:

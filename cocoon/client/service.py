@@ -14,7 +14,7 @@ import msgspec
 
 from cocoon.attest.verifier import EvidenceVerifier
 from cocoon.channel.peer import Peer, PeerGone, Stream
-from cocoon.client.link import NoProxy, ProxyLink
+from cocoon.client.link import NoProxy, ProxyLink, ProxyPool
 from cocoon.client.sealing import Candidate, Receipts, SealedCall, SealingFailed, verified_candidates
 from cocoon.openai import sse
 from cocoon.openai.errors import from_code
@@ -207,10 +207,14 @@ def _offer(offer: WorkerOffer, prices: Prices) -> dict[str, Any]:
     }
 
 
+FAILOVER = frozenset({ErrorCode.CONNECTION_LOST, ErrorCode.NO_WORKER, ErrorCode.WORKER_LOST})
+"""Errors before the first answer chunk after which another proxy may serve the request."""
+
+
 class ClientService:
     def __init__(
         self,
-        link: ProxyLink,
+        pool: ProxyPool,
         *,
         idle_timeout: float,
         request_timeout: float = 600.0,
@@ -222,23 +226,29 @@ class ClientService:
     ) -> None:
         self.max_price_milli = max_price_milli
         self.routing = routing
-        self.link = link
+        self.pool = pool
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
         self.verifier = verifier
         self.max_candidates = candidates
         self.clock = clock
         self.receipts = Receipts()
-        self._workers: dict[str, tuple[float, list[WorkerOffer]]] = {}
+        self._workers: dict[tuple[int, str], tuple[float, list[WorkerOffer]]] = {}
 
-    async def _peer(self) -> Peer:
+    async def _link(self, exclude: frozenset[int] = frozenset()) -> ProxyLink:
         try:
-            return await self.link.get()
+            return await self.pool.pick(exclude)
         except NoProxy as exc:
             raise UpstreamError(ErrorCode.NO_WORKER, str(exc)) from exc
 
-    async def _ask(self, make: Callable[[int], StreamRequest]) -> Message:
-        peer = await self._peer()
+    async def _peer(self, link: ProxyLink) -> Peer:
+        try:
+            return await link.get()
+        except NoProxy as exc:
+            raise UpstreamError(ErrorCode.CONNECTION_LOST, str(exc)) from exc
+
+    async def _ask(self, make: Callable[[int], StreamRequest], link: ProxyLink | None = None) -> Message:
+        peer = await self._peer(link or await self._link())
         try:
             stream = await peer.open(make)
             message = await stream.receive(self.idle_timeout)
@@ -250,16 +260,16 @@ class ClientService:
             raise UpstreamError(message.code, message.message)
         return message
 
-    async def candidates(self, model: str, max_price_milli: int, routing: str = "balanced") -> list[Candidate]:
+    async def candidates(self, model: str, max_price_milli: int, routing: str, link: ProxyLink) -> list[Candidate]:
         """Attested workers for ``model`` within the price cap, least loaded first (the list is
         asked for again after a second)."""
         now = self.clock()
-        cached = self._workers.get(model)
+        cached = self._workers.get((id(link), model))
         if cached is None or now - cached[0] >= WORKER_LIST_TTL:
-            answer = await self._ask(lambda sid: ListWorkers(stream_id=sid, model=model))
+            answer = await self._ask(lambda sid: ListWorkers(stream_id=sid, model=model), link)
             if not isinstance(answer, WorkerList):
                 raise UpstreamError(ErrorCode.PROTOCOL_ERROR, "unexpected answer to a worker list")
-            cached = self._workers[model] = (now, answer.workers)
+            cached = self._workers[(id(link), model)] = (now, answer.workers)
         offers = [w for w in cached[1] if not max_price_milli or w.price_milli <= max_price_milli]
         # best first for this request's preference: the proxy then chooses among the K we seal to
         offers.sort(
@@ -278,15 +288,42 @@ class ClientService:
             raise UpstreamError(ErrorCode.NO_WORKER, f"no attested worker for model {model!r}: {why}")
         return good
 
-    async def start(self, kind: Kind, request: Request, body: bytes) -> Call:
+    async def begin(self, kind: Kind, request: Request, body: bytes) -> tuple[Call, Message]:
+        """Send the request through the healthiest proxy and wait for its first answer; when a
+        proxy fails before any answer chunk (it went away, or has no worker left), the request
+        is sealed anew for the next proxy's workers and sent there."""
+        tried: set[int] = set()
+        while True:
+            link = await self._link(frozenset(tried))
+            started = self.clock()
+            call: Call | None = None
+            try:
+                call = await self.start(kind, request, body, link)
+                first = await call.first()
+            except UpstreamError as exc:
+                link.record(False)
+                tried.add(id(link))
+                others = any(other.connected and id(other) not in tried for other in self.pool.links)
+                if exc.code not in FAILOVER or not others:
+                    raise
+                log.warning("proxy %s failed before answering (%s); trying another proxy", link.name, exc.code)
+                continue
+            except asyncio.CancelledError:
+                if call is not None:
+                    await call.stream.cancel("caller disconnected")
+                raise
+            link.record(True, self.clock() - started)
+            return call, first
+
+    async def start(self, kind: Kind, request: Request, body: bytes, link: ProxyLink) -> Call:
         cap = round(request.max_price * 1000) if request.max_price is not None else self.max_price_milli
         routing = request.routing or self.routing
-        chosen = (await self.candidates(request.model, cap, routing))[: self.max_candidates]
+        chosen = (await self.candidates(request.model, cap, routing, link))[: self.max_candidates]
         try:
             sealing = SealedCall(kind, body, chosen, max_tokens_of(request))
         except SealingFailed as exc:
             raise UpstreamError(exc.code, str(exc)) from exc
-        peer = await self._peer()
+        peer = await self._peer(link)
         try:
             stream = await peer.open(
                 lambda sid: Open(

@@ -259,6 +259,20 @@ describe('client channel (client -> proxy)', () => {
         assert.equal(s.balance, toNano('9.99'));
     });
 
+    test('minimum values suffice: 0.01 TON for redeem and withdraw, 0.02 TON deposit', async () => {
+        const c = await setup();
+        const r = await c.redeem(c.voucher(1, toNano('1')), toNano('0.01'));
+        h.expectTx(r, { to: c.address, success: true });
+        h.expectTx(r, { from: c.address, to: c.proxy.address, op: OP.PAYOUT_REDEEM, success: true });
+        const w = await c.withdraw(toNano('1'), c.client, toNano('0.01'));
+        h.expectTx(w, { from: c.address, to: c.client.address, op: OP.PAYOUT_WITHDRAW, success: true });
+        h.expectTx(await c.stranger.send({ to: c.address, value: toNano('0.02'), body: topUpBody(0n) }), { to: c.address, success: true });
+        const s = await c.state();
+        assert.equal(s.balance, toNano('9.99') - toNano('2') + toNano('0.01'));
+        const contract = await c.blockchain.getContract(c.address);
+        assert.ok(contract.balance >= s.balance, 'real balance covers the logical balance');
+    });
+
     test('unknown opcode refused; plain transfer accepted', async () => {
         const c = await setup();
         h.expectTx(await c.op(0x0badf00d), { to: c.address, exitCode: ERR.UNKNOWN_OP });

@@ -289,6 +289,15 @@ describe('worker channel (proxy -> worker)', () => {
         assert.ok(ex.value > toNano('0.9'));
     });
 
+    test('voucher test vector (same bytes as pytoniq-core begin_cell()...hash + PyNaCl sign)', async () => {
+        const v = h.voucherCell({ tag: TAG.WORKER_VOUCHER, channel: Address.parse('0:' + '11'.repeat(32)), seqno: 7,
+            amount: 123456789n, expiry: 1700086400 });
+        assert.equal(v.hash().toString('hex'), '0ba1baa2f863b19d282ff22f3706fbf518ce9ed0ba9ece1625e1904bd13d1414');
+        assert.equal(h.signCell(v, h.keyPair('proxy-key')).toString('hex'),
+            '46abd554520e942010ea01ccc9eed47548d52717053ae35fb639ca162de4ab31' +
+            '21d193cbfa2ac13424ce9c30b0ddbe2eef92a8f6cc0a65b1e8f0d4178e771706');
+    });
+
     test('unknown opcode refused; empty transfer accepted', async () => {
         const c = await setup();
         const r = await c.stranger.send({ to: c.address, value: toNano('0.05'), body: h.simpleBody(0x12345678) });

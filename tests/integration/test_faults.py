@@ -177,7 +177,7 @@ def test_stalling_engine_gives_504(tmp_path: Path) -> None:
 
 
 def test_request_longer_than_request_timeout_gives_504(tmp_path: Path) -> None:
-    net = Network(tmp_path, workers=1, capacity=1, client={"request_timeout": 1.0, "idle_timeout": 30.0})
+    net = Network(tmp_path, workers=1, capacity=1, client={"request_timeout": 6.0, "idle_timeout": 30.0})
     try:
         with client_of(net, timeout=30) as client:
             stream = client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2000, stream=True)
