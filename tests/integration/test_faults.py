@@ -4,7 +4,9 @@ engine, a restarted proxy, and peers that break the protocol."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import shutil
 import signal
 import socket
 import ssl
@@ -22,7 +24,7 @@ import pytest
 from cocoon.channel.connect import HandshakeFailed, dial
 from cocoon.channel.verify import PinnedKeyVerifier
 from cocoon.keys import load_or_create_identity
-from tests.integration.network import MODEL, Network
+from tests.integration.network import MODEL, Network, Node, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -285,3 +287,51 @@ def test_per_client_limits_at_the_proxy(tmp_path: Path) -> None:
                 client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2)
     finally:
         net.stop()
+
+
+def test_killing_one_of_two_proxies_loses_no_request_that_had_not_started(tmp_path: Path) -> None:
+    first = Network(tmp_path / "a", workers=1, capacity=2)
+    (tmp_path / "b").mkdir()
+    shutil.copy2(tmp_path / "a" / "client.key", tmp_path / "b" / "client.key")  # both proxies pin this client
+    second = Network(tmp_path / "b", workers=1, capacity=2)
+    port = free_port()
+    config = tmp_path / "client.toml"
+    pins = [f'{{ address = "127.0.0.1:{net.proxy_port}", public_key = "{net.proxy_key}" }}' for net in (first, second)]
+    config.write_text(f'[client]\nlisten = "127.0.0.1:{port}"\nproxy = {pins[0]}\nproxies = [{pins[1]}]\n')
+    client = Node(
+        "two-proxy-client",
+        ["client", "--config", str(config), "--key-file", str(tmp_path / "a" / "client.key")],
+        tmp_path,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # both proxies connected
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url.removesuffix("/v1") + "/healthz", timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+        async def load() -> list[int]:
+            async with openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60) as api:
+
+                async def one(i: int) -> int:
+                    await asyncio.sleep(0.05 * i)
+                    answer = await api.chat.completions.create(model=MODEL, messages=LONG, max_tokens=40)
+                    return answer.usage.completion_tokens
+
+                async def kill_first_proxy() -> None:
+                    await asyncio.sleep(0.3)
+                    first.nodes["proxy"].kill()
+
+                results = await asyncio.gather(*(one(i) for i in range(10)), kill_first_proxy())
+                return [r for r in results if r is not None]
+
+        completed = asyncio.run(load())
+        assert len(completed) == 10 and all(c == 40 for c in completed)  # none lost
+        assert "trying another proxy" in client.log or second.worker_requests_done("worker-1") == 10
+    finally:
+        client.stop()
+        first.stop()
+        second.stop()
