@@ -67,7 +67,7 @@ class ProxySettings(_Attested, kw_only=True):
     client_keys: list[HexKey] | Literal["*"] = "*"
     models: list[Annotated[str, Meta(min_length=1, max_length=256)]] = []
     queue_timeout: Annotated[float, Meta(ge=0, le=3600)] = 5.0
-    max_queue: Annotated[int, Meta(ge=0, le=1_000_000)] = 256
+    max_queue: Annotated[int, Meta(ge=0, le=1_000_000)] = 256  # per model
     request_timeout: Seconds = 600.0  # a whole request, across retries
     first_token_timeout: Seconds = 120.0  # a worker's first chunk; past it, another worker is tried
     inter_token_timeout: Seconds = 60.0  # silence between chunks once streaming

@@ -97,7 +97,7 @@ class Proxy:
         self._rng = random.Random()
         self.worker_peers: dict[int, Peer] = {}
         self._slot_freed = asyncio.Condition()
-        self._waiting = 0
+        self._waiting: dict[str, int] = {}  # per model: requests waiting for a slot
         self._relays: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._buckets: dict[int, tuple[float, float]] = {}  # client → (tokens, last refill): rate limits
         self._connections: set[asyncio.Task[None]] = set()
@@ -233,16 +233,16 @@ class Proxy:
                     if (
                         exc.code is not ErrorCode.SATURATED
                         or remaining <= 0
-                        or self._waiting >= self.settings.max_queue
+                        or self._waiting.get(model, 0) >= self.settings.max_queue
                     ):
                         raise
-                    self._waiting += 1
+                    self._waiting[model] = self._waiting.get(model, 0) + 1
                     try:
                         with contextlib.suppress(TimeoutError):
                             async with asyncio.timeout(remaining):
                                 await self._slot_freed.wait()
                     finally:
-                        self._waiting -= 1
+                        self._waiting[model] -= 1
                     continue
                 self.router.acquire(entry)
                 return entry

@@ -335,3 +335,43 @@ def test_killing_one_of_two_proxies_loses_no_request_that_had_not_started(tmp_pa
         client.stop()
         first.stop()
         second.stop()
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_two_hundred_concurrent_streams_complete_or_get_429(tmp_path: Path) -> None:
+    net = Network(tmp_path, workers=2, capacity=2, proxy={"queue_timeout": 20.0, "max_queue": 100})
+    try:
+        body = {"model": MODEL, "messages": LONG, "max_tokens": 3, "stream": True}
+
+        async def one(http: httpx.AsyncClient) -> str:
+            async with http.stream("POST", net.url + "/chat/completions", json=body) as response:
+                if response.status_code == 429:
+                    assert response.headers["retry-after"]
+                    return "429"
+                assert response.status_code == 200
+                lines = [line async for line in response.aiter_lines() if line.startswith("data: ")]
+                assert lines[-1] == "data: [DONE]", lines[-2:]
+                return "ok"
+
+        async def burst(count: int) -> list[str]:
+            limits = httpx.Limits(max_connections=count)
+            async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+                async with asyncio.timeout(180):  # none hangs
+                    return list(await asyncio.gather(*(one(http) for _ in range(count))))
+
+        asyncio.run(burst(8))  # warm up
+        pid = net.nodes["proxy"].process.pid
+        before = _rss_kib(pid)
+        outcomes = asyncio.run(burst(200))
+        assert set(outcomes) <= {"ok", "429"} and outcomes.count("ok") >= 50  # 64 per client at most
+        time.sleep(1.0)
+        after = _rss_kib(pid)
+        assert after <= before * 1.10 + 4096, (before, after)  # back to its level (10 %, plus 4 MiB of slack)
+    finally:
+        net.stop()
