@@ -101,6 +101,9 @@ class LlamaCppEngine:
             llama = await asyncio.to_thread(
                 cls, model_path=str(path), n_ctx=self.n_ctx, n_threads=self.threads, verbose=False
             )
+            # One token now, so that the first real request is not the one paying for warm-up
+            # (and the proxy does not judge this worker by a cold start).
+            await asyncio.to_thread(llama.create_completion, "Hello", max_tokens=1)
             self._instances.append(llama)
             self._pool.put_nowait(llama)
         if progress:

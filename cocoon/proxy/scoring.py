@@ -51,9 +51,13 @@ def raw_score(price: float, queue: float, ttft: float, speed: float, success: fl
 def choose(
     entries: Sequence[WorkerEntry], stats: Sequence[WorkerStats], preference: Preference, rng: random.Random
 ) -> int:
-    """Index of the chosen entry: the better of two random picks (power of two choices)."""
+    """Index of the chosen entry: the better of two random picks (power of two choices). A
+    caller who asked for ``cheapest`` or ``fastest`` gets the best worker outright half of the
+    time, so the preference dominates while every worker still gets some traffic."""
     if len(entries) == 1:
         return 0
+    if preference != "balanced" and rng.random() < 0.5:
+        return min(range(len(entries)), key=lambda i: score(entries[i], stats[i], preference))
     first, second = rng.sample(range(len(entries)), 2)
     scored = [(score(entries[i], stats[i], preference), i) for i in (first, second)]
     return min(scored)[1]

@@ -1,6 +1,6 @@
 """Test double: the real worker with a fault-injecting engine wrapped around its real one.
 
-``COCOON_TEST_FAULT`` selects the fault: ``slow:SECONDS`` (sleep before every chunk),
+``COCOON_TEST_FAULT`` selects the fault: ``slow:SECONDS`` (sleep that long per token),
 ``fail_first`` (fail before the first chunk, every time), ``stall`` (send one chunk, then hang).
 Run as ``python -m tests.integration.faulty_worker worker --config …``.
 """
@@ -34,7 +34,9 @@ class FaultyEngine:
         chunks = 0
         async for event in self.real.generate(request):
             if FAULT.startswith("slow:") and isinstance(event, Chunk):
-                await asyncio.sleep(float(FAULT.split(":", 1)[1]))
+                # per token: a streamed chunk is one token, a whole answer is all of them
+                tokens = 1 if request.stream else int(event.payload.get("usage", {}).get("completion_tokens", 1))
+                await asyncio.sleep(float(FAULT.split(":", 1)[1]) * tokens)
             if FAULT == "stall" and chunks == 1:
                 await asyncio.sleep(3600)
             chunks += isinstance(event, Chunk)

@@ -33,33 +33,53 @@ def worker_key(net: Network, i: int) -> str:
     return public_bytes(load_identity(net.root / f"worker-{i}.key")).hex()
 
 
+SPEEDS = {1: "", 2: "slow:0.05", 3: "slow:0.1", 4: "slow:0.2"}  # seconds added per token
+PRICES = {1: "3.0", 2: "2.0", 3: "1.0", 4: "0.5"}  # the faster, the dearer
+
+
 @pytest.fixture(scope="module")
 def market(tmp_path_factory: pytest.TempPathFactory) -> Network:
-    """worker-1: fast and dear (price 2.0); worker-2: slow (50 ms a token) and cheap (1.0)."""
+    """Four workers of different speeds and prices: worker-1 fastest and dearest, worker-4
+    slowest and cheapest (test doubles add delay to a real engine)."""
     root = Path(tmp_path_factory.mktemp("market"))
-    net = Network(root, workers=0, capacity=2)
-    net.start_worker(1, ["--price-coefficient", "2.0"])
-    net.start_worker(2, ["--price-coefficient", "1.0"], fault="slow:0.05")
-    net.wait_workers(2)
+    net = Network(root, workers=0, capacity=2, client={"candidates": 4})
+    for i in (1, 2, 3, 4):
+        net.start_worker(i, ["--price-coefficient", PRICES[i], "--threads", "1"], fault=SPEEDS[i])
+    net.wait_workers(4)
+    run(net, 8, routing="balanced")  # every worker measured once or more before the comparisons
     yield net
     net.stop()
 
 
+def shares(net: Network, receipts: list[dict[str, object]]) -> dict[int, int]:
+    keys = {worker_key(net, i): i for i in (1, 2, 3, 4)}
+    counts = dict.fromkeys((1, 2, 3, 4), 0)
+    for receipt in receipts:
+        counts[keys[str(receipt["worker"])]] += 1
+    return counts
+
+
 def test_fastest_sends_most_traffic_to_the_fastest(market: Network) -> None:
-    receipts = run(market, 8, routing="fastest")
-    fast = sum(r["worker"] == worker_key(market, 1) for r in receipts)
-    assert fast >= 6, receipts
+    counts = shares(market, run(market, 16, routing="fastest"))
+    assert counts[1] == max(counts.values()) and counts[1] >= 6, counts
+    assert counts[4] <= 2, counts
 
 
 def test_cheapest_sends_most_traffic_to_the_cheapest(market: Network) -> None:
-    receipts = run(market, 8, routing="cheapest")
-    cheap = sum(r["worker"] == worker_key(market, 2) for r in receipts)
-    assert cheap >= 6, receipts
+    counts = shares(market, run(market, 16, routing="cheapest"))
+    assert counts[4] == max(counts.values()) and counts[4] >= 6, counts
+    assert counts[1] <= 2, counts
+
+
+def test_balanced_spreads_the_traffic(market: Network) -> None:
+    counts = shares(market, run(market, 16, routing="balanced"))
+    assert sum(1 for c in counts.values() if c > 0) >= 2, counts
+    assert max(counts.values()) <= 12, counts  # no single worker takes three quarters
 
 
 def test_price_cap_is_never_violated(market: Network) -> None:
-    receipts = run(market, 4, routing="fastest", max_price=1.5)
-    assert all(r["worker"] == worker_key(market, 2) for r in receipts)
+    counts = shares(market, run(market, 6, routing="fastest", max_price=1.5))
+    assert counts[1] == counts[2] == 0 and counts[3] + counts[4] == 6, counts
 
 
 def test_worker_failing_before_its_first_token_costs_nothing(tmp_path: Path) -> None:
@@ -103,12 +123,12 @@ def test_price_book_shows_prices_capacity_and_measured_speed(market: Network) ->
     assert book["prices"]["nano_per_token"] == 1000
     (entry,) = book["models"]
     workers = {w["worker"]: w for w in entry["workers"]}
-    fast, cheap = workers[worker_key(market, 1)], workers[worker_key(market, 2)]
-    assert fast["price_coefficient"] == 2.0 and cheap["price_coefficient"] == 1.0
+    fast, cheap = workers[worker_key(market, 1)], workers[worker_key(market, 4)]
+    assert fast["price_coefficient"] == 3.0 and cheap["price_coefficient"] == 0.5
     per_million = fast["nano_ton_per_million_tokens"]
-    # 1000 nanoTON per token × 2.0 (completion multiplier) × 2.0 (coefficient) × 10^6 tokens
-    assert per_million["completion"] == 4_000_000_000
-    assert per_million["completion"] == 2 * cheap["nano_ton_per_million_tokens"]["completion"]
+    # 1000 nanoTON per token × 2.0 (completion multiplier) × 3.0 (coefficient) × 10^6 tokens
+    assert per_million["completion"] == 6_000_000_000
+    assert per_million["completion"] == 6 * cheap["nano_ton_per_million_tokens"]["completion"]
     assert fast["tokens_per_second"] > cheap["tokens_per_second"] > 0
     assert fast["free"] == fast["capacity"] == 2
     shown = subprocess.run(
