@@ -46,6 +46,7 @@ StatusOpt = Annotated[str | None, typer.Option(help="Write the node's state as J
 LogOpt = Annotated[str | None, typer.Option(help="Log level: debug, info, warning or error.")]
 HeartbeatOpt = Annotated[float | None, typer.Option(help="Seconds between heartbeats on each connection.")]
 DeadOpt = Annotated[float | None, typer.Option(help="Seconds of silence after which a peer counts as dead.")]
+ConnectOpt = Annotated[float | None, typer.Option(help="Seconds to dial a peer: TCP, TLS and the handshake.")]
 PolicyOpt = Annotated[
     str | None,
     typer.Option(help="Attestation policy for peers: 'development' or a policy TOML file (docs/attestation.md)."),
@@ -135,6 +136,7 @@ def proxy(
     log_level: LogOpt = None,
     heartbeat_interval: HeartbeatOpt = None,
     dead_after: DeadOpt = None,
+    connect_timeout: ConnectOpt = None,
     tee: TeeOpt = None,
     policy: PolicyOpt = None,
     collateral_dir: CollateralOpt = None,
@@ -175,6 +177,7 @@ def proxy(
                 log_level=log_level,
                 heartbeat_interval=heartbeat_interval,
                 dead_after=dead_after,
+                connect_timeout=connect_timeout,
                 tee=tee,
                 policy=policy,
                 collateral_dir=collateral_dir,
@@ -231,6 +234,7 @@ def worker(
     log_level: LogOpt = None,
     heartbeat_interval: HeartbeatOpt = None,
     dead_after: DeadOpt = None,
+    connect_timeout: ConnectOpt = None,
     tee: TeeOpt = None,
     policy: PolicyOpt = None,
     collateral_dir: CollateralOpt = None,
@@ -270,6 +274,7 @@ def worker(
                 log_level=log_level,
                 heartbeat_interval=heartbeat_interval,
                 dead_after=dead_after,
+                connect_timeout=connect_timeout,
                 tee=tee,
                 policy=policy,
                 collateral_dir=collateral_dir,
@@ -331,6 +336,7 @@ def client(
     log_level: LogOpt = None,
     heartbeat_interval: HeartbeatOpt = None,
     dead_after: DeadOpt = None,
+    connect_timeout: ConnectOpt = None,
     policy: PolicyOpt = None,
     collateral_dir: CollateralOpt = None,
     pccs_url: PccsOpt = None,
@@ -359,6 +365,7 @@ def client(
                 log_level=log_level,
                 heartbeat_interval=heartbeat_interval,
                 dead_after=dead_after,
+                connect_timeout=connect_timeout,
                 policy=policy,
                 collateral_dir=collateral_dir,
                 pccs_url=pccs_url,

@@ -49,6 +49,7 @@ class _Common(Struct, forbid_unknown_fields=True, kw_only=True):
     heartbeat_interval: Seconds = 5.0
     dead_after: Seconds = 15.0
     max_frame: Annotated[int, Meta(ge=64 * 1024, le=64 * 1024 * 1024)] = DEFAULT_MAX_FRAME
+    connect_timeout: Seconds = 10.0  # dialing a proxy: TCP, TLS and the in-channel handshake
     policy: str = "development"  # attestation policy: "development" or a policy TOML file
     collateral_dir: str = ""  # DCAP collateral files (<fmspc>.json); default <data dir>/collateral
     pccs_url: str = ""  # fetch missing collateral from this PCCS ("intel" = Intel's PCS)

@@ -167,6 +167,7 @@ def run_client(settings: ClientSettings) -> None:
             verifier=AttestedVerifier(evidence_verifier, accept={"proxy"}, pinned=pinned),
             reconnect_max=settings.reconnect_max,
             connection_options=connection_options(settings),
+            connect_timeout=settings.connect_timeout,
         )
 
     async def main() -> None:

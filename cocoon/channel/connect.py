@@ -96,17 +96,19 @@ async def dial(
     listener_role: Role = "proxy",
     evidence: bytes = b"",
     connection_options: ConnectionOptions | None = None,
+    timeout: float = HANDSHAKE_TIMEOUT,
 ) -> Peer:
-    """Dialer side: check the listener's certificate key, then prove who we are."""
+    """Dialer side: check the listener's certificate key, then prove who we are. ``timeout``
+    bounds the TCP and TLS connect, and then the in-channel handshake."""
     loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+        async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port, ssl=client_context())
     except (TimeoutError, OSError) as exc:
         raise HandshakeFailed(f"cannot reach {host}:{port}: {exc or type(exc).__name__}") from exc
     conn = Connection(Side.DIALER, now=loop.time(), **(connection_options or {}))
     try:
-        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+        async with asyncio.timeout(timeout):
             ssl_object = writer.get_extra_info("ssl_object")
             cert_der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
             if not cert_der:

@@ -31,7 +31,9 @@ class ProxyLink:
         verifier: PeerVerifier,
         reconnect_max: float = 5.0,
         connection_options: ConnectionOptions | None = None,
+        connect_timeout: float = 10.0,
     ) -> None:
+        self.connect_timeout = connect_timeout
         self.host = host
         self.port = port
         self.key = key
@@ -83,6 +85,7 @@ class ProxyLink:
                     role="client",
                     verifier=self.verifier,
                     connection_options=self.connection_options,
+                    timeout=self.connect_timeout,
                 )
             except HandshakeFailed as exc:
                 self.last_error = str(exc)

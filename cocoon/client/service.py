@@ -198,6 +198,8 @@ def _offer(offer: WorkerOffer, prices: Prices) -> dict[str, Any]:
         "ttft_ms": offer.ttft_ms,
         "tokens_per_second": round(offer.tokens_per_second, 1),
         "success_rate": round(offer.success_rate, 3),
+        "errors": offer.errors,
+        "timeouts": offer.timeouts,
         "nano_ton_per_million_tokens": {
             "prompt": per_million(prices.prompt_milli),
             "cached": per_million(prices.cached_milli),

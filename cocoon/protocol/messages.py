@@ -122,6 +122,8 @@ class WorkerOffer(Struct, frozen=True, forbid_unknown_fields=False, omit_default
     ttft_ms: Count = 0
     tokens_per_second: Annotated[float, Meta(ge=0, le=1e9)] = 0.0
     success_rate: Annotated[float, Meta(ge=0, le=1)] = 1.0
+    errors: Count = 0
+    timeouts: Count = 0
 
 
 class WorkerList(_Message, tag="worker_list", frozen=True):

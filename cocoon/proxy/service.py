@@ -450,6 +450,8 @@ class Proxy:
                 ttft_ms=round(stats.ttft * 1000),
                 tokens_per_second=stats.tokens_per_second,
                 success_rate=stats.success_rate,
+                errors=stats.errors,
+                timeouts=stats.timeouts,
             )
             for entry in entries
             if (peer := self.worker_peers.get(entry.worker_id)) is not None

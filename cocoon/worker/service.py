@@ -106,6 +106,7 @@ class Worker:
                     verifier=verifier,
                     evidence=self.attestation.evidence(public_bytes(self.key)),
                     connection_options=options,
+                    timeout=self.settings.connect_timeout,
                 )
             except HandshakeFailed as exc:
                 log.warning("proxy %s: %s; retrying in %.1f s", pin.address, exc, delay)
