@@ -16,6 +16,7 @@ import msgspec
 import typer
 
 from cocoon import __version__
+from cocoon.cli_tools import attest_app, fail, market
 from cocoon.config import (
     ClientSettings,
     ConfigError,
@@ -70,11 +71,6 @@ def _pin(text: str) -> dict[str, str]:
     if not sep:
         raise ConfigError(f"{text!r} should be HOST:PORT=PUBLIC_KEY")
     return {"address": address, "public_key": key}
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"cocoon: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def _common(**values: Any) -> dict[str, Any]:
@@ -190,7 +186,7 @@ def proxy(
         setup_logging(settings.log_level, "proxy")
         run_proxy(settings)
     except (ConfigError, KeyFileError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @app.command()
@@ -288,12 +284,12 @@ def worker(
         setup_logging(settings.log_level, settings.name)
         run_worker(settings)
     except (ConfigError, KeyFileError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except Exception as exc:
         from cocoon.engine.base import EngineError
 
         if isinstance(exc, EngineError):
-            _fail(f"engine failed: {exc}")
+            fail(f"engine failed: {exc}")
         raise
 
 
@@ -374,7 +370,7 @@ def client(
         setup_logging(settings.log_level, "client")
         run_client(settings)
     except (ConfigError, KeyFileError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @app.command()
@@ -399,184 +395,11 @@ def up(
     try:
         sys.exit(run_up(port=port, workers=workers, capacity=capacity, state_dir=state_dir, once=once, prompt=prompt))
     except UpError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
-attest_app = typer.Typer(help="Inspect and verify TEE quotes, reports and evidence files.", no_args_is_help=True)
 app.add_typer(attest_app, name="attest")
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        _fail(f"cannot read {path}: {exc.strerror}")
-        raise  # unreachable: _fail exits
-
-
-@attest_app.command("show")
-def attest_show(
-    file: Annotated[Path, typer.Argument(help="A TDX/SGX quote, an SEV-SNP report or a Cocoon evidence file.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a readable listing.")] = False,
-) -> None:
-    """Print every field of a quote, report or evidence envelope."""
-    from cocoon.attest.errors import AttestationError
-    from cocoon.attest.inspect import describe
-
-    try:
-        fields = describe(_read(file))
-    except AttestationError as exc:
-        _fail(f"{file}: {exc}")
-        return
-    if as_json:
-        typer.echo(json.dumps(fields, indent=2))
-        return
-    _print_tree(fields, 0)
-
-
-def _print_tree(value: Any, depth: int) -> None:
-    for key, item in value.items():
-        if isinstance(item, dict):
-            typer.echo("  " * depth + f"{key}:")
-            _print_tree(item, depth + 1)
-        else:
-            typer.echo("  " * depth + f"{key}: {item}")
-
-
-@attest_app.command("image-hash")
-def attest_image_hash(
-    file: Annotated[Path, typer.Argument(help="A TDX quote, an SEV-SNP report or a Cocoon evidence file.")],
-) -> None:
-    """Print the image hash (see docs/attestation.md) that policies list."""
-    from cocoon.attest.errors import AttestationError
-    from cocoon.attest.inspect import image_hash
-
-    try:
-        typer.echo(image_hash(_read(file)).hex())
-    except AttestationError as exc:
-        _fail(f"{file}: {exc}")
-
-
-@attest_app.command("verify")
-def attest_verify(
-    file: Annotated[Path, typer.Argument(help="A TDX quote, an SEV-SNP report or a Cocoon evidence file.")],
-    collateral: Annotated[
-        Path | None, typer.Option(help="DCAP collateral JSON (dcap-qvl layout) for a TDX quote.")
-    ] = None,
-    now: Annotated[str | None, typer.Option(help="Verify as of this ISO 8601 time instead of the clock.")] = None,
-    policy: Annotated[Path | None, typer.Option(help="Policy TOML; default: production rules, any image.")] = None,
-    role: Annotated[str, typer.Option(help="Role whose policy applies: worker or proxy.")] = "worker",
-    vcek: Annotated[Path | None, typer.Option(help="SEV-SNP: the VCEK certificate (DER).")] = None,
-    chain: Annotated[Path | None, typer.Option(help="SEV-SNP: ASK and ARK certificates (PEM).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Verify evidence: vendor signatures and chain, TCB status, debug, image (and claims for an
-    evidence envelope). Exit code 0 only when it is accepted."""
-    import datetime
-    import time
-
-    import msgspec as _msgspec
-
-    from cocoon.attest.errors import AttestationError
-    from cocoon.attest.inspect import as_evidence
-    from cocoon.attest.policy import Policy, PolicyError, RolePolicy, load_policy
-    from cocoon.attest.verifier import EvidenceVerifier
-
-    try:
-        moment = (
-            int(datetime.datetime.fromisoformat(now.replace("Z", "+00:00")).timestamp()) if now else int(time.time())
-        )
-    except ValueError:
-        _fail(f"--now {now!r} is not an ISO 8601 time")
-        return
-    try:
-        chosen = (
-            load_policy(policy)
-            if policy
-            else Policy(proxy=RolePolicy(image_hashes="*"), worker=RolePolicy(image_hashes="*"))
-        )
-    except PolicyError as exc:
-        _fail(str(exc))
-        return
-    result: dict[str, Any] = {"file": str(file)}
-    try:
-        evidence = as_evidence(_read(file))
-        extra = {
-            "collateral": _read(collateral) if collateral else evidence.collateral,
-            "vcek": _read(vcek) if vcek else evidence.vcek,
-            "cert_chain": _read(chain) if chain else evidence.cert_chain,
-        }
-        evidence = _msgspec.structs.replace(evidence, **extra)
-        verifier = EvidenceVerifier(chosen)
-        vendor = verifier.vendor_check(evidence, moment)
-        result.update(
-            tcb_status=vendor.status,
-            advisories=list(vendor.advisories),
-            image_hash=vendor.image.hex(),
-            measurements=vendor.measurements,
-        )
-        verifier.check_platform(vendor, role)
-        if evidence.claims != b"\x90":
-            from cocoon.attest.claims import check_report_data, check_validity, decode_claims
-
-            claims = decode_claims(evidence.claims)
-            check_report_data(evidence.claims, vendor.report_data)
-            check_validity(claims, moment)
-            result["claims_bound"] = True
-        result["status"] = "accepted"
-    except AttestationError as exc:
-        result.update(status="rejected", reason=exc.code, detail=str(exc))
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
-    else:
-        _print_tree(result, 0)
-    raise typer.Exit(0 if result["status"] == "accepted" else 1)
-
-
-@app.command()
-def market(
-    url: Annotated[str, typer.Option(help="Base URL of a running client's API.")] = "http://127.0.0.1:8000/v1",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the price book as JSON.")] = False,
-) -> None:
-    """Show the price book: per model, the live workers, their prices, free capacity and speed."""
-    import httpx
-    from rich.console import Console
-    from rich.table import Table
-
-    try:
-        response = httpx.get(url.rstrip("/") + "/market", timeout=10)
-        book = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        _fail(f"cannot read the price book from {url}: {exc}")
-        return
-    if response.status_code != 200:
-        _fail(f"the client answered {response.status_code}: {book.get('error', {}).get('message', '')}")
-    if as_json:
-        typer.echo(json.dumps(book, indent=2))
-        return
-    console = Console()
-    for entry in book.get("models", []):
-        table = Table(title=entry["model"])
-        for column in (
-            "worker",
-            "price ×",
-            "free",
-            "TTFT ms",
-            "tokens/s",
-            "success",
-            "nanoTON / 1M prompt",
-            "/ 1M completion",
-        ):
-            table.add_column(column)
-        for w in entry["workers"]:
-            prices = w["nano_ton_per_million_tokens"]
-            table.add_row(
-                w["worker"][:12], f"{w['price_coefficient']:.3f}", f"{w['free']}/{w['capacity']}", str(w["ttft_ms"]),
-                str(w["tokens_per_second"]), str(w["success_rate"]), str(prices["prompt"]), str(prices["completion"]),
-            )  # fmt: skip
-        console.print(table)
-    if not book.get("models"):
-        typer.echo("no live workers")
+app.command()(market)
 
 
 @app.command("key")
@@ -589,7 +412,7 @@ def key_command(
     try:
         typer.echo(public_bytes(load_or_create_identity(key_file)).hex())
     except (KeyFileError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 SETTINGS_OF: dict[str, type[ProxySettings] | type[WorkerSettings] | type[ClientSettings]] = {
