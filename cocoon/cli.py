@@ -73,10 +73,6 @@ def _pin(text: str) -> dict[str, str]:
     return {"address": address, "public_key": key}
 
 
-def _common(**values: Any) -> dict[str, Any]:
-    return values
-
-
 @app.callback(invoke_without_command=True)
 def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
@@ -154,7 +150,7 @@ def proxy(
             ProxySettings,
             "proxy",
             config,
-            _common(
+            dict(
                 listen=listen,
                 worker_keys=keys(worker_key),
                 client_keys=keys(client_key),
@@ -250,7 +246,7 @@ def worker(
             WorkerSettings,
             "worker",
             config,
-            _common(
+            dict(
                 proxies=[_pin(p) for p in proxy] if proxy else None,
                 name=name,
                 model=model,
@@ -345,7 +341,7 @@ def client(
             ClientSettings,
             "client",
             config,
-            _common(
+            dict(
                 proxy=_pin(proxy[0]) if proxy else None,
                 proxies=[_pin(p) for p in proxy[1:]] if proxy and len(proxy) > 1 else None,
                 listen=listen,

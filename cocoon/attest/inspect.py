@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import msgspec
+
 from cocoon.attest import sevsnp
 from cocoon.attest.claims import decode_claims
 from cocoon.attest.errors import AttestationError, MalformedEvidence
@@ -44,7 +46,7 @@ def describe(data: bytes) -> dict[str, Any]:
     evidence = as_evidence(data)
     result: dict[str, Any] = {"tee": evidence.tee}
     if evidence.claims != b"\x90":
-        result["claims"] = _plain(dataclasses.asdict(_claims_dataclass(evidence.claims)))
+        result["claims"] = _plain(msgspec.structs.asdict(decode_claims(evidence.claims)))
     if evidence.tee == "sev-snp":
         report = sevsnp.parse_report(evidence.quote)
         result["report"] = {k: v for k, v in _plain(report).items() if k != "signed"}
@@ -66,25 +68,6 @@ def describe(data: bytes) -> dict[str, Any]:
         if getattr(evidence, name):
             result[f"{name}_bytes"] = len(getattr(evidence, name))
     return result
-
-
-@dataclasses.dataclass
-class _ClaimsView:
-    version: int
-    role: str
-    channel_key: bytes
-    hpke_key: bytes
-    model_hash: bytes
-    software: str
-    not_before: int
-    not_after: int
-    config_hash: bytes
-    gpu_evidence_hash: bytes
-
-
-def _claims_dataclass(raw: bytes) -> _ClaimsView:
-    claims = decode_claims(raw)
-    return _ClaimsView(**{f.name: getattr(claims, f.name) for f in dataclasses.fields(_ClaimsView)})
 
 
 def image_hash(data: bytes) -> bytes:
