@@ -16,6 +16,7 @@ import msgspec
 import typer
 
 from cocoon import __version__
+from cocoon.cli_chain import chain_app
 from cocoon.cli_tools import attest_app, fail, market
 from cocoon.config import (
     ClientSettings,
@@ -63,6 +64,19 @@ ExtendOpt = Annotated[
     bool | None,
     typer.Option("--extend-rtmr/--no-extend-rtmr", help="TDX: measure the config hash into RTMR3 once per boot."),
 ]
+
+
+ChainKindOpt = Annotated[
+    str | None, typer.Option("--chain", help="Pay and be paid on this chain: sandbox or ton. Default: no payments.")
+]
+ChainUrlOpt = Annotated[
+    str | None, typer.Option(help="sandbox: the local chain's URL; ton: mainnet, testnet or a global config file.")
+]
+RootOpt = Annotated[str | None, typer.Option(help="Address of the registry (root contract).")]
+WalletKeyOpt = Annotated[
+    str | None, typer.Option(help="The wallet's key (created with mode 0600). Default: the data dir.")
+]
+PaymentsDbOpt = Annotated[str | None, typer.Option(help="SQLite file of vouchers and counters. Default: the data dir.")]
 
 
 def _pin(text: str) -> dict[str, str]:
@@ -133,6 +147,11 @@ def proxy(
     policy: PolicyOpt = None,
     collateral_dir: CollateralOpt = None,
     pccs_url: PccsOpt = None,
+    chain: ChainKindOpt = None,
+    chain_url: ChainUrlOpt = None,
+    root: RootOpt = None,
+    wallet_key: WalletKeyOpt = None,
+    payments_db: PaymentsDbOpt = None,
     sev_vcek: VcekOpt = None,
     sev_chain: ChainOpt = None,
     extend_rtmr: ExtendOpt = None,
@@ -174,6 +193,11 @@ def proxy(
                 policy=policy,
                 collateral_dir=collateral_dir,
                 pccs_url=pccs_url,
+                chain=chain,
+                chain_url=chain_url,
+                root=root,
+                wallet_key=wallet_key,
+                payments_db=payments_db,
                 sev_vcek=sev_vcek,
                 sev_chain=sev_chain,
                 extend_rtmr=extend_rtmr,
@@ -231,6 +255,11 @@ def worker(
     policy: PolicyOpt = None,
     collateral_dir: CollateralOpt = None,
     pccs_url: PccsOpt = None,
+    chain: ChainKindOpt = None,
+    chain_url: ChainUrlOpt = None,
+    root: RootOpt = None,
+    wallet_key: WalletKeyOpt = None,
+    payments_db: PaymentsDbOpt = None,
     sev_vcek: VcekOpt = None,
     sev_chain: ChainOpt = None,
     extend_rtmr: ExtendOpt = None,
@@ -271,6 +300,11 @@ def worker(
                 policy=policy,
                 collateral_dir=collateral_dir,
                 pccs_url=pccs_url,
+                chain=chain,
+                chain_url=chain_url,
+                root=root,
+                wallet_key=wallet_key,
+                payments_db=payments_db,
                 sev_vcek=sev_vcek,
                 sev_chain=sev_chain,
                 extend_rtmr=extend_rtmr,
@@ -332,6 +366,11 @@ def client(
     policy: PolicyOpt = None,
     collateral_dir: CollateralOpt = None,
     pccs_url: PccsOpt = None,
+    chain: ChainKindOpt = None,
+    chain_url: ChainUrlOpt = None,
+    root: RootOpt = None,
+    wallet_key: WalletKeyOpt = None,
+    payments_db: PaymentsDbOpt = None,
 ) -> None:
     """Serve the OpenAI HTTP API on loopback and forward requests to a proxy."""
     from cocoon.run import run_client, setup_logging
@@ -361,6 +400,11 @@ def client(
                 policy=policy,
                 collateral_dir=collateral_dir,
                 pccs_url=pccs_url,
+                chain=chain,
+                chain_url=chain_url,
+                root=root,
+                wallet_key=wallet_key,
+                payments_db=payments_db,
             ),
         )
         setup_logging(settings.log_level, "client")
@@ -383,18 +427,32 @@ def up(
     prompt: Annotated[
         str, typer.Option(help="The first chat request sent once the network is up.")
     ] = "Say hello to a new Cocoon user in one short sentence.",
+    chain: Annotated[
+        bool, typer.Option("--chain/--no-chain", help="Run the local chain and pay for every answer.")
+    ] = True,
 ) -> None:
     """Start a whole local network (proxy, workers, client) on loopback with the embedded model,
     send it a first chat request, and serve until Ctrl-C."""
     from cocoon.up import UpError, run_up
 
     try:
-        sys.exit(run_up(port=port, workers=workers, capacity=capacity, state_dir=state_dir, once=once, prompt=prompt))
+        sys.exit(
+            run_up(
+                port=port,
+                workers=workers,
+                capacity=capacity,
+                state_dir=state_dir,
+                once=once,
+                prompt=prompt,
+                chain=chain,
+            )
+        )
     except UpError as exc:
         fail(str(exc))
 
 
 app.add_typer(attest_app, name="attest")
+app.add_typer(chain_app, name="chain")
 app.command()(market)
 
 

@@ -21,6 +21,8 @@ Seconds = Annotated[float, Meta(gt=0, le=86400)]
 Address = Annotated[str, Meta(pattern=r"^(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):\d{1,5}$")]  # host:port, [v6]:port
 HexKey = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{64}$")]
 LogLevel = Literal["debug", "info", "warning", "error"]
+Nano = Annotated[int, Meta(ge=0, le=2**63 - 1)]  # an amount of nanoTON
+TON = 10**9
 
 
 class ConfigError(Exception):
@@ -53,6 +55,18 @@ class _Common(Struct, forbid_unknown_fields=True, kw_only=True):
     policy: str = "development"  # attestation policy: "development" or a policy TOML file
     collateral_dir: str = ""  # DCAP collateral files (<fmspc>.json); default <data dir>/collateral
     pccs_url: str = ""  # fetch missing collateral from this PCCS ("intel" = Intel's PCS)
+    # payments (docs/payments.md): no chain = no payments
+    chain: Literal["", "sandbox", "ton"] = ""
+    chain_url: str = ""  # sandbox: the local chain's URL; ton: mainnet, testnet or a global config file
+    root: str = ""  # address of the registry (root contract)
+    wallet_key: str = ""  # the wallet's Ed25519 key; default <data dir>/<role>-wallet.key
+    payments_db: str = ""  # vouchers and counters (SQLite); default <data dir>/<role>-payments.db
+    registry_poll: Seconds = 10.0  # seconds between checks of the registry's config version
+    db_synchronous: Literal["normal", "full"] = "normal"  # full: survive power cuts too (slower)
+
+    @property
+    def payments(self) -> bool:
+        return bool(self.chain)
 
 
 class _Attested(_Common, kw_only=True):
@@ -83,6 +97,12 @@ class ProxySettings(_Attested, kw_only=True):
     completion_multiplier: Annotated[float, Meta(ge=0, le=1000)] = 2.0
     reasoning_multiplier: Annotated[float, Meta(ge=0, le=1000)] = 2.0
     commission: Annotated[float, Meta(ge=0, le=1)] = 0.1
+    # settlement (with a chain)
+    redeem_threshold: Nano = TON  # redeem a client's vouchers once this much is unredeemed
+    worker_deposit: Nano = TON  # funds put into each worker channel, topped up when half is owed
+    settle_interval: Seconds = 5.0  # seconds between settlement rounds
+    commit_interval: Seconds = 60.0  # seconds between on-chain commits of the state sequence number
+    settle_on_exit: bool = False  # redeem everything and commit on shutdown
 
 
 class WorkerSettings(_Attested, kw_only=True):
@@ -101,6 +121,9 @@ class WorkerSettings(_Attested, kw_only=True):
     n_ctx: Annotated[int, Meta(ge=256, le=1_048_576)] = 2048
     reconnect_min: Seconds = 0.5
     reconnect_max: Seconds = 10.0
+    redeem_threshold: Nano = TON  # redeem the proxy's payout vouchers once this much is unredeemed
+    settle_interval: Seconds = 5.0
+    settle_on_exit: bool = False
 
 
 class ClientSettings(_Common, kw_only=True):
@@ -114,6 +137,8 @@ class ClientSettings(_Common, kw_only=True):
     candidates: Annotated[int, Meta(ge=1, le=8)] = 3  # workers each request is sealed for (K)
     max_price: Annotated[float, Meta(ge=0, le=1_000_000)] = 0.0  # highest worker price coefficient; 0 = any
     routing: Literal["balanced", "cheapest", "fastest"] = "balanced"  # default routing preference
+    deposit: Nano = 0  # with a chain: put this much into a proxy's channel when it has less left
+    stake: Nano = 0  # of each deposit, lock this much as the stake; 0 = the registry's minimum
 
 
 S = TypeVar("S", ProxySettings, WorkerSettings, ClientSettings)
@@ -140,6 +165,12 @@ def load_settings(cls: type[S], role: str, path: Path | None, overrides: dict[st
         raise ConfigError(f"invalid {role} setting: {exc}") from exc
     if not settings.key_file:
         settings.key_file = str(data_dir() / f"{role}.key")
+    if not settings.wallet_key:
+        settings.wallet_key = str(data_dir() / f"{role}-wallet.key")
+    if not settings.payments_db:
+        settings.payments_db = str(data_dir() / f"{role}-payments.db")
+    if settings.chain and not settings.root:
+        raise ConfigError(f"{role}: a chain needs the registry's address (root)")
     return settings
 
 

@@ -15,14 +15,20 @@ from typing import Any
 
 import msgspec
 import uvicorn
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cocoon.attest.errors import AttestationError
 from cocoon.attest.model_hash import model_hash
 from cocoon.attest.node import NodeAttestation, build_attestation
 from cocoon.attest.policy import PolicyError
+from cocoon.attest.verifier import EvidenceVerifier
+from cocoon.chain.access import open_ledger, open_wallet, parse_address
+from cocoon.chain.errors import ChainError
+from cocoon.chain.registry import RegistryState, RegistryWatcher, policy_from_registry, read_registry
 from cocoon.channel.attested import AttestedVerifier
 from cocoon.client.api import build_app
 from cocoon.client.link import ProxyLink, ProxyPool
+from cocoon.client.payments import ClientPayments
 from cocoon.client.service import ClientService
 from cocoon.config import (
     ClientSettings,
@@ -36,6 +42,7 @@ from cocoon.config import (
 )
 from cocoon.engine.base import Engine
 from cocoon.keys import load_or_create_identity, parse_public_key
+from cocoon.payments.store import PaymentStore
 from cocoon.proxy.service import Proxy
 from cocoon.status import write_status
 from cocoon.worker.service import Worker
@@ -149,9 +156,54 @@ def run_worker(settings: WorkerSettings) -> None:
     asyncio.run(_until_signalled(main()))
 
 
+async def client_payments(
+    settings: ClientSettings, key: Ed25519PrivateKey, verifier: EvidenceVerifier
+) -> tuple[ClientPayments, RegistryWatcher]:
+    """The client's chain side: the registry (policy, prices, proxies), wallet and books."""
+    try:
+        ledger = open_ledger(settings.chain, settings.chain_url)
+        root = parse_address(settings.root)
+        registry = await read_registry(ledger, root)
+    except ChainError as exc:
+        raise ConfigError(f"cannot read the registry: {exc}") from exc
+    base = verifier.policy
+    verifier.set_policy(policy_from_registry(base, registry))
+    payments = ClientPayments(
+        ledger=ledger,
+        wallet=open_wallet(ledger, Path(settings.wallet_key)),
+        root=root,
+        key=key,
+        store=PaymentStore(Path(settings.payments_db), settings.db_synchronous),
+        registry=registry,
+        deposit=settings.deposit,
+        stake=settings.stake,
+    )
+
+    def follow(state: RegistryState) -> None:
+        verifier.set_policy(policy_from_registry(base, state))
+        payments.update_registry(state)
+
+    watcher = RegistryWatcher(ledger, root, follow, settings.registry_poll)
+    watcher.state = registry
+    return payments, watcher
+
+
+def registry_pins(registry: RegistryState) -> list[PeerPin]:
+    """The proxies the registry lists, each pinned to its key."""
+    pins = []
+    for public_key, endpoint in sorted(registry.proxies.items()):
+        try:
+            split_address(endpoint)
+        except (ValueError, ConfigError):
+            log.warning("the registry lists proxy %s… at %r, which is not HOST:PORT", public_key.hex()[:16], endpoint)
+            continue
+        pins.append(PeerPin(address=endpoint, public_key=public_key.hex()))
+    return pins
+
+
 def run_client(settings: ClientSettings) -> None:
     pins = ([settings.proxy] if settings.proxy else []) + settings.proxies
-    if not pins:
+    if not pins and not settings.payments:
         raise ConfigError("the client needs a proxy: --proxy HOST:PORT=PUBLIC_KEY or [client.proxy] in the config")
     key = load_or_create_identity(Path(settings.key_file))
     evidence_verifier = attestation_of(settings, "client").verifier
@@ -171,7 +223,22 @@ def run_client(settings: ClientSettings) -> None:
         )
 
     async def main() -> None:
-        pool = ProxyPool([link_to(pin) for pin in pins])
+        payments: ClientPayments | None = None
+        background: list[asyncio.Task[None]] = []
+        proxies = pins
+        if settings.payments:
+            payments, watcher = await client_payments(settings, key, evidence_verifier)
+            background.append(asyncio.create_task(watcher.run()))
+            if not proxies:
+                assert watcher.state is not None
+                proxies = registry_pins(watcher.state)
+                if not proxies:
+                    raise ConfigError("the registry lists no proxy and none is configured")
+        links = [link_to(pin) for pin in proxies]
+        if payments is not None:
+            for link in links:
+                link.on_connect = payments.attach
+        pool = ProxyPool(links)
         pool.start()
         service = ClientService(
             pool,
@@ -181,6 +248,7 @@ def run_client(settings: ClientSettings) -> None:
             candidates=settings.candidates,
             max_price_milli=round(settings.max_price * 1000),
             routing=settings.routing,
+            payments=payments,
         )
         app = build_app(service, max_body_bytes=settings.max_body_bytes)
         config = uvicorn.Config(
@@ -207,6 +275,11 @@ def run_client(settings: ClientSettings) -> None:
             await serving
         finally:
             server.should_exit = True
+            for task in background:
+                task.cancel()
             await pool.aclose()
+            if payments is not None:
+                await payments.ledger.aclose()
+                payments.store.close()
 
     asyncio.run(_until_signalled(main()))

@@ -9,7 +9,7 @@ SIGTERM from the kernel if ``up`` itself dies (PR_SET_PDEATHSIG), so none is lef
 
 from __future__ import annotations
 
-import ctypes
+import asyncio
 import json
 import signal
 import socket
@@ -24,10 +24,12 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 
-from cocoon.config import data_dir
+from cocoon.config import TON, data_dir
 from cocoon.engine.llama_cpp import EMBEDDED_MODEL_NAME
 from cocoon.keys import load_or_create_identity, public_bytes
+from cocoon.process import die_with_parent
 from cocoon.status import read_status
+from cocoon.up_chain import LocalChain, earned, prepare_chain, wallet_key
 
 START_TIMEOUT = 300.0
 STOP_GRACE = 5.0
@@ -56,15 +58,6 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM when the parent dies (Linux)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 class Child:
     def __init__(self, name: str, args: list[str], state: Path) -> None:
         self.name = name
@@ -74,7 +67,7 @@ class Child:
         self._log: IO[bytes] = self.log_path.open("wb")
         command = [sys.executable, "-m", "cocoon", *args, "--status-file", str(self.status_path)]
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+            command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
         )
 
     def status(self) -> dict[str, Any]:
@@ -99,7 +92,28 @@ class Child:
         self._log.close()
 
 
-def write_config(state: Path, *, proxy_port: int, client_port: int, workers: int) -> Path:
+def chain_config(state: Path, chain: LocalChain | None, name: str, role: str) -> str:
+    """The chain settings of one node (empty without a chain)."""
+    if chain is None:
+        return ""
+    lines = [
+        'chain = "sandbox"',
+        f"chain_url = {json.dumps(chain.url)}",
+        f"root = {json.dumps(chain.root)}",
+        f"wallet_key = {json.dumps(str(wallet_key(state, name)))}",
+        f"payments_db = {json.dumps(str(state / 'payments' / f'{name}.db'))}",
+        "registry_poll = 2.0",
+    ]
+    if role == "proxy":
+        lines += ["settle_interval = 2.0", f"worker_deposit = {10 * TON}", "settle_on_exit = true"]
+    elif role == "client":
+        lines += [f"deposit = {10 * TON}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_config(
+    state: Path, *, proxy_port: int, client_port: int, workers: int, chain: LocalChain | None = None
+) -> Path:
     proxy_key = public_bytes(load_or_create_identity(state / "keys" / "proxy.key")).hex()
     worker_keys = [
         public_bytes(load_or_create_identity(state / "keys" / f"worker-{i}.key")).hex() for i in range(1, workers + 1)
@@ -114,22 +128,24 @@ key_file = {json.dumps(str(state / "keys" / "proxy.key"))}
 worker_keys = {json.dumps(worker_keys)}
 client_keys = {json.dumps([client_key])}
 models = [{json.dumps(EMBEDDED_MODEL_NAME)}]
-
+{chain_config(state, chain, "proxy", "proxy")}
 [worker]
 model = {json.dumps(EMBEDDED_MODEL_NAME)}
 engine = "llama_cpp"
 proxies = [{{ address = "127.0.0.1:{proxy_port}", public_key = "{proxy_key}" }}]
-
+{chain_config(state, chain, "worker-1", "worker")}
 [client]
 listen = "127.0.0.1:{client_port}"
 key_file = {json.dumps(str(state / "keys" / "client.key"))}
 proxy = {{ address = "127.0.0.1:{proxy_port}", public_key = "{proxy_key}" }}
-"""
+{chain_config(state, chain, "client", "client")}"""
     )
     return config
 
 
-def run_up(*, port: int, workers: int, capacity: int, state_dir: Path | None, once: bool, prompt: str) -> int:
+def run_up(
+    *, port: int, workers: int, capacity: int, state_dir: Path | None, once: bool, prompt: str, chain: bool = True
+) -> int:
     console = Console(stderr=False, highlight=False)
     if workers < 1 or capacity < 1:
         raise UpError("--workers and --capacity must be at least 1")
@@ -140,7 +156,7 @@ def run_up(*, port: int, workers: int, capacity: int, state_dir: Path | None, on
         port = _free_port()
     elif not _port_is_free(port):
         raise UpError(f"port {port} is in use; pick another with --port (0 = any free port)")
-    config = write_config(state, proxy_port=_free_port(), client_port=port, workers=workers)
+    proxy_port = _free_port()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         raise _Stop
@@ -148,6 +164,8 @@ def run_up(*, port: int, workers: int, capacity: int, state_dir: Path | None, on
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     children: list[Child] = []
     try:
+        local_chain = _start_chain(console, children, state, proxy_port, workers) if chain else None
+        config = write_config(state, proxy_port=proxy_port, client_port=port, workers=workers, chain=local_chain)
         children.append(Child("proxy", ["proxy", "--config", str(config)], state))
         for i in range(1, workers + 1):
             key = state / "keys" / f"worker-{i}.key"
@@ -164,18 +182,30 @@ def run_up(*, port: int, workers: int, capacity: int, state_dir: Path | None, on
                         str(key),
                         "--capacity",
                         str(capacity),
+                        *(
+                            [
+                                "--wallet-key",
+                                str(wallet_key(state, f"worker-{i}")),
+                                "--payments-db",
+                                str(state / "payments" / f"worker-{i}.db"),
+                            ]
+                            if local_chain
+                            else []
+                        ),
                     ],
                     state,
                 )
             )
         children.append(Child("client", ["client", "--config", str(config)], state))
-        url = _wait_ready(console, children, workers)
+        url = _wait_ready(console, [c for c in children if c.name != "chain"], workers)
         console.print(f"[green]✓[/] network up: 1 proxy, {workers} workers, client at [bold]{url}[/]")
         console.print(
             "[bold yellow]! attestation is SIMULATED:[/] every node runs on the simulated TEE and accepts "
             "simulated evidence (development policy). Real deployments run in TDX or SEV-SNP with a production policy."
         )
         _first_request(console, url, prompt)
+        if local_chain is not None:
+            _print_payments(console, url, state, workers)
         _print_usage(console, url)
         if once:
             return 0
@@ -194,15 +224,63 @@ def run_up(*, port: int, workers: int, capacity: int, state_dir: Path | None, on
         # Signals during shutdown must not interrupt it.
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)
-        for child in reversed(children):
-            child.stop()
-        deadline = time.monotonic() + STOP_GRACE
-        for child in reversed(children):
-            child.wait(deadline)
+        # the chain last: the others settle on it as they stop
+        for group in ([c for c in children if c.name != "chain"], [c for c in children if c.name == "chain"]):
+            for child in reversed(group):
+                child.stop()
+            deadline = time.monotonic() + STOP_GRACE
+            for child in reversed(group):
+                child.wait(deadline)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if children:
             console.print(f"stopped {len(children)} processes; logs are in {state / 'logs'}")
+
+
+def _start_chain(console: Console, children: list[Child], state: Path, proxy_port: int, workers: int) -> LocalChain:
+    """Start the local chain and prepare its registry and wallets for this network."""
+    chain = Child("chain", ["chain", "serve", "--state", str(state / "chain" / "sandbox-state.json"), "--port", "0"],
+                  state)  # fmt: skip
+    children.append(chain)
+    deadline = time.monotonic() + 60
+    with console.status("starting the local chain (TON sandbox)…"):
+        while not (url := chain.status().get("url", "")):
+            if chain.process.poll() is not None or time.monotonic() > deadline:
+                raise UpError(f"the local chain did not start:\n{chain.log_tail()}")
+            time.sleep(0.1)
+    from cocoon.attest.model_hash import model_hash
+    from cocoon.engine.llama_cpp import embedded_model_path
+
+    with console.status("preparing the registry and wallets…"):
+        proxy_key = public_bytes(load_or_create_identity(state / "keys" / "proxy.key"))
+        local = asyncio.run(
+            prepare_chain(
+                url,
+                state,
+                proxy_key=proxy_key,
+                proxy_endpoint=f"127.0.0.1:{proxy_port}",
+                model_hash=model_hash(embedded_model_path(), cache=data_dir() / "model-hashes.json"),
+                model=EMBEDDED_MODEL_NAME,
+                nodes=["proxy", "client", *(f"worker-{i}" for i in range(1, workers + 1))],
+            )
+        )
+    console.print(f"[green]✓[/] local chain at {url}: registry {local.root}")
+    return local
+
+
+def _print_payments(console: Console, url: str, state: Path, workers: int) -> None:
+    """What the first request cost and what each worker has earned so far."""
+    try:
+        receipts = httpx.get(url + "/cocoon/receipts?limit=1", timeout=5).json().get("data", [])
+    except (httpx.HTTPError, ValueError):
+        receipts = []
+    if receipts:
+        cost = int(receipts[0].get("cost_nanoton", 0))
+        console.print(f"[bold]cost:[/] {cost} nanoTON ({cost / TON:.9f} TON), paid with a signed voucher")
+    time.sleep(0.5)  # the proxy's payout voucher reaches the worker just after the answer
+    for i in range(1, workers + 1):
+        amount = earned(state / "payments" / f"worker-{i}.db")
+        console.print(f"  worker-{i} has earned {amount} nanoTON in payout vouchers")
 
 
 def _wait_ready(console: Console, children: list[Child], workers: int) -> str:

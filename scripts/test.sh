@@ -8,5 +8,5 @@ bash scripts/setup.sh
 .venv/bin/ruff format --check cocoon tests benchmarks
 .venv/bin/mypy
 source scripts/node-env.sh
-(cd contracts && "${NPM[@]}" ci --no-audit --no-fund --loglevel=error && "${NPM[@]}" test)
+(cd contracts && "${NPM[@]}" test)
 .venv/bin/python -m pytest "$@"

@@ -11,12 +11,19 @@ Policies list allowed image hashes, so one value pins the whole measured stack.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 from cocoon.attest.tdx import TdReport
 
 
 def tdx_image_hash(td: TdReport) -> bytes:
-    parts = [td.mr_td, td.mr_config_id, td.mr_owner, td.mr_owner_config, *td.rtmrs]
+    return tdx_registers_hash(td.mr_td, td.mr_config_id, td.mr_owner, td.mr_owner_config, td.rtmrs)
+
+
+def tdx_registers_hash(
+    mr_td: bytes, mr_config_id: bytes, mr_owner: bytes, mr_owner_config: bytes, rtmrs: Sequence[bytes]
+) -> bytes:
+    parts = [mr_td, mr_config_id, mr_owner, mr_owner_config, *rtmrs]
     return hashlib.sha256(b"cocoon/image/tdx/v1\x00" + b"".join(parts)).digest()
 
 

@@ -53,6 +53,13 @@ class SimMeasurements:
             if len(value) != 48:
                 raise ValueError("measurement registers are 48 bytes")
 
+    @property
+    def image_hash(self) -> bytes:
+        """The image hash a verifier computes for quotes with these measurements."""
+        from cocoon.attest.image import tdx_registers_hash
+
+        return tdx_registers_hash(self.mr_td, self.mr_config_id, self.mr_owner, self.mr_owner_config, self.rtmrs)
+
 
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])

@@ -65,6 +65,13 @@ class EvidenceVerifier:
         self.cache_size = cache_size
         self._cache: OrderedDict[bytes, Verdict] = OrderedDict()
 
+    def set_policy(self, policy: Policy) -> None:
+        """Verify under ``policy`` from now on (the registry changed): forget cached verdicts."""
+        if policy.production and self.sim_root_der is not None:
+            raise ValueError("a production verifier takes no simulated root")
+        self.policy = policy
+        self._cache.clear()
+
     def verify(self, raw: bytes, *, role: str, channel_key: bytes, now: int) -> Verdict:
         """Verify ``raw`` evidence for a peer in ``role`` holding ``channel_key``."""
         digest = hashlib.sha256(raw).digest()

@@ -31,6 +31,7 @@ from cocoon.protocol.messages import (
     Ping,
     Pong,
     StreamRequest,
+    Voucher,
 )
 
 log = logging.getLogger("cocoon.channel")
@@ -47,7 +48,7 @@ class PeerHandler(Protocol):
 
     def stream_cancelled(self, peer: Peer, message: Cancel) -> None: ...
 
-    def connection_message(self, peer: Peer, message: Announce | Goodbye) -> None: ...
+    def connection_message(self, peer: Peer, message: Announce | Goodbye | Voucher) -> None: ...
 
 
 class Stream:
@@ -175,7 +176,7 @@ class Peer:
             handler.stream_opened(self, message)
         elif isinstance(message, Cancel):
             handler.stream_cancelled(self, message)
-        elif isinstance(message, Announce | Goodbye):
+        elif isinstance(message, Announce | Goodbye | Voucher):
             handler.connection_message(self, message)
         elif isinstance(message, Error) and message.stream_id == 0:
             self.close_reason = f"peer error {message.code}: {message.message}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -46,6 +48,10 @@ class ProxyLink:
         self.latency = 0.0  # moving average of the time to a request's first answer
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # payments: run on every new connection before it is used; its result is kept
+        self.on_connect: Callable[[Peer], Awaitable[Any]] | None = None
+        self.payment: Any = None
+        self.awaiting: set[bytes] = set()  # request ids sent on this connection, not ended yet
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -93,11 +99,25 @@ class ProxyLink:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.reconnect_max)
                 continue
-            delay = 0.2
             self.peer = peer
+            serving = asyncio.create_task(peer.serve(_NoStreams()))
+            if self.on_connect is not None:
+                try:
+                    self.payment = await self.on_connect(peer)
+                except Exception as exc:  # noqa: BLE001 - any setup failure: drop this connection and redial
+                    self.last_error = f"payment setup failed: {exc}"
+                    log.warning("proxy %s:%d: %s; retrying in %.1f s", self.host, self.port, self.last_error, delay)
+                    await peer.aclose(self.last_error)
+                    await serving
+                    self.peer = None
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.reconnect_max)
+                    continue
+            delay = 0.2
+            self.awaiting.clear()
             self._connected.set()
             log.info("connected to proxy %s:%d", self.host, self.port)
-            await peer.serve(_NoStreams())
+            await serving
             self._connected.clear()
             self.last_error = peer.close_reason
             log.warning("lost proxy %s:%d: %s", self.host, self.port, peer.close_reason)

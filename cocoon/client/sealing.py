@@ -30,6 +30,7 @@ class Candidate:
     worker_id: bytes
     hpke_key: bytes
     model_hash: bytes
+    price_milli: int = 1000  # the worker's price coefficient × 1000, as offered
 
 
 def verified_candidates(
@@ -43,7 +44,7 @@ def verified_candidates(
         except AttestationError as exc:
             reasons.append(f"worker {offer.worker_id.hex()[:12]}: {exc}")
             continue
-        good.append(Candidate(offer.worker_id, verdict.claims.hpke_key, verdict.claims.model_hash))
+        good.append(Candidate(offer.worker_id, verdict.claims.hpke_key, verdict.claims.model_hash, offer.price_milli))
     return good, reasons
 
 
@@ -126,7 +127,7 @@ class Receipts:
     def __init__(self, size: int = 1000) -> None:
         self._items: deque[dict[str, Any]] = deque(maxlen=size)
 
-    def add(self, record: UsageRecord, signed: bytes, model: str) -> None:
+    def add(self, record: UsageRecord, signed: bytes, model: str, cost: int = 0) -> None:
         self._items.append(
             {
                 "request_id": record.request_id.hex(),
@@ -142,6 +143,7 @@ class Receipts:
                 "finished_ms": record.finished_ms,
                 "received_at": int(time.time()),
                 "signed_record": signed.hex(),
+                "cost_nanoton": cost,
             }
         )
 

@@ -15,6 +15,7 @@ import msgspec
 from cocoon.attest.verifier import EvidenceVerifier
 from cocoon.channel.peer import Peer, PeerGone, Stream
 from cocoon.client.link import NoProxy, ProxyLink, ProxyPool
+from cocoon.client.payments import ClientPayments, PaymentSetupError
 from cocoon.client.sealing import Candidate, Receipts, SealedCall, SealingFailed, verified_candidates
 from cocoon.openai import sse
 from cocoon.openai.errors import from_code
@@ -37,6 +38,7 @@ from cocoon.protocol.messages import (
     WorkerOffer,
 )
 from cocoon.proxy.scoring import raw_score
+from cocoon.seal.usage import UsageRecord
 
 log = logging.getLogger("cocoon.client")
 
@@ -76,7 +78,12 @@ class Call:
         request_timeout: float,
         sealing: SealedCall,
         receipts: Receipts,
+        link: ProxyLink | None = None,
+        payments: ClientPayments | None = None,
     ) -> None:
+        self.link = link
+        self.payments = payments
+        self.cost = 0
         self.kind = kind
         self.sealing = sealing
         self.receipts = receipts
@@ -95,10 +102,12 @@ class Call:
         try:
             message = await self.stream.receive(max(0.0, min(self.idle_timeout, left)))
         except TimeoutError:
+            self.finished()
             await self.stream.cancel("timeout")
             why = "the request took too long" if left <= self.idle_timeout else "no answer from the network"
             raise UpstreamError(ErrorCode.TIMEOUT, f"{why}; gave up") from None
         if isinstance(message, Error):
+            self.finished()
             raise UpstreamError(message.code, message.message or message.code)
         try:
             if isinstance(message, Data):
@@ -108,11 +117,26 @@ class Call:
                 return Data(stream_id=message.stream_id, payload=payload)
             if isinstance(message, End):
                 record = self.sealing.check_end(message)
-                self.receipts.add(record, message.receipt, self.request.model)
+                self.pay(record)
+                self.receipts.add(record, message.receipt, self.request.model, self.cost)
         except SealingFailed as exc:
+            self.finished()
             await self.stream.cancel("sealing failed")
             raise UpstreamError(exc.code, str(exc)) from exc
         return message
+
+    def pay(self, record: UsageRecord) -> None:
+        """Pay for a verified answer: the voucher goes out on the connection before anything
+        else we send there, then the request stops counting as awaited."""
+        link, payments = self.link, self.payments
+        if link is not None and payments is not None and link.payment is not None and self.sealing.worker:
+            self.cost, voucher = payments.pay(link.payment.channel.account_id, record, self.sealing.worker.price_milli)
+            self.stream.peer.send_nowait(voucher)
+        self.finished()
+
+    def finished(self) -> None:
+        if self.link is not None:
+            self.link.awaiting.discard(self.sealing.request_id)
 
     def _rewrite(self, payload: bytes) -> dict[str, Any]:
         try:
@@ -179,6 +203,7 @@ class Call:
             _, body = from_code(exc.code, str(exc))
             yield sse.event(body)
         finally:
+            self.finished()
             if not self.stream.closed:
                 await self.stream.cancel("client went away")
 
@@ -225,7 +250,9 @@ class ClientService:
         max_price_milli: int = 0,
         routing: str = "balanced",
         clock: Callable[[], float] = time.time,
+        payments: ClientPayments | None = None,
     ) -> None:
+        self.payments = payments
         self.max_price_milli = max_price_milli
         self.routing = routing
         self.pool = pool
@@ -295,6 +322,7 @@ class ClientService:
         proxy fails before any answer chunk (it went away, or has no worker left), the request
         is sealed anew for the next proxy's workers and sent there."""
         tried: set[int] = set()
+        topped_up = False
         while True:
             link = await self._link(frozenset(tried))
             started = self.clock()
@@ -303,6 +331,10 @@ class ClientService:
                 call = await self.start(kind, request, body, link)
                 first = await call.first()
             except UpstreamError as exc:
+                if exc.code == ErrorCode.PAYMENT_REQUIRED and not topped_up and self._can_top_up(link):
+                    topped_up = True
+                    await self._top_up(link)
+                    continue
                 link.record(False)
                 tried.add(id(link))
                 others = any(other.connected and id(other) not in tried for other in self.pool.links)
@@ -316,6 +348,17 @@ class ClientService:
                 raise
             link.record(True, self.clock() - started)
             return call, first
+
+    def _can_top_up(self, link: ProxyLink) -> bool:
+        return self.payments is not None and self.payments.deposit > 0 and link.connected
+
+    async def _top_up(self, link: ProxyLink) -> None:
+        """The proxy wants payment: deposit (when configured to) and name the channel again."""
+        assert self.payments is not None
+        try:
+            link.payment = await self.payments.attach(await self._peer(link))
+        except PaymentSetupError as exc:
+            raise UpstreamError(ErrorCode.PAYMENT_REQUIRED, str(exc)) from exc
 
     async def start(self, kind: Kind, request: Request, body: bytes, link: ProxyLink) -> Call:
         cap = round(request.max_price * 1000) if request.max_price is not None else self.max_price_milli
@@ -339,11 +382,23 @@ class ClientService:
                     candidates=[c.worker_id for c in chosen],
                     max_price_milli=cap,
                     routing=routing,
+                    awaiting=sorted(link.awaiting),
                 )
             )
         except PeerGone as exc:
             raise UpstreamError(ErrorCode.CONNECTION_LOST, f"lost the proxy: {exc}") from exc
-        return Call(kind, request, stream, self.idle_timeout, self.request_timeout, sealing, self.receipts)
+        link.awaiting.add(sealing.request_id)
+        return Call(
+            kind,
+            request,
+            stream,
+            self.idle_timeout,
+            self.request_timeout,
+            sealing,
+            self.receipts,
+            link=link,
+            payments=self.payments,
+        )
 
     async def models(self) -> list[ModelInfo]:
         return (await self._model_list()).models

@@ -11,6 +11,7 @@ HTTP_OF: dict[str, tuple[int, str]] = {
     ErrorCode.BAD_REQUEST: (400, "invalid_request_error"),
     ErrorCode.UNKNOWN_MODEL: (404, "invalid_request_error"),
     ErrorCode.TOO_LARGE: (413, "invalid_request_error"),
+    ErrorCode.PAYMENT_REQUIRED: (402, "insufficient_quota"),
     ErrorCode.SATURATED: (429, "rate_limit_error"),
     ErrorCode.UNAUTHORIZED: (403, "permission_error"),
     ErrorCode.ENGINE_ERROR: (502, "server_error"),

@@ -32,6 +32,7 @@ from cocoon.protocol.messages import (
     Message,
     Ping,
     Pong,
+    Voucher,
     Welcome,
     decode_message,
     encode_message,
@@ -70,6 +71,7 @@ OPEN_CONNECTION_MESSAGES: dict[type, frozenset[Side]] = {
     Ping: frozenset({Side.DIALER, Side.LISTENER}),
     Pong: frozenset({Side.DIALER, Side.LISTENER}),
     Goodbye: frozenset({Side.DIALER, Side.LISTENER}),
+    Voucher: frozenset({Side.DIALER, Side.LISTENER}),
 }
 
 MAX_STREAMS = 4096

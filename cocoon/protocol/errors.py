@@ -22,6 +22,7 @@ class ErrorCode(StrEnum):
     PROTOCOL_ERROR = "protocol_error"
     UNAUTHORIZED = "unauthorized"
     TOO_LARGE = "too_large"
+    PAYMENT_REQUIRED = "payment_required"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"
 

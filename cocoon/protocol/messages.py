@@ -23,6 +23,9 @@ Blob = Annotated[bytes, Meta(max_length=MAX_BODY)]
 Key = Annotated[bytes, Meta(min_length=32, max_length=32)]
 Signature = Annotated[bytes, Meta(min_length=64, max_length=64)]
 Nonce = Annotated[bytes, Meta(min_length=16, max_length=64)]
+Nano = Annotated[int, Meta(ge=0, le=2**63 - 1)]  # nanoTON (more than all TON there is)
+AccountId = Annotated[bytes, Meta(min_length=32, max_length=32)]  # a workchain-0 account
+RequestId = Annotated[bytes, Meta(max_length=16)]
 Role = Literal["client", "proxy", "worker"]
 Kind = Literal["chat", "completion"]
 
@@ -70,6 +73,7 @@ class Announce(_Message, tag="announce", frozen=True):
     capacity: Annotated[int, Meta(ge=1, le=4096)]
     price_milli: Annotated[int, Meta(ge=0, le=10**9)] = 1000  # price coefficient × 1000
     max_tokens: Annotated[int, Meta(ge=1, le=2**31)] = 2048  # longest answer it can produce
+    wallet: Annotated[bytes, Meta(max_length=32)] = b""  # account id the proxy pays (with a chain)
 
 
 class Ping(_Message, tag="ping", frozen=True):
@@ -78,6 +82,20 @@ class Ping(_Message, tag="ping", frozen=True):
 
 class Pong(_Message, tag="pong", frozen=True):
     nonce: Count
+
+
+class Voucher(_Message, tag="voucher", frozen=True):
+    """Payer → payee: a signed cumulative voucher for a payment channel (client → proxy after
+    each verified answer; proxy → worker after each billed answer). The payee checks that the
+    channel is the one its own parameters and ``payer_wallet`` / ``close_delay`` derive."""
+
+    channel: AccountId
+    seqno: Annotated[int, Meta(ge=1, le=2**63 - 1)]
+    amount: Nano
+    expiry: Annotated[int, Meta(ge=0, le=2**32 - 1)]
+    signature: Signature
+    payer_wallet: Annotated[bytes, Meta(max_length=32)] = b""
+    close_delay: Annotated[int, Meta(ge=0, le=2**32 - 1)] = 0
 
 
 class Goodbye(_Message, tag="goodbye", frozen=True):
@@ -103,6 +121,37 @@ class Open(_Message, tag="open", frozen=True):
     candidates: Annotated[list[Key], Meta(max_length=8)] = []  # worker ids the body is sealed for
     max_price_milli: Count = 0  # the client's price cap (price coefficient × 1000); 0 = none
     routing: Annotated[str, Meta(max_length=16)] = ""  # "balanced" (default), "cheapest" or "fastest"
+    # requests of this client still waiting for their end: with payments on, every other answer
+    # it was given must be covered by a voucher before this one is served
+    awaiting: Annotated[list[RequestId], Meta(max_length=1024)] = []
+
+
+class PayAccount(_Message, tag="pay_account", frozen=True):
+    """Client → proxy: pay for this connection's requests from the channel between my wallet and
+    yours. Answered by ``PayTerms`` (or an error when the proxy takes no payments)."""
+
+    stream_id: StreamId
+    wallet: AccountId
+    last_seqno: Annotated[int, Meta(ge=0, le=2**63 - 1)] = 0  # my newest voucher, to detect rollbacks
+    last_amount: Nano = 0
+
+
+class PayTerms(_Message, tag="pay_terms", frozen=True):
+    """Proxy → client: what the channel must be and where its accounts stand."""
+
+    stream_id: StreamId
+    root: AccountId
+    proxy_wallet: AccountId
+    close_delay: Annotated[int, Meta(ge=0, le=2**32 - 1)]
+    channel: AccountId
+    min_stake: Nano
+    exists: bool = False
+    balance: Nano = 0
+    stake: Nano = 0
+    redeemed: Nano = 0
+    charged: Nano = 0  # everything billed to this channel so far
+    paid: Nano = 0  # the newest voucher's amount
+    seqno: Annotated[int, Meta(ge=0, le=2**63 - 1)] = 0
 
 
 class ListWorkers(_Message, tag="list_workers", frozen=True):
@@ -184,6 +233,7 @@ class End(_Message, tag="end", frozen=True):
     usage: Usage
     finish_reason: Annotated[str, Meta(max_length=64)] | None = None
     receipt: Annotated[bytes, Meta(max_length=2048)] = b""  # the worker-signed usage record
+    cost: Nano = 0  # what the proxy billed for it, nanoTON (0 without payments)
 
 
 class Cancel(_Message, tag="cancel", frozen=True):
@@ -209,9 +259,12 @@ Message = (
     | Ping
     | Pong
     | Goodbye
+    | Voucher
     | Open
     | ListModels
     | ListWorkers
+    | PayAccount
+    | PayTerms
     | WorkerList
     | ModelList
     | Data
@@ -220,15 +273,15 @@ Message = (
     | Error
 )
 
-StreamRequest = Open | ListModels | ListWorkers
+StreamRequest = Open | ListModels | ListWorkers | PayAccount
 """A message that opens a stream."""
 
-OPENER_MESSAGES = (Open, ListModels, ListWorkers, Cancel)
+OPENER_MESSAGES = (Open, ListModels, ListWorkers, PayAccount, Cancel)
 """Stream messages sent by the side that opened the stream."""
-RESPONDER_MESSAGES = (Data, End, ModelList, WorkerList, Error)
+RESPONDER_MESSAGES = (Data, End, ModelList, WorkerList, PayTerms, Error)
 """Stream messages sent by the side that answers the stream."""
-STREAM_OPENING = (Open, ListModels, ListWorkers)
-STREAM_CLOSING = (End, ModelList, WorkerList, Error, Cancel)
+STREAM_OPENING = (Open, ListModels, ListWorkers, PayAccount)
+STREAM_CLOSING = (End, ModelList, WorkerList, PayTerms, Error, Cancel)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)

@@ -17,14 +17,21 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cocoon.attest.errors import AttestationError
 from cocoon.attest.node import NodeAttestation
+from cocoon.chain.access import open_ledger, open_wallet, parse_address
+from cocoon.chain.errors import ChainError
+from cocoon.chain.registry import RegistryState, RegistryWatcher, policy_from_registry
 from cocoon.channel.attested import AttestedVerifier
 from cocoon.channel.connect import HandshakeFailed, accept
 from cocoon.channel.peer import Peer, PeerGone
 from cocoon.channel.tls import load_certificate, server_context
 from cocoon.channel.verify import ANY_KEY, PeerVerifier
-from cocoon.config import ProxySettings, connection_options, data_dir, split_address
+from cocoon.config import ConfigError, ProxySettings, connection_options, data_dir, split_address
 from cocoon.keys import parse_public_key, public_bytes
+from cocoon.payments.accounts import Rollback
+from cocoon.payments.store import PaymentStore
+from cocoon.payments.vouchers import VoucherError
 from cocoon.protocol.errors import ErrorCode
 from cocoon.protocol.messages import (
     Announce,
@@ -37,17 +44,20 @@ from cocoon.protocol.messages import (
     ListWorkers,
     ModelList,
     Open,
+    PayAccount,
     Prices,
     StreamRequest,
+    Voucher,
     WorkerList,
     WorkerOffer,
 )
+from cocoon.proxy.payments import ProxyPayments
 from cocoon.proxy.reputation import Reputation
 from cocoon.proxy.router import RouteError, Router, WorkerEntry
 from cocoon.proxy.scoring import PREFERENCES, Preference, choose
 from cocoon.seal.errors import SealError
 from cocoon.seal.request import sealed_hash
-from cocoon.seal.usage import verify_usage
+from cocoon.seal.usage import UsageRecord, verify_usage
 from cocoon.status import write_status
 
 log = logging.getLogger("cocoon.proxy")
@@ -102,8 +112,87 @@ class Proxy:
         self._buckets: dict[int, tuple[float, float]] = {}  # client → (tokens, last refill): rate limits
         self._connections: set[asyncio.Task[None]] = set()
         self.server: asyncio.Server | None = None
+        self.payments: ProxyPayments | None = None
+        self._client_channels: dict[int, bytes] = {}  # client connection → its payment channel
+        self._background: list[asyncio.Task[None]] = []
+        self.stopped = asyncio.Event()  # set when the proxy must stop (a rollback was detected)
+        self._closing = False
+        self.fatal = ""
+
+    async def start_payments(self) -> None:
+        """With a chain: read the registry (policy, prices), open the books, and refuse to run
+        on a database older than the chain."""
+        settings = self.settings
+        try:
+            ledger = open_ledger(settings.chain, settings.chain_url)
+            root = parse_address(settings.root)
+            watcher = RegistryWatcher(ledger, root, self._registry_changed, settings.registry_poll)
+            registry = await watcher.load()
+        except ChainError as exc:
+            raise ConfigError(f"cannot read the registry: {exc}") from exc
+        self._base_policy = self.attestation.verifier.policy
+        self._apply_policy(registry)
+        store = PaymentStore(Path(settings.payments_db), settings.db_synchronous)
+        self.payments = ProxyPayments(
+            ledger=ledger,
+            wallet=open_wallet(ledger, Path(settings.wallet_key)),
+            root=root,
+            key=self.key,
+            store=store,
+            registry=registry,
+            redeem_threshold=settings.redeem_threshold,
+            worker_deposit=settings.worker_deposit,
+            commit_interval=settings.commit_interval,
+        )
+        try:
+            await self.payments.check_rollback()
+        except Rollback as exc:
+            raise ConfigError(f"refusing to run: the payment database is older than the chain ({exc})") from exc
+        except ChainError as exc:
+            raise ConfigError(f"cannot check the payment channels: {exc}") from exc
+        self._background.append(asyncio.create_task(watcher.run()))
+        self._background.append(asyncio.create_task(self._settle_loop()))
+        log.info("payments on: registry %s version %d, wallet %s", registry.address, registry.version,
+                 self.payments.wallet.address.to_str(is_user_friendly=False))  # fmt: skip
+
+    def _apply_policy(self, registry: RegistryState) -> None:
+        self.attestation.verifier.set_policy(policy_from_registry(self._base_policy, registry))
+
+    async def _registry_changed(self, registry: RegistryState) -> None:
+        """Follow the registry: prices, and the images and models workers may run. A worker that
+        is no longer allowed is disconnected."""
+        self._apply_policy(registry)
+        if self.payments is not None:
+            self.payments.update_registry(registry)
+        now = int(time.time())
+        for peer in list(self.worker_peers.values()):
+            try:
+                self.attestation.verifier.verify(
+                    peer.identity.evidence, role="worker", channel_key=peer.identity.public_key, now=now
+                )
+            except AttestationError as exc:
+                log.warning("%s is no longer allowed by the registry (%s): disconnecting", peer.label, exc)
+                await _send_quietly(peer, Error(stream_id=0, code=ErrorCode.UNAUTHORIZED, message=str(exc)))
+                await peer.aclose(f"not allowed by the registry: {exc}")
+
+    async def _settle_loop(self) -> None:
+        assert self.payments is not None
+        while True:
+            await asyncio.sleep(self.settings.settle_interval)
+            try:
+                await self.payments.settle()
+            except Exception:  # a chain hiccup must not stop settlement for good
+                log.exception("settlement round failed")
+
+    def _rollback(self, exc: Rollback) -> None:
+        """A peer showed a newer state than our database: stop serving at once."""
+        self.fatal = f"refusing to run: the payment database is older than a peer's state ({exc})"
+        log.critical("%s", self.fatal)
+        self.stopped.set()
 
     async def start(self) -> None:
+        if self.settings.payments:
+            await self.start_payments()
         ssl_context, cert_der = server_context(self.key, self.attestation.evidence(public_bytes(self.key)))
         self._ssl_context = ssl_context
         self._cert_ders: tuple[bytes, ...] = (cert_der,)
@@ -139,12 +228,21 @@ class Proxy:
     async def run(self) -> None:
         await self.start()
         assert self.server is not None
+        serving = asyncio.create_task(self.server.serve_forever())
+        stopping = asyncio.create_task(self.stopped.wait())
         try:
-            await self.server.serve_forever()
+            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            serving.cancel()
+            stopping.cancel()
             await self.aclose()
+        if self.fatal:
+            raise ConfigError(self.fatal)
 
     async def aclose(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
         if self.server is not None:
             self.server.close()
             self._renewal.cancel()
@@ -153,6 +251,21 @@ class Proxy:
             task.cancel()
         for task in list(self._relays.values()):
             task.cancel()
+        for task in self._background:
+            task.cancel()
+        if self.payments is not None and not self.fatal:
+            for entry in self.payments.workers.values():
+                if entry.funding is not None:
+                    entry.funding.cancel()
+            try:
+                if self.settings.settle_on_exit:
+                    await self.payments.settle(force=True)
+                else:
+                    await self.payments.commit(force=True)
+            except (ChainError, OSError) as exc:
+                log.warning("could not settle on exit: %s", exc)
+        if self.payments is not None:
+            await self.payments.aclose()
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -257,6 +370,7 @@ class Proxy:
                 if peer_id == id(peer):
                     task.cancel()
             self._buckets.pop(id(peer), None)
+            self._client_channels.pop(id(peer), None)
             log.info("%s disconnected: %s", peer.label, peer.close_reason)
 
     def admit(self, client: Peer, message: Open) -> Error | None:
@@ -280,7 +394,50 @@ class Proxy:
                 self._buckets[id(client)] = (tokens, now)
                 return Error(stream_id=sid, code=ErrorCode.SATURATED, message="request rate limit reached")
             self._buckets[id(client)] = (tokens - 1.0, now)
+        if self.payments is not None:
+            if self.payments.store.request_billed(message.request_id):
+                return Error(stream_id=sid, code=ErrorCode.BAD_REQUEST, message="this request id was already served")
+            refusal = self.payments.refusal(self._client_channels.get(id(client)), message.awaiting)
+            if refusal:
+                return Error(stream_id=sid, code=ErrorCode.PAYMENT_REQUIRED, message=refusal)
         return None
+
+    # --- payments ----------------------------------------------------------------------------
+
+    def start_attach(self, client: Peer, message: PayAccount) -> None:
+        task = asyncio.create_task(self._attach(client, message))
+        self._background.append(task)
+        task.add_done_callback(self._background.remove)
+
+    async def _attach(self, client: Peer, message: PayAccount) -> None:
+        sid = message.stream_id
+        if self.payments is None:
+            await _send_quietly(client, Error(stream_id=sid, code=ErrorCode.BAD_REQUEST, message="no payments here"))
+            return
+        first = id(client) not in self._client_channels
+        try:
+            terms = await self.payments.attach(client.identity.public_key, message, first)
+        except Rollback as exc:
+            self._rollback(exc)
+            await _send_quietly(client, Error(stream_id=sid, code=ErrorCode.INTERNAL, message="proxy unavailable"))
+            return
+        except (ChainError, VoucherError) as exc:
+            await _send_quietly(client, Error(stream_id=sid, code=ErrorCode.PAYMENT_REQUIRED, message=str(exc)))
+            return
+        self._client_channels[id(client)] = terms.channel
+        with contextlib.suppress(PeerGone):
+            await client.send(terms)
+
+    def accept_voucher(self, client: Peer, message: Voucher) -> None:
+        if self.payments is None or self._client_channels.get(id(client)) != message.channel:
+            log.warning("%s sent a voucher for a channel it did not attach", client.label)
+            return
+        try:
+            added = self.payments.accept_voucher(message)
+        except VoucherError as exc:
+            log.warning("%s: refused its voucher: %s", client.label, exc)
+            return
+        log.debug("%s: voucher #%d adds %d nanoTON", client.label, message.seqno, added)
 
     def start_relay(self, client: Peer, message: Open) -> None:
         refusal = self.admit(client, message)
@@ -370,14 +527,19 @@ class Proxy:
                     relayed += len(message.payload)
                     await client.send(Data(stream_id=sid, payload=message.payload))
                 elif isinstance(message, End):
-                    problem = check_receipt(message, request, worker.identity.public_key)
-                    if problem:
+                    record, problem = check_receipt(message, request, worker.identity.public_key)
+                    if record is None:
                         log.warning("request %d via %s: refusing its usage record: %s", sid, entry.label, problem)
                         self.reputation.dispute(entry.key)
                         await client.send(Error(stream_id=sid, code=ErrorCode.BAD_RECEIPT, message=problem))
                         return Attempt.DONE
+                    cost = self._bill(client, worker, record, entry.offer.price_milli)
                     end = End(
-                        stream_id=sid, usage=message.usage, finish_reason=message.finish_reason, receipt=message.receipt
+                        stream_id=sid,
+                        usage=message.usage,
+                        finish_reason=message.finish_reason,
+                        receipt=message.receipt,
+                        cost=cost,
                     )
                     await client.send(end)
                     duration = loop.time() - started
@@ -419,8 +581,32 @@ class Proxy:
             await upstream.cancel("client cancelled")
             raise
 
+    def _bill(self, client: Peer, worker: Peer, record: UsageRecord, price_milli: int) -> int:
+        """Charge the client and credit the worker (committed before the end is released);
+        the worker gets its new payout voucher. The cost, or 0 without payments."""
+        channel = self._client_channels.get(id(client))
+        if self.payments is None or channel is None:
+            return 0
+        charge = self.payments.charge(channel, worker.identity.public_key, record, price_milli)
+        if charge is None:
+            return 0
+        worker.send_nowait(self.payments.payout_message(charge))
+        return charge.cost
+
     def list_models(self, client: Peer, message: ListModels) -> None:
         settings = self.settings
+        if self.payments is not None:
+            p = self.payments.prices
+            prices = Prices(
+                nano_per_token=p.price_per_token,
+                prompt_milli=p.prompt_mult // 10,
+                cached_milli=p.cached_mult // 10,
+                completion_milli=p.completion_mult // 10,
+                reasoning_milli=p.reasoning_mult // 10,
+                commission_milli=p.commission_bps // 10,
+            )
+            client.send_nowait(ModelList(stream_id=message.stream_id, models=self.router.models(), prices=prices))
+            return
         prices = Prices(
             nano_per_token=settings.price_nano_per_token,
             prompt_milli=round(settings.prompt_multiplier * 1000),
@@ -460,20 +646,20 @@ class Proxy:
         client.send_nowait(WorkerList(stream_id=message.stream_id, workers=offers))
 
 
-def check_receipt(end: End, request: Open, worker_key: bytes) -> str:
-    """Why the worker's usage record cannot be billed, or "" when it can."""
+def check_receipt(end: End, request: Open, worker_key: bytes) -> tuple[UsageRecord | None, str]:
+    """The worker's usage record if it can be billed; else None and why not."""
     try:
         record = verify_usage(end.receipt, worker_key)
     except SealError as exc:
-        return str(exc)
+        return None, str(exc)
     if record.request_id != request.request_id or record.sealed_request_hash != sealed_hash(request.body):
-        return "the usage record is for another request"
+        return None, "the usage record is for another request"
     usage = end.usage
     counted = (usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, usage.reasoning_tokens)
     signed = (record.prompt_tokens, record.cached_tokens, record.completion_tokens, record.reasoning_tokens)
     if counted != signed:
-        return "the clear usage differs from the signed record"
-    return ""
+        return None, "the clear usage differs from the signed record"
+    return record, ""
 
 
 async def _send_quietly(peer: Peer, message: Error) -> None:
@@ -493,8 +679,20 @@ class _WorkerHandler:
     def stream_cancelled(self, peer: Peer, message: Cancel) -> None:
         pass
 
-    def connection_message(self, peer: Peer, message: Announce | Goodbye) -> None:
+    def connection_message(self, peer: Peer, message: Announce | Goodbye | Voucher) -> None:
+        if isinstance(message, Voucher):
+            log.warning("%s sent a voucher; workers are paid, they do not pay", peer.label)
+            return
         if isinstance(message, Announce):
+            payments = self.proxy.payments
+            if payments is not None:
+                if len(message.wallet) != 32:
+                    log.warning("%s announced no wallet; this proxy pays its workers", peer.label)
+                    peer.send_nowait(
+                        Error(stream_id=0, code=ErrorCode.BAD_REQUEST, message="announce a wallet to be paid")
+                    )
+                    return
+                payments.add_worker(peer.identity.public_key, message.wallet)
             self.proxy.router.announce(id(peer), peer.label, message, peer.identity.public_key.hex())
             log.info(
                 "%s serves %s on %s, capacity %d, price ×%.3f",
@@ -519,12 +717,16 @@ class _ClientHandler:
             self.proxy.list_models(peer, message)
         elif isinstance(message, ListWorkers):
             self.proxy.list_workers(peer, message)
+        elif isinstance(message, PayAccount):
+            self.proxy.start_attach(peer, message)
         else:
             self.proxy.start_relay(peer, message)
 
     def stream_cancelled(self, peer: Peer, message: Cancel) -> None:
         self.proxy.cancel_relay(peer, message.stream_id)
 
-    def connection_message(self, peer: Peer, message: Announce | Goodbye) -> None:
-        if isinstance(message, Announce):
+    def connection_message(self, peer: Peer, message: Announce | Goodbye | Voucher) -> None:
+        if isinstance(message, Voucher):
+            self.proxy.accept_voucher(peer, message)
+        elif isinstance(message, Announce):
             log.warning("%s sent an announce; only workers announce", peer.label)

@@ -11,25 +11,31 @@ import contextlib
 import logging
 import random
 import time
+from pathlib import Path
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cocoon.attest.node import NodeAttestation
+from cocoon.chain.access import open_ledger, open_wallet, parse_address
+from cocoon.chain.errors import ChainError
 from cocoon.channel.attested import AttestedVerifier
 from cocoon.channel.connect import HandshakeFailed, dial
 from cocoon.channel.peer import Peer, PeerGone
-from cocoon.config import PeerPin, WorkerSettings, connection_options, split_address
+from cocoon.config import ConfigError, PeerPin, WorkerSettings, connection_options, split_address
 from cocoon.engine.base import Chunk, Engine, EngineError, EngineRequest, Finished
 from cocoon.keys import parse_public_key, public_bytes
 from cocoon.openai.schemas import InvalidRequest, engine_params, parse_request
+from cocoon.payments.store import PaymentStore
+from cocoon.payments.vouchers import VoucherError
 from cocoon.protocol.errors import ErrorCode
-from cocoon.protocol.messages import Announce, Cancel, Data, End, Error, Goodbye, Open, StreamRequest
+from cocoon.protocol.messages import Announce, Cancel, Data, End, Error, Goodbye, Open, StreamRequest, Voucher
 from cocoon.seal.errors import SealError
 from cocoon.seal.request import open_request, sealed_hash
 from cocoon.seal.response import ChunkSealer
 from cocoon.seal.usage import UsageRecord, sign_usage
 from cocoon.status import write_status
+from cocoon.worker.payments import WorkerPayments
 
 log = logging.getLogger("cocoon.worker")
 
@@ -47,6 +53,7 @@ class Worker:
         self.active: dict[tuple[int, int], asyncio.Task[None]] = {}
         self.connected: dict[str, Peer] = {}
         self._json = msgspec.json.Encoder()
+        self.payments: WorkerPayments | None = None
 
     def announce(self) -> Announce:
         return Announce(
@@ -55,7 +62,32 @@ class Worker:
             capacity=self.settings.capacity,
             price_milli=round(self.settings.price_coefficient * 1000),
             max_tokens=self.engine.max_tokens,
+            wallet=self.payments.wallet_id if self.payments else b"",
         )
+
+    def start_payments(self) -> None:
+        settings = self.settings
+        try:
+            ledger = open_ledger(settings.chain, settings.chain_url)
+            self.payments = WorkerPayments(
+                ledger=ledger,
+                wallet=open_wallet(ledger, Path(settings.wallet_key)),
+                root=parse_address(settings.root),
+                key=self.key,
+                store=PaymentStore(Path(settings.payments_db), settings.db_synchronous),
+                redeem_threshold=settings.redeem_threshold,
+            )
+        except ChainError as exc:
+            raise ConfigError(str(exc)) from exc
+
+    async def _settle_loop(self) -> None:
+        assert self.payments is not None
+        while True:
+            await asyncio.sleep(self.settings.settle_interval)
+            try:
+                await self.payments.settle()
+            except Exception:  # a chain hiccup must not stop settlement for good
+                log.exception("settlement round failed")
 
     async def run(self) -> None:
         status = self.settings.status_file
@@ -64,11 +96,15 @@ class Worker:
             write_status(status, "loading", done=done, total=total, what=what)
             log.info("%s", what)
 
+        if self.settings.payments:
+            self.start_payments()
         progress(0, 1, "starting engine")
         await self.engine.start(progress)
         if not self.settings.proxies:
             log.warning("no proxies configured: this worker will serve nobody")
         loops = [asyncio.create_task(self._proxy_loop(pin)) for pin in self.settings.proxies]
+        if self.payments is not None:
+            loops.append(asyncio.create_task(self._settle_loop()))
         self._write_ready()
         try:
             await asyncio.gather(*loops)
@@ -80,6 +116,12 @@ class Worker:
                     await peer.send(Goodbye(reason="worker stopping"))
                 await peer.aclose("worker stopping")
             await self.engine.aclose()
+            if self.payments is not None:
+                if self.settings.settle_on_exit:
+                    with contextlib.suppress(ChainError, OSError):
+                        await self.payments.settle(force=True)
+                await self.payments.ledger.aclose()
+                self.payments.store.close()
 
     def _write_ready(self) -> None:
         write_status(
@@ -151,8 +193,17 @@ class Worker:
             log.info("request %d cancelled by the proxy", message.stream_id)
             task.cancel()
 
-    def connection_message(self, peer: Peer, message: Announce | Goodbye) -> None:
-        if isinstance(message, Goodbye):
+    def connection_message(self, peer: Peer, message: Announce | Goodbye | Voucher) -> None:
+        if isinstance(message, Voucher):
+            if self.payments is None:
+                return
+            try:
+                added = self.payments.accept(peer.identity.public_key, message)
+            except VoucherError as exc:
+                log.warning("proxy %s: refused its payout voucher: %s", peer.label, exc)
+                return
+            log.debug("proxy %s: payout voucher #%d adds %d nanoTON", peer.label, message.seqno, added)
+        elif isinstance(message, Goodbye):
             log.info("proxy %s is going away: %s", peer.label, message.reason)
 
     def _cancel_all(self, peer: Peer) -> None:

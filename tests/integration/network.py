@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,9 +16,12 @@ from typing import Any
 
 import httpx
 
-from cocoon.engine.llama_cpp import EMBEDDED_MODEL_NAME
+from cocoon.attest.model_hash import model_hash
+from cocoon.chain.contracts import TON, RootParams
+from cocoon.engine.llama_cpp import EMBEDDED_MODEL_NAME, embedded_model_path
 from cocoon.keys import load_or_create_identity, public_bytes
 from cocoon.status import read_status
+from cocoon.up_chain import UP_PARAMS, prepare_chain
 
 MODEL = EMBEDDED_MODEL_NAME
 
@@ -109,8 +113,12 @@ class Network:
         client: dict[str, Any] | None = None,
         wait: bool = True,
         proxy_module: str = "cocoon",
+        client_module: str = "cocoon",
+        chain: Chain | None = None,
+        chain_params: RootParams | None = None,
     ) -> None:
         self.proxy_module = proxy_module
+        self.chain = chain
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.proxy_port = free_port()
@@ -119,6 +127,12 @@ class Network:
         self.worker_keys = [public_bytes(load_or_create_identity(root / f"worker-{i}.key")).hex() for i in range(1, 9)]
         client_key = public_bytes(load_or_create_identity(root / "client.key")).hex()
         pin = {"address": f"127.0.0.1:{self.proxy_port}", "public_key": self.proxy_key}
+        paying: dict[str, dict[str, Any]] = {"proxy": {}, "worker": {}, "client": {}}
+        if chain is not None:
+            names = ["proxy", "client", *(f"worker-{i}" for i in range(1, workers + 1))]
+            self.root_address = chain.prepare(root, bytes.fromhex(self.proxy_key), self.proxy_port, names, chain_params)
+            for role in paying:
+                paying[role] = chain.settings(root, role, self.root_address)
         tables = {
             "proxy": {
                 "listen": f"127.0.0.1:{self.proxy_port}",
@@ -126,13 +140,22 @@ class Network:
                 "worker_keys": self.worker_keys,
                 "client_keys": [client_key],
                 "models": [MODEL],
+                **paying["proxy"],
                 **(proxy or {}),
             },
-            "worker": {"model": MODEL, "proxies": [pin], "capacity": capacity, "threads": 1, **(worker or {})},
+            "worker": {
+                "model": MODEL,
+                "proxies": [pin],
+                "capacity": capacity,
+                "threads": 1,
+                **paying["worker"],
+                **(worker or {}),
+            },
             "client": {
                 "listen": f"127.0.0.1:{self.client_port}",
                 "key_file": str(root / "client.key"),
                 "proxy": pin,
+                **paying["client"],
                 **(client or {}),
             },
         }
@@ -147,7 +170,7 @@ class Network:
         self.start_proxy()
         for i in range(1, workers + 1):
             self.start_worker(i)
-        self.nodes["client"] = Node("client", ["client", "--config", str(self.config)], root)
+        self.nodes["client"] = Node("client", ["client", "--config", str(self.config)], root, module=client_module)
         self.url = f"http://127.0.0.1:{self.client_port}/v1"
         if wait:
             self.wait_workers(workers)
@@ -161,6 +184,9 @@ class Network:
     def start_worker(self, i: int, extra: Iterable[str] = (), fault: str = "") -> Node:
         """Start worker ``i``; with ``fault``, as the fault-injecting test double."""
         name = f"worker-{i}"
+        if self.chain is not None:
+            extra = [*extra, "--wallet-key", str(self.root / "keys" / f"{name}-wallet.key")]
+            extra = [*extra, "--payments-db", str(self.root / f"{name}-payments.db")]
         node = Node(
             name,
             [
@@ -203,3 +229,56 @@ class Network:
     def stop(self) -> None:
         for node in reversed(list(self.nodes.values())):
             node.stop()
+
+
+class Chain:
+    """The local chain service (``cocoon chain serve``, a real Node process running the real
+    contracts) and, per network, a registry prepared as ``cocoon up`` prepares it."""
+
+    def __init__(self, root: Path, params: RootParams = UP_PARAMS) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.params = params
+        self.node = Node("chain", ["chain", "serve", "--state", str(root / "chain.json"), "--port", "0"], root)
+        deadline = time.monotonic() + 60
+        while not (url := self.node.status.get("url", "")):
+            if not self.node.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the chain did not start:\n{self.node.log}")
+            time.sleep(0.05)
+        self.url: str = url
+
+    def prepare(
+        self, root: Path, proxy_key: bytes, proxy_port: int, nodes: list[str], params: RootParams | None = None
+    ) -> str:
+        local = asyncio.run(
+            prepare_chain(
+                self.url,
+                root,
+                proxy_key=proxy_key,
+                proxy_endpoint=f"127.0.0.1:{proxy_port}",
+                model_hash=model_hash(embedded_model_path(), cache=root.parent / "model-hashes.json"),
+                model=MODEL,
+                nodes=nodes,
+                params=params or self.params,
+            )
+        )
+        return local.root
+
+    def settings(self, root: Path, role: str, registry: str) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "chain": "sandbox",
+            "chain_url": self.url,
+            "root": registry,
+            "wallet_key": str(root / "keys" / f"{role}-wallet.key"),
+            "payments_db": str(root / f"{role}-payments.db"),
+            "registry_poll": 0.5,
+        }
+        if role == "proxy":
+            values |= {"settle_interval": 0.5, "worker_deposit": 10 * TON, "redeem_threshold": TON}
+        elif role == "worker":
+            values |= {"settle_interval": 0.5}
+        elif role == "client":
+            values |= {"deposit": 10 * TON}
+        return values
+
+    def stop(self) -> None:
+        self.node.stop()

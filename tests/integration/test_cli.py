@@ -121,7 +121,12 @@ def test_up_once_answers_and_leaves_nothing_behind(tmp_path: Path) -> None:
     assert re.search(r"\d+ prompt tokens, [1-9]\d* completion tokens", result.stdout)
     assert "curl -s http://127.0.0.1:" in result.stdout
     assert "from openai import OpenAI" in result.stdout
-    assert "stopped 4 processes" in result.stdout
+    # the answer was paid for: its cost, and the worker's share in a payout voucher
+    cost = re.search(r"cost: (\d+) nanoTON", result.stdout)
+    assert cost and int(cost.group(1)) > 0, result.stdout
+    earnings = [int(x) for x in re.findall(r"worker-\d has earned (\d+) nanoTON", result.stdout)]
+    assert len(earnings) == 2 and sum(earnings) == int(cost.group(1)) - int(cost.group(1)) // 10, result.stdout
+    assert "stopped 5 processes" in result.stdout
     for key in (tmp_path / "up" / "keys").iterdir():
         assert key.stat().st_mode & 0o777 == 0o600
 
@@ -151,11 +156,13 @@ def test_up_stops_every_process_on_a_signal(tmp_path: Path, sig: signal.Signals)
             time.sleep(0.2)
         time.sleep(1.0)  # let `up` send its first request
         children |= _descendants(up.pid)
-        assert len(children) == 4
+        for child in list(children):  # the chain service runs Node under `cocoon chain serve`
+            children |= _descendants(child)
+        assert len(children) == 6
         up.send_signal(sig)
         output, _ = up.communicate(timeout=30)
         assert up.returncode == 0, output
-        assert "stopped 4 processes" in output
+        assert "stopped 5 processes" in output
         assert not [pid for pid in children if _alive(pid)]
     finally:
         if up.poll() is None:

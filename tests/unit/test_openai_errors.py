@@ -11,6 +11,7 @@ EXPECTED: dict[ErrorCode, tuple[int, str, str]] = {
     ErrorCode.BAD_REQUEST: (400, "invalid_request_error", "bad_request"),
     ErrorCode.UNKNOWN_MODEL: (404, "invalid_request_error", "model_not_found"),
     ErrorCode.TOO_LARGE: (413, "invalid_request_error", "too_large"),
+    ErrorCode.PAYMENT_REQUIRED: (402, "insufficient_quota", "payment_required"),
     ErrorCode.SATURATED: (429, "rate_limit_error", "rate_limit_exceeded"),
     ErrorCode.UNAUTHORIZED: (403, "permission_error", "unauthorized"),
     ErrorCode.ENGINE_ERROR: (502, "server_error", "engine_error"),

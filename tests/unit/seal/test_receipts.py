@@ -76,7 +76,8 @@ def end(receipt: bytes, completion: int = 10) -> End:
 def test_an_honest_receipt_passes_both_checks() -> None:
     setup = Setup()
     receipt = setup.receipt()
-    assert check_receipt(end(receipt), setup.open_message(), setup.worker.id) == ""
+    record, problem = check_receipt(end(receipt), setup.open_message(), setup.worker.id)
+    assert problem == "" and record is not None and record.completion_tokens > 0
     setup.answer(receipt)
     assert setup.call.check_end(end(receipt)).completion_tokens == 10
 
@@ -84,7 +85,9 @@ def test_an_honest_receipt_passes_both_checks() -> None:
 def test_inflated_clear_usage_is_refused_by_the_proxy_and_the_client() -> None:
     setup = Setup()
     receipt = setup.receipt()
-    assert "differs from the signed record" in check_receipt(end(receipt, 999), setup.open_message(), setup.worker.id)
+    assert (
+        "differs from the signed record" in check_receipt(end(receipt, 999), setup.open_message(), setup.worker.id)[1]
+    )
     setup.answer(receipt)
     with pytest.raises(SealingFailed) as excinfo:
         setup.call.check_end(end(receipt, 999))
@@ -96,7 +99,7 @@ def test_a_record_with_a_bad_signature_is_refused() -> None:
     envelope = msgspec.msgpack.decode(setup.receipt())
     inflated_record = msgspec.msgpack.decode(msgspec.msgpack.decode(setup.receipt(completion=999))[0])
     forged = msgspec.msgpack.encode([msgspec.msgpack.encode(inflated_record), envelope[1]])
-    assert "bad_signature" in check_receipt(end(forged, 999), setup.open_message(), setup.worker.id)
+    assert "bad_signature" in check_receipt(end(forged, 999), setup.open_message(), setup.worker.id)[1]
     setup.answer(forged)
     with pytest.raises(SealingFailed, match="bad_signature"):
         setup.call.check_end(end(forged, 999))

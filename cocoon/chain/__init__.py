@@ -1,0 +1,1 @@
+"""Chain access: the Ledger interface, its sandbox and TON backends, wallets and contract messages."""

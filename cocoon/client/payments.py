@@ -1,0 +1,164 @@
+"""The client's side of payments: open and fund a channel with each proxy, and pay for every
+verified answer with a new cumulative voucher."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pytoniq_core import Address
+
+from cocoon.chain.channels import Channel
+from cocoon.chain.contracts import account_id
+from cocoon.chain.errors import ChainError
+from cocoon.chain.ledger import Ledger
+from cocoon.chain.registry import RegistryState
+from cocoon.chain.wallet import Wallet
+from cocoon.channel.peer import Peer, PeerGone
+from cocoon.keys import public_bytes
+from cocoon.payments.accounts import ClientAccounts
+from cocoon.payments.prices import PriceParams, usage_cost
+from cocoon.payments.store import PaymentStore
+from cocoon.protocol.messages import Error, PayAccount, PayTerms, Voucher
+from cocoon.proxy.payments import price_params
+from cocoon.seal.usage import UsageRecord
+
+log = logging.getLogger("cocoon.client")
+
+
+class PaymentSetupError(Exception):
+    """The proxy's channel terms are wrong, or the channel cannot be funded."""
+
+
+@dataclass
+class ProxyChannel:
+    channel: Channel
+    terms: PayTerms
+
+
+class ClientPayments:
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        wallet: Wallet,
+        root: Address,
+        key: Ed25519PrivateKey,
+        store: PaymentStore,
+        registry: RegistryState,
+        deposit: int,
+        stake: int,
+    ) -> None:
+        self.ledger = ledger
+        self.wallet = wallet
+        self.root = root
+        self.public_key = public_bytes(key)
+        self.store = store
+        self.accounts = ClientAccounts(store, key)
+        self.registry = registry
+        self.prices: PriceParams = price_params(registry)
+        self.deposit = deposit
+        self.stake = stake
+
+    def update_registry(self, registry: RegistryState) -> None:
+        self.registry = registry
+        self.prices = price_params(registry)
+
+    @property
+    def wallet_id(self) -> bytes:
+        return account_id(self.wallet.address)
+
+    def last_voucher(self, proxy_key: bytes) -> tuple[int, int]:
+        """(seqno, amount) of our newest voucher to this proxy: it checks its database by it."""
+        rows = [row for row in self.store.channels("client") if row.peer_key == proxy_key]
+        if not rows:
+            return 0, 0
+        row = max(rows, key=lambda r: r.seqno)
+        return row.seqno, row.amount
+
+    def check_terms(self, proxy_key: bytes, terms: PayTerms) -> ProxyChannel:
+        """The channel the proxy names must be the one our parameters derive."""
+        if terms.root != account_id(self.root):
+            raise PaymentSetupError("the proxy uses another registry")
+        if terms.close_delay != self.registry.params.close_delay:
+            raise PaymentSetupError(
+                f"the proxy's close delay {terms.close_delay} s differs from the registry's "
+                f"{self.registry.params.close_delay} s"
+            )
+        channel = Channel.client(
+            self.ledger,
+            root=self.root,
+            client=self.wallet.address,
+            proxy=Address((0, terms.proxy_wallet)),
+            close_delay=terms.close_delay,
+            client_key=self.public_key,
+            proxy_key=proxy_key,
+        )
+        if channel.account_id != terms.channel:
+            raise PaymentSetupError("the proxy names a channel our parameters do not derive")
+        self.accounts.open(channel.account_id, proxy_key)
+        return ProxyChannel(channel, terms)
+
+    def needs_deposit(self, pc: ProxyChannel) -> bool:
+        if self.deposit <= 0:
+            return False
+        t = pc.terms
+        row = self.accounts.store.channel(t.channel)
+        spent = row.total if row else 0
+        left = t.balance + t.redeemed - spent
+        return not t.exists or left < self.deposit // 2 or t.stake < self.stake_target
+
+    @property
+    def stake_target(self) -> int:
+        return self.stake or self.registry.params.min_client_stake
+
+    async def attach(self, peer: Peer, timeout: float = 60.0) -> ProxyChannel:
+        """Name our channel to the proxy on ``peer``; fund it first when it needs a deposit."""
+        proxy_key = peer.identity.public_key
+        for attempt in range(2):
+            seqno, amount = self.last_voucher(proxy_key)
+            try:
+                stream = await peer.open(
+                    lambda sid, seqno=seqno, amount=amount: PayAccount(  # type: ignore[misc]
+                        stream_id=sid, wallet=self.wallet_id, last_seqno=seqno, last_amount=amount
+                    )
+                )
+                answer = await stream.receive(timeout)
+            except (PeerGone, TimeoutError) as exc:
+                raise PaymentSetupError(f"the proxy did not answer about payment: {exc}") from exc
+            if isinstance(answer, Error):
+                raise PaymentSetupError(f"the proxy refused our channel: {answer.message}")
+            if not isinstance(answer, PayTerms):
+                raise PaymentSetupError("unexpected answer to a payment request")
+            pc = self.check_terms(proxy_key, answer)
+            if attempt == 0 and self.needs_deposit(pc):
+                await self.fund(pc)
+                continue
+            return pc
+        return pc
+
+    async def fund(self, pc: ProxyChannel) -> None:
+        """Deposit ``deposit`` into the channel (deploying it), raising the stake to the target."""
+        t = pc.terms
+        stake = max(0, self.stake_target - t.stake) if t.exists else self.stake_target
+        if self.deposit - 10**7 < stake:  # the channel keeps 0.01 TON of each deposit
+            raise PaymentSetupError(f"a deposit of {self.deposit} nanoTON cannot lock a stake of {stake}")
+        try:
+            await pc.channel.top_up(self.wallet, self.deposit, stake)
+        except ChainError as exc:
+            raise PaymentSetupError(f"cannot deposit into the channel: {exc}") from exc
+        log.info("deposited %d nanoTON (stake %d) into channel %s…", self.deposit, stake, t.channel.hex()[:16])
+
+    def pay(self, channel: bytes, record: UsageRecord, price_milli: int) -> tuple[int, Voucher]:
+        """The verified answer's cost and the voucher that pays everything up to it."""
+        cost = usage_cost(self.prices, record, price_milli)
+        signed = self.accounts.pay(channel, record.request_id, cost, int(time.time()))
+        v = signed.voucher
+        return cost, Voucher(
+            channel=v.channel, seqno=v.seqno, amount=v.amount, expiry=v.expiry, signature=signed.signature
+        )
+
+    def spent(self) -> int:
+        return sum(row.total for row in self.store.channels("client"))

@@ -1,0 +1,1 @@
+"""Payments in TON: integer prices and the signed vouchers the channel contracts redeem."""

@@ -1,0 +1,246 @@
+"""Each role's books over the payment store: what is owed, signed and received, per channel.
+
+Pure bookkeeping (SQLite and Ed25519, no network): the services call these at the right moment
+and move the resulting vouchers over their connections.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cocoon.payments.store import ChannelRow, DuplicateRequest, PaymentStore
+from cocoon.payments.vouchers import (
+    TAG_CLIENT_VOUCHER,
+    TAG_WORKER_VOUCHER,
+    SignedVoucher,
+    Voucher,
+    VoucherError,
+    check_next,
+)
+
+VOUCHER_VALIDITY = 30 * 86400  # seconds a voucher stays redeemable
+MIN_VALIDITY = 86400  # a payee refuses a voucher it could not redeem for at least this long
+
+
+def latest_voucher(row: ChannelRow, tag: int) -> SignedVoucher | None:
+    if row.seqno == 0:
+        return None
+    return SignedVoucher(Voucher(tag, row.channel, row.seqno, row.amount, row.expiry), row.signature)
+
+
+class Rollback(Exception):
+    """Our database is older than what a peer or the chain shows: it was restored from a copy."""
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What one billed answer changed at the proxy."""
+
+    cost: int
+    commission: int
+    payout: SignedVoucher  # the worker's new cumulative voucher
+
+
+class ProxyAccounts:
+    """Client channels pay in (``proxy_in``); worker channels pay out (``proxy_out``)."""
+
+    def __init__(self, store: PaymentStore, key: Ed25519PrivateKey) -> None:
+        self.store = store
+        self.key = key
+        # per client channel: billed answers not yet covered by a voucher, as
+        # (request id, cumulative total after it), oldest first
+        self._uncovered: dict[bytes, deque[tuple[bytes, int]]] = {}
+
+    def open_client(self, channel: bytes, client_key: bytes) -> ChannelRow:
+        row = self.store.channel(channel)
+        if row is None:
+            row = self.store.add_channel(channel, "proxy_in", client_key)
+        elif row.role != "proxy_in" or row.peer_key != client_key:
+            raise VoucherError("wrong_channel", "this channel belongs to another party")
+        if channel not in self._uncovered:
+            self._uncovered[channel] = self._rebuild(row)
+        return row
+
+    def _rebuild(self, row: ChannelRow) -> deque[tuple[bytes, int]]:
+        total = 0
+        pending: deque[tuple[bytes, int]] = deque()
+        for request_id, cost, _, _ in self.store.request_costs(row.channel):
+            total += cost
+            if total > row.amount:
+                pending.append((request_id, total))
+        return pending
+
+    def refusal(self, channel: bytes, *, awaiting: set[bytes], stake: int, available: int) -> str:
+        """Why a new request from this client channel must wait for payment, or "".
+
+        ``available`` is what the channel can still pay in total (redeemed + balance on chain).
+        """
+        row = self.store.channel(channel)
+        if row is None:
+            return "no payment channel is attached to this connection"
+        if row.total >= available:
+            return f"the channel's deposit is used up ({row.total} of {available} nanoTON billed): top up"
+        if row.unpaid > 0 and row.unpaid >= stake:
+            return f"{row.unpaid} nanoTON of answers are unpaid, at or above the stake of {stake}: sign a voucher"
+        uncovered = [rid for rid, _ in self._uncovered.get(channel, ()) if rid not in awaiting]
+        if uncovered:
+            return f"{len(uncovered)} delivered answer(s) are not covered by a voucher"
+        return ""
+
+    def charge(
+        self,
+        *,
+        request_id: bytes,
+        client_channel: bytes,
+        worker_channel: bytes,
+        worker_key: bytes,
+        cost: int,
+        commission: int,
+        now: int,
+    ) -> Charge:
+        """Bill one answer to the client and credit the worker's share, in one transaction,
+        and sign the worker's new cumulative voucher. ``DuplicateRequest`` if already billed."""
+        share = cost - commission
+        with self.store.transaction() as db:
+            self.store.record_request(db, request_id, client_channel, cost, share, worker_channel, now)
+            self.store.add_total(db, client_channel, cost)
+            self.store.ensure_channel(db, worker_channel, "proxy_out", worker_key)
+            self.store.add_total(db, worker_channel, share)
+            row = db.execute("SELECT total, seqno FROM channels WHERE channel = ?", (worker_channel,)).fetchone()
+            payout = Voucher(TAG_WORKER_VOUCHER, worker_channel, row[1] + 1, row[0], now + VOUCHER_VALIDITY)
+            signed = payout.sign(self.key)
+            self.store.set_voucher(db, worker_channel, payout.seqno, payout.amount, payout.expiry, signed.signature)
+            client_total = db.execute("SELECT total FROM channels WHERE channel = ?", (client_channel,)).fetchone()[0]
+        self._uncovered.setdefault(client_channel, deque()).append((request_id, client_total))
+        return Charge(cost, commission, signed)
+
+    def accept_voucher(self, signed: SignedVoucher, now: int) -> int:
+        """Store a client's voucher once it checks out; the amount it newly covers."""
+        channel = signed.voucher.channel
+        row = self.store.channel(channel)
+        if row is None or row.role != "proxy_in":
+            raise VoucherError("wrong_channel", "no such client channel")
+        previous = latest_voucher(row, TAG_CLIENT_VOUCHER)
+        check_next(
+            previous,
+            signed,
+            channel=channel,
+            tag=TAG_CLIENT_VOUCHER,
+            payer_key=row.peer_key,
+            now=now,
+            min_validity=MIN_VALIDITY,
+        )
+        v = signed.voucher
+        with self.store.transaction() as db:
+            self.store.set_voucher(db, channel, v.seqno, v.amount, v.expiry, signed.signature)
+        pending = self._uncovered.get(channel)
+        while pending and pending[0][1] <= v.amount:
+            pending.popleft()
+        return v.amount - row.amount
+
+    def reconcile(self, channel: bytes, client_seqno: int, client_amount: int) -> int:
+        """At a client's (re)attach: answers billed beyond the client's newest voucher never
+        reached it (the connection broke between our commit and its end), so they are written
+        off rather than charged. Returns the amount written off. Raises ``Rollback`` when the
+        client holds a newer voucher than our database."""
+        row = self.store.channel(channel)
+        if row is None:
+            return 0
+        if client_seqno > row.seqno or client_amount > row.amount:
+            raise Rollback(
+                f"client channel {channel.hex()[:16]}…: the client holds voucher #{client_seqno} "
+                f"({client_amount} nanoTON), our database only #{row.seqno} ({row.amount})"
+            )
+        excess = row.total - row.amount
+        if excess <= 0:
+            return 0
+        never_delivered = [rid for rid, _ in self._rebuild(row)]
+        with self.store.transaction() as db:
+            db.execute("UPDATE channels SET total = amount WHERE channel = ?", (channel,))
+            # kept (so the id is never billed again) at cost 0
+            db.executemany("UPDATE requests SET cost = 0 WHERE request_id = ?", [(rid,) for rid in never_delivered])
+            db.execute(
+                "INSERT INTO meta(key, value) VALUES('written_off', ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+                (excess,),
+            )
+        self._uncovered[channel] = deque()
+        return excess
+
+    def client(self, channel: bytes) -> ChannelRow | None:
+        return self.store.channel(channel)
+
+    def payout(self, worker_channel: bytes) -> SignedVoucher | None:
+        row = self.store.channel(worker_channel)
+        return latest_voucher(row, TAG_WORKER_VOUCHER) if row else None
+
+
+class ClientAccounts:
+    """The client's channels (``client``): what it owes each proxy and the vouchers it signed."""
+
+    def __init__(self, store: PaymentStore, key: Ed25519PrivateKey) -> None:
+        self.store = store
+        self.key = key
+
+    def open(self, channel: bytes, proxy_key: bytes) -> ChannelRow:
+        row = self.store.channel(channel)
+        if row is None:
+            return self.store.add_channel(channel, "client", proxy_key)
+        return row
+
+    def pay(self, channel: bytes, request_id: bytes, cost: int, now: int) -> SignedVoucher:
+        """Add one verified answer's cost and sign the new cumulative voucher. An answer already
+        paid for is not paid twice: the newest voucher is returned unchanged."""
+        try:
+            with self.store.transaction() as db:
+                self.store.record_request(db, request_id, channel, cost, cost, None, now)
+                self.store.add_total(db, channel, cost)
+                total, seqno = db.execute("SELECT total, seqno FROM channels WHERE channel = ?", (channel,)).fetchone()
+                signed = Voucher(TAG_CLIENT_VOUCHER, channel, seqno + 1, total, now + VOUCHER_VALIDITY).sign(self.key)
+                v = signed.voucher
+                self.store.set_voucher(db, channel, v.seqno, v.amount, v.expiry, signed.signature)
+        except DuplicateRequest:
+            row = self.store.channel(channel)
+            assert row is not None
+            existing = latest_voucher(row, TAG_CLIENT_VOUCHER)
+            assert existing is not None
+            return existing
+        return signed
+
+    def latest(self, channel: bytes) -> SignedVoucher | None:
+        row = self.store.channel(channel)
+        return latest_voucher(row, TAG_CLIENT_VOUCHER) if row else None
+
+
+class WorkerAccounts:
+    """The worker's channels (``worker``): the newest payout voucher from each proxy."""
+
+    def __init__(self, store: PaymentStore) -> None:
+        self.store = store
+
+    def accept(self, signed: SignedVoucher, proxy_key: bytes, now: int) -> int:
+        """Store a payout voucher once it checks out; the amount it adds."""
+        channel = signed.voucher.channel
+        row = self.store.channel(channel) or self.store.add_channel(channel, "worker", proxy_key)
+        if row.role != "worker" or row.peer_key != proxy_key:
+            raise VoucherError("wrong_channel", "this channel belongs to another party")
+        check_next(
+            latest_voucher(row, TAG_WORKER_VOUCHER),
+            signed,
+            channel=channel,
+            tag=TAG_WORKER_VOUCHER,
+            payer_key=proxy_key,
+            now=now,
+            min_validity=MIN_VALIDITY,
+        )
+        v = signed.voucher
+        with self.store.transaction() as db:
+            self.store.set_voucher(db, channel, v.seqno, v.amount, v.expiry, signed.signature)
+            db.execute("UPDATE channels SET total = MAX(total, ?) WHERE channel = ?", (v.amount, channel))
+        return v.amount - row.amount
+
+    def earned(self) -> int:
+        return sum(row.amount for row in self.store.channels("worker"))

@@ -1,0 +1,191 @@
+"""Durable payment state in SQLite (WAL): counters and the newest voucher of every channel.
+
+Every change that matters is one transaction, committed before the answer it pays for is
+released, so a crash loses neither a voucher nor a count. ``state_seq`` increases with every
+such commit; the proxy publishes it on chain to detect a database restored from an old copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- one row per payment channel this node is a party of (as payer or payee)
+CREATE TABLE IF NOT EXISTS channels (
+    channel BLOB PRIMARY KEY,      -- account id of the channel contract
+    role TEXT NOT NULL,            -- 'client' (we pay a proxy), 'proxy_in' (a client pays us),
+                                   -- 'proxy_out' (we pay a worker), 'worker' (a proxy pays us)
+    peer_key BLOB NOT NULL,        -- the other side's key
+    total INTEGER NOT NULL DEFAULT 0,   -- cumulative amount owed through this channel, nanoTON
+    seqno INTEGER NOT NULL DEFAULT 0,   -- newest voucher
+    amount INTEGER NOT NULL DEFAULT 0,
+    expiry INTEGER NOT NULL DEFAULT 0,
+    signature BLOB NOT NULL DEFAULT x'',
+    redeemed INTEGER NOT NULL DEFAULT 0 -- as last seen on chain
+);
+-- every billed request, once: a request id is never charged twice
+CREATE TABLE IF NOT EXISTS requests (
+    request_id BLOB PRIMARY KEY,
+    channel BLOB NOT NULL,
+    cost INTEGER NOT NULL,
+    share INTEGER NOT NULL,        -- the worker's share (proxy), or the cost (client)
+    worker_channel BLOB,
+    at INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class ChannelRow:
+    channel: bytes
+    role: str
+    peer_key: bytes
+    total: int
+    seqno: int
+    amount: int
+    expiry: int
+    signature: bytes
+    redeemed: int
+
+    @property
+    def unpaid(self) -> int:
+        """Owed but not covered by a voucher."""
+        return self.total - self.amount
+
+    @property
+    def unredeemed(self) -> int:
+        """Covered by a voucher but not yet redeemed on chain."""
+        return self.amount - self.redeemed
+
+
+class DuplicateRequest(Exception):
+    """The request id was already billed."""
+
+
+class PaymentStore:
+    def __init__(self, path: Path, synchronous: str = "NORMAL") -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        self.path = path
+        # autocommit off by hand: BEGIN IMMEDIATE … COMMIT around every change
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL survives a killed process (committed WAL frames are in the OS); FULL also a
+        # power cut, at an fsync per commit.
+        self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous.upper() == 'FULL' else 'NORMAL'}")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute(
+            "INSERT INTO meta(key, value) VALUES('state_seq', 1) ON CONFLICT(key) DO UPDATE SET value = value + 1"
+        )
+        self._db.execute("COMMIT")
+
+    # --- meta ---
+
+    @property
+    def state_seq(self) -> int:
+        return self.meta("state_seq")
+
+    def meta(self, key: str, default: int = 0) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else default
+
+    def set_meta(self, key: str, value: int) -> None:
+        self._db.execute(
+            "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # --- channels ---
+
+    def channel(self, channel: bytes) -> ChannelRow | None:
+        row = self._db.execute(
+            "SELECT channel, role, peer_key, total, seqno, amount, expiry, signature, redeemed"
+            " FROM channels WHERE channel = ?",
+            (channel,),
+        ).fetchone()
+        return ChannelRow(*row) if row else None
+
+    def channels(self, role: str) -> list[ChannelRow]:
+        rows = self._db.execute(
+            "SELECT channel, role, peer_key, total, seqno, amount, expiry, signature, redeemed"
+            " FROM channels WHERE role = ? ORDER BY channel",
+            (role,),
+        ).fetchall()
+        return [ChannelRow(*row) for row in rows]
+
+    def ensure_channel(self, db: sqlite3.Connection, channel: bytes, role: str, peer_key: bytes) -> None:
+        db.execute(
+            "INSERT INTO channels(channel, role, peer_key) VALUES(?, ?, ?) ON CONFLICT(channel) DO NOTHING",
+            (channel, role, peer_key),
+        )
+
+    def add_channel(self, channel: bytes, role: str, peer_key: bytes) -> ChannelRow:
+        with self.transaction() as db:
+            self.ensure_channel(db, channel, role, peer_key)
+        row = self.channel(channel)
+        assert row is not None
+        return row
+
+    def record_request(
+        self,
+        db: sqlite3.Connection,
+        request_id: bytes,
+        channel: bytes,
+        cost: int,
+        share: int,
+        worker_channel: bytes | None,
+        at: int,
+    ) -> None:
+        try:
+            db.execute(
+                "INSERT INTO requests(request_id, channel, cost, share, worker_channel, at) VALUES(?, ?, ?, ?, ?, ?)",
+                (request_id, channel, cost, share, worker_channel, at),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateRequest(request_id.hex()) from exc
+
+    def add_total(self, db: sqlite3.Connection, channel: bytes, amount: int) -> None:
+        db.execute("UPDATE channels SET total = total + ? WHERE channel = ?", (amount, channel))
+
+    def set_voucher(
+        self, db: sqlite3.Connection, channel: bytes, seqno: int, amount: int, expiry: int, signature: bytes
+    ) -> None:
+        db.execute(
+            "UPDATE channels SET seqno = ?, amount = ?, expiry = ?, signature = ? WHERE channel = ?",
+            (seqno, amount, expiry, signature, channel),
+        )
+
+    def set_redeemed(self, channel: bytes, redeemed: int) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE channels SET redeemed = MAX(redeemed, ?) WHERE channel = ?", (redeemed, channel))
+
+    def request_billed(self, request_id: bytes) -> bool:
+        return self._db.execute("SELECT 1 FROM requests WHERE request_id = ?", (request_id,)).fetchone() is not None
+
+    def request_costs(self, channel: bytes | None = None) -> list[tuple[bytes, int, int, bytes | None]]:
+        """(request id, cost, share, worker channel) of billed requests, oldest first."""
+        query = "SELECT request_id, cost, share, worker_channel FROM requests"
+        args: tuple[bytes, ...] = ()
+        if channel is not None:
+            query += " WHERE channel = ?"
+            args = (channel,)
+        return [tuple(row) for row in self._db.execute(query + " ORDER BY rowid", args).fetchall()]

@@ -1,0 +1,288 @@
+"""The proxy's side of payments: attach client channels, bill answers, pay workers, settle.
+
+Bookkeeping is ``cocoon.payments.accounts`` (SQLite); this module adds the chain: channel
+state, deposits into worker channels, redemptions, and the anti-rollback commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pytoniq_core import Address
+
+from cocoon.chain.channels import Channel, ChannelState
+from cocoon.chain.contracts import account_id
+from cocoon.chain.errors import ChainError
+from cocoon.chain.ledger import Ledger
+from cocoon.chain.registry import RegistryState
+from cocoon.chain.wallet import Wallet
+from cocoon.keys import public_bytes
+from cocoon.payments.accounts import Charge, ProxyAccounts, Rollback
+from cocoon.payments.prices import PriceParams, split, usage_cost
+from cocoon.payments.store import PaymentStore
+from cocoon.payments.vouchers import TAG_CLIENT_VOUCHER, SignedVoucher, commit_cell, sign_cell
+from cocoon.payments.vouchers import Voucher as VoucherData
+from cocoon.protocol.messages import PayAccount, PayTerms, Voucher
+from cocoon.seal.usage import UsageRecord
+
+log = logging.getLogger("cocoon.proxy")
+
+
+def price_params(registry: RegistryState) -> PriceParams:
+    p = registry.params
+    return PriceParams(
+        price_per_token=p.price_per_token,
+        prompt_mult=p.prompt_mult,
+        cached_mult=p.cached_mult,
+        completion_mult=p.completion_mult,
+        reasoning_mult=p.reasoning_mult,
+        commission_bps=p.commission_bps,
+    )
+
+
+@dataclass
+class ClientChannel:
+    channel: Channel
+    state: ChannelState
+
+
+@dataclass
+class WorkerChannel:
+    channel: Channel
+    state: ChannelState
+    funding: asyncio.Task[None] | None = None
+
+
+class ProxyPayments:
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        wallet: Wallet,
+        root: Address,
+        key: Ed25519PrivateKey,
+        store: PaymentStore,
+        registry: RegistryState,
+        redeem_threshold: int,
+        worker_deposit: int,
+        commit_interval: float,
+    ) -> None:
+        self.ledger = ledger
+        self.wallet = wallet
+        self.root = root
+        self.key = key
+        self.public_key = public_bytes(key)
+        self.store = store
+        self.accounts = ProxyAccounts(store, key)
+        self.registry = registry
+        self.prices = price_params(registry)
+        self.redeem_threshold = redeem_threshold
+        self.worker_deposit = worker_deposit
+        self.commit_interval = commit_interval
+        self.clients: dict[bytes, ClientChannel] = {}  # channel id → its chain view
+        self.workers: dict[bytes, WorkerChannel] = {}  # worker key → its channel
+        self._committed_seq = -1
+        self._last_commit = 0.0
+
+    def update_registry(self, registry: RegistryState) -> None:
+        self.registry = registry
+        self.prices = price_params(registry)
+
+    # --- start: refuse a database older than the chain ---
+
+    async def check_rollback(self) -> None:
+        """Raise ``Rollback`` when the chain shows a newer state than our database: a newer
+        state commit in a worker channel, or a newer redeemed voucher in a client channel."""
+        seq = self.store.state_seq
+        for row in self.store.channels("proxy_out"):
+            channel = Channel.at(self.ledger, "worker", row.channel)
+            state = await channel.state()
+            if state.commit_seq > seq:
+                raise Rollback(f"the chain holds state #{state.commit_seq}; this database is at #{seq}")
+            if state.seqno > row.seqno:
+                raise Rollback(f"worker channel {row.channel.hex()[:16]}… redeemed a voucher newer than ours")
+        for row in self.store.channels("proxy_in"):
+            client = Channel.at(self.ledger, "client", row.channel)
+            if (await client.state()).seqno > row.seqno:
+                raise Rollback(f"client channel {row.channel.hex()[:16]}… redeemed a voucher newer than ours")
+
+    # --- clients ---
+
+    async def attach(self, client_key: bytes, request: PayAccount, first: bool) -> PayTerms:
+        """The channel between this client's wallet and ours, as the chain shows it."""
+        params = self.registry.params
+        channel = Channel.client(
+            self.ledger,
+            root=self.root,
+            client=Address((0, request.wallet)),
+            proxy=self.wallet.address,
+            close_delay=params.close_delay,
+            client_key=client_key,
+            proxy_key=self.public_key,
+        )
+        state = await channel.state()
+        cid = channel.account_id
+        row = self.accounts.open_client(cid, client_key)
+        if state.seqno > row.seqno:
+            raise Rollback(f"client channel {cid.hex()[:16]}… redeemed voucher #{state.seqno}; we know #{row.seqno}")
+        if first:
+            written_off = self.accounts.reconcile(cid, request.last_seqno, request.last_amount)
+            if written_off:
+                log.warning("client channel %s…: %d nanoTON billed but never delivered; not charged",
+                            cid.hex()[:16], written_off)  # fmt: skip
+            row = self.accounts.client(cid) or row
+        self.clients[cid] = ClientChannel(channel, state)
+        return PayTerms(
+            stream_id=request.stream_id,
+            root=account_id(self.root),
+            proxy_wallet=account_id(self.wallet.address),
+            close_delay=params.close_delay,
+            channel=cid,
+            min_stake=params.min_client_stake,
+            exists=state.exists,
+            balance=state.balance,
+            stake=state.stake,
+            redeemed=state.redeemed,
+            charged=row.total,
+            paid=row.amount,
+            seqno=row.seqno,
+        )
+
+    def refusal(self, channel_id: bytes | None, awaiting: list[bytes]) -> str:
+        if channel_id is None or channel_id not in self.clients:
+            return "this proxy takes payment: attach a payment channel first"
+        state = self.clients[channel_id].state
+        if not state.exists:
+            return "the payment channel has no deposit yet: deposit into it first"
+        if not state.open:
+            return "the payment channel is closing: open a new deposit"
+        if state.stake < self.registry.params.min_client_stake:
+            return f"the channel's stake {state.stake} is below the minimum {self.registry.params.min_client_stake}"
+        return self.accounts.refusal(
+            channel_id, awaiting=set(awaiting), stake=state.stake, available=state.balance + state.redeemed
+        )
+
+    def charge(self, channel_id: bytes, worker_key: bytes, record: UsageRecord, price_milli: int) -> Charge | None:
+        """Bill one verified answer; None when the worker has no payout channel yet."""
+        worker = self.workers.get(worker_key)
+        if worker is None:
+            return None
+        cost = usage_cost(self.prices, record, price_milli)
+        commission, _ = split(cost, self.prices.commission_bps)
+        return self.accounts.charge(
+            request_id=record.request_id,
+            client_channel=channel_id,
+            worker_channel=worker.channel.account_id,
+            worker_key=worker_key,
+            cost=cost,
+            commission=commission,
+            now=int(time.time()),
+        )
+
+    def accept_voucher(self, message: Voucher) -> int:
+        signed = SignedVoucher(
+            VoucherData(TAG_CLIENT_VOUCHER, message.channel, message.seqno, message.amount, message.expiry),
+            message.signature,
+        )
+        return self.accounts.accept_voucher(signed, int(time.time()))
+
+    def payout_message(self, charge: Charge) -> Voucher:
+        v = charge.payout.voucher
+        return Voucher(
+            channel=v.channel,
+            seqno=v.seqno,
+            amount=v.amount,
+            expiry=v.expiry,
+            signature=charge.payout.signature,
+            payer_wallet=account_id(self.wallet.address),
+            close_delay=self.registry.params.close_delay,
+        )
+
+    # --- workers ---
+
+    def add_worker(self, worker_key: bytes, wallet: bytes) -> None:
+        """A worker announced its wallet: derive its channel and fund it in the background."""
+        channel = Channel.worker(
+            self.ledger,
+            root=self.root,
+            proxy=self.wallet.address,
+            worker=Address((0, wallet)),
+            close_delay=self.registry.params.close_delay,
+            proxy_key=self.public_key,
+            worker_key=worker_key,
+        )
+        existing = self.workers.get(worker_key)
+        if existing is not None and existing.channel.account_id == channel.account_id:
+            return
+        entry = WorkerChannel(channel, ChannelState(address="", exists=False))
+        self.workers[worker_key] = entry
+        self.store.add_channel(channel.account_id, "proxy_out", worker_key)
+        entry.funding = asyncio.create_task(self._fund(entry))
+
+    async def _fund(self, entry: WorkerChannel) -> None:
+        """Keep the channel's balance above what we owe the worker and have not paid."""
+        try:
+            entry.state = await entry.channel.state()
+            row = self.store.channel(entry.channel.account_id)
+            owed = (row.amount - entry.state.redeemed) if row else 0
+            if not entry.state.exists or entry.state.balance - owed < self.worker_deposit // 2:
+                await entry.channel.top_up(self.wallet, self.worker_deposit)
+                entry.state = await entry.channel.state()
+                log.info("funded worker channel %s…: balance %d", entry.channel.account_id.hex()[:16],
+                         entry.state.balance)  # fmt: skip
+        except ChainError as exc:
+            log.warning("cannot fund worker channel %s…: %s", entry.channel.account_id.hex()[:16], exc)
+
+    # --- settlement ---
+
+    async def settle(self, *, force: bool = False) -> None:
+        """One round: redeem client vouchers past the threshold (all when ``force``), refresh
+        client channels, keep worker channels funded, commit the state sequence number."""
+        for cid, client in list(self.clients.items()):
+            row = self.accounts.client(cid)
+            try:
+                if row is not None and row.seqno and row.unredeemed > 0:
+                    if force or row.unredeemed >= self.redeem_threshold:
+                        if client.state.seqno < row.seqno:
+                            voucher = VoucherData(TAG_CLIENT_VOUCHER, cid, row.seqno, row.amount, row.expiry)
+                            await client.channel.redeem(self.wallet, row.signature, voucher.cell())
+                            log.info("redeemed %d nanoTON from client channel %s…", row.unredeemed, cid.hex()[:16])
+                client.state = await client.channel.state()
+                self.store.set_redeemed(cid, client.state.redeemed)
+            except ChainError as exc:
+                log.warning("settling client channel %s…: %s", cid.hex()[:16], exc)
+        for entry in list(self.workers.values()):
+            if entry.funding is None or entry.funding.done():
+                await self._fund(entry)
+        await self.commit(force=force)
+
+    async def aclose(self) -> None:
+        for entry in self.workers.values():
+            if entry.funding is not None:
+                entry.funding.cancel()
+        await self.ledger.aclose()
+        self.store.close()
+
+    async def commit(self, *, force: bool = False) -> None:
+        """Publish our state sequence number on chain (in a worker channel we fund)."""
+        seq = self.store.state_seq
+        now = time.monotonic()
+        if seq == self._committed_seq or (not force and now - self._last_commit < self.commit_interval):
+            return
+        target = next((w for w in self.workers.values() if w.state.exists), None)
+        if target is None:
+            return
+        digest = hashlib.sha256(f"{seq}".encode()).digest()
+        cell = commit_cell(target.channel.account_id, seq, digest)
+        try:
+            await target.channel.commit(self.wallet, sign_cell(cell, self.key), cell)
+        except ChainError as exc:
+            log.warning("cannot commit state #%d: %s", seq, exc)
+            return
+        self._committed_seq, self._last_commit = seq, now
+        log.info("committed state #%d on chain", seq)

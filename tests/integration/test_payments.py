@@ -1,0 +1,329 @@
+"""Payments in the running network: real proxy, workers and client paying through the real
+contracts on the local chain service (TON sandbox in Node)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from cocoon.chain import contracts as c
+from cocoon.chain.access import parse_address
+from cocoon.chain.channels import Channel
+from cocoon.chain.registry import RegistryAdmin
+from cocoon.chain.sandbox import SandboxLedger
+from cocoon.chain.wallet import Wallet
+from cocoon.keys import load_or_create_identity
+from cocoon.payments.prices import PriceParams, request_cost, split
+from cocoon.up_chain import UP_PARAMS, wallet_key
+from tests.integration.network import MODEL, Chain, Network
+
+pytestmark = pytest.mark.integration
+
+PRICES = PriceParams(
+    UP_PARAMS.price_per_token,
+    UP_PARAMS.prompt_mult,
+    UP_PARAMS.cached_mult,
+    UP_PARAMS.completion_mult,
+    UP_PARAMS.reasoning_mult,
+    UP_PARAMS.commission_bps,
+)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
+    local = Chain(Path(tmp_path_factory.mktemp("chain")))
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+def rows(db: Path, role: str) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute("SELECT * FROM channels WHERE role = ?", (role,))]
+    finally:
+        conn.close()
+
+
+def ask(net: Network, prompt: str, *, stream: bool, max_tokens: int = 12) -> None:
+    messages: Any = [{"role": "user", "content": prompt}]
+    with openai.OpenAI(base_url=net.url, api_key="unused", max_retries=0) as api:
+        if stream:
+            chunks = api.chat.completions.create(model=MODEL, messages=messages, max_tokens=max_tokens, stream=True)
+            assert list(chunks)
+        else:
+            answer = api.chat.completions.create(model=MODEL, messages=messages, max_tokens=max_tokens)
+            assert answer.usage is not None and answer.usage.completion_tokens > 0
+
+
+def receipts(net: Network) -> list[dict[str, Any]]:
+    data: list[dict[str, Any]] = httpx.get(net.url + "/cocoon/receipts?limit=1000", timeout=5).json()["data"]
+    return data
+
+
+def chain_state(url: str, kind: str, channel: bytes) -> Any:
+    async def read() -> Any:
+        ledger = SandboxLedger(url)
+        try:
+            return await Channel.at(ledger, kind, channel).state()
+        finally:
+            await ledger.aclose()
+
+    return asyncio.run(read())
+
+
+def wait_until(check: Any, timeout: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_every_token_is_paid_exactly_once_and_the_shares_add_up(chain: Chain, tmp_path: Path) -> None:
+    settle = {"settle_on_exit": True}
+    net = Network(tmp_path / "net", workers=2, chain=chain, proxy=settle, worker=settle)
+    try:
+        for i in range(4):
+            ask(net, f"Count to {i + 3}.", stream=i % 2 == 0)
+        paid = receipts(net)
+        assert len(paid) == 4
+        costs = []
+        for r in paid:  # each cost follows from the worker-signed usage record, at coefficient ×1
+            expected = request_cost(
+                PRICES,
+                prompt_tokens=r["prompt_tokens"],
+                cached_tokens=r["cached_tokens"],
+                completion_tokens=r["completion_tokens"],
+                reasoning_tokens=r["reasoning_tokens"],
+                price_milli=1000,
+            )
+            assert r["cost_nanoton"] == expected > 0
+            costs.append(expected)
+        total = sum(costs)
+        worker_total = sum(split(cost, PRICES.commission_bps)[1] for cost in costs)
+
+        (client,) = rows(net.root / "client-payments.db", "client")
+        assert client["total"] == client["amount"] == total  # the client signed for exactly that
+        assert client["seqno"] == 4
+        wait_until(lambda: rows(net.root / "proxy-payments.db", "proxy_in")[0]["amount"] == total, what="voucher")
+        (proxy_in,) = rows(net.root / "proxy-payments.db", "proxy_in")
+        assert proxy_in["total"] == total
+        proxy_out = rows(net.root / "proxy-payments.db", "proxy_out")
+        assert sum(r["amount"] for r in proxy_out) == worker_total
+        earned = [r for i in (1, 2) for r in rows(net.root / f"worker-{i}-payments.db", "worker")]
+        assert sum(r["amount"] for r in earned) == worker_total
+        assert total - worker_total == sum(split(cost, PRICES.commission_bps)[0] for cost in costs)
+
+        # settlement: the proxy redeems the client's voucher and the workers theirs, on chain
+        net.stop()
+        assert chain_state(chain.url, "client", client["channel"]).redeemed == total
+        for row in earned:
+            assert chain_state(chain.url, "worker", row["channel"]).redeemed == row["amount"]
+    finally:
+        net.stop()
+
+
+def client_channel(net: Network, chain: Chain) -> Channel:
+    """The client→proxy channel of ``net``, as the client derives it."""
+    from cocoon.keys import public_bytes
+
+    ledger = SandboxLedger(chain.url)
+    client = Wallet(ledger, load_or_create_identity(wallet_key(net.root, "client")))
+    proxy = Wallet(ledger, load_or_create_identity(wallet_key(net.root, "proxy")))
+    return Channel.client(
+        ledger,
+        root=parse_address(net.root_address),
+        client=client.address,
+        proxy=proxy.address,
+        close_delay=UP_PARAMS.close_delay,
+        client_key=public_bytes(load_or_create_identity(net.root / "client.key")),
+        proxy_key=bytes.fromhex(net.proxy_key),
+    )
+
+
+def deposit(net: Network, chain: Chain, amount: int, stake: int) -> None:
+    async def run() -> None:
+        channel = client_channel(net, chain)
+        wallet = Wallet(channel.ledger, load_or_create_identity(wallet_key(net.root, "client")))
+        try:
+            await channel.top_up(wallet, amount, stake)
+        finally:
+            await channel.ledger.aclose()
+
+    asyncio.run(run())
+
+
+def refused(net: Network) -> openai.APIStatusError:
+    with pytest.raises(openai.APIStatusError) as caught:
+        ask(net, "Hello", stream=False)
+    return caught.value
+
+
+def test_a_client_whose_deposit_is_used_up_is_refused_until_it_tops_up(chain: Chain, tmp_path: Path) -> None:
+    # 0.01 TON per token: one short answer costs about half a TON
+    dear = c.RootParams(**{**UP_PARAMS.__dict__, "price_per_token": 10**7})
+    net = Network(tmp_path / "net", workers=1, chain=chain, chain_params=dear, client={"deposit": 0})
+    try:
+        error = refused(net)  # no deposit yet
+        assert error.status_code == 402 and "deposit" in error.message
+        deposit(net, chain, c.TON + c.TON // 20, c.TON)  # 1.04 TON in the channel, 1 TON of it stake
+        wait_until(lambda: _served(net), what="the proxy to see the deposit")
+        while _served(net):
+            pass  # spend it
+        error = refused(net)
+        assert error.status_code == 402
+        assert "top up" in error.message and error.code == "payment_required"
+        deposit(net, chain, 5 * c.TON, 0)
+        wait_until(lambda: _served(net), what="the proxy to see the top-up")
+    finally:
+        net.stop()
+
+
+def _served(net: Network) -> bool:
+    try:
+        ask(net, "Hello", stream=False, max_tokens=4)
+    except openai.APIStatusError as exc:
+        assert exc.status_code == 402, exc
+        return False
+    return True
+
+
+def test_a_client_that_stops_signing_vouchers_is_cut_off_within_one_request(chain: Chain, tmp_path: Path) -> None:
+    net = Network(tmp_path / "net", workers=1, chain=chain, client_module="tests.integration.unpaying_client")
+    try:
+        ask(net, "Hello", stream=True)  # answered: the client verifies it, and then does not pay
+        error = refused(net)
+        assert error.status_code == 402 and "not covered by a voucher" in error.message
+        (row,) = rows(net.root / "proxy-payments.db", "proxy_in")
+        assert row["amount"] == 0 and row["total"] > 0  # what it owes is one answer's cost
+    finally:
+        net.stop()
+
+
+def test_a_proxy_killed_mid_stream_loses_no_voucher_and_charges_nothing_twice(chain: Chain, tmp_path: Path) -> None:
+    net = Network(tmp_path / "net", workers=1, chain=chain, worker={"reconnect_max": 1.0})
+    try:
+        ask(net, "Hello", stream=True)
+        with openai.OpenAI(base_url=net.url, api_key="unused", max_retries=0) as api:
+            stream = api.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "Tell a long story."}], max_tokens=400, stream=True
+            )
+            with pytest.raises(openai.APIError):
+                for n, _ in enumerate(stream):
+                    if n == 3:
+                        net.nodes["proxy"].kill()  # SIGKILL: no chance to save anything more
+        net.start_proxy()
+        net.wait_workers(1)
+        wait_until(lambda: _served(net), what="the restarted proxy to serve")
+        ask(net, "Hello again", stream=False)
+
+        paid = receipts(net)  # what the client received and verified: three answers
+        assert len(paid) == 3
+        delivered = sum(r["cost_nanoton"] for r in paid)
+        (client,) = rows(net.root / "client-payments.db", "client")
+        assert client["total"] == client["amount"] == delivered
+        wait_until(lambda: rows(net.root / "proxy-payments.db", "proxy_in")[0]["seqno"] == client["seqno"], what="v")
+        (proxy_in,) = rows(net.root / "proxy-payments.db", "proxy_in")
+        # every voucher the client signed is in the proxy's database; nothing beyond what was delivered is billed
+        assert proxy_in["amount"] == proxy_in["total"] == delivered
+    finally:
+        net.stop()
+
+
+def test_a_proxy_database_restored_from_an_old_copy_is_refused(chain: Chain, tmp_path: Path) -> None:
+    net = Network(tmp_path / "net", workers=1, chain=chain)
+    db = net.root / "proxy-payments.db"
+    try:
+        ask(net, "Hello", stream=False)
+        net.nodes["proxy"].stop()  # commits its state sequence number on chain as it stops
+        old = tmp_path / "old-copy.db"
+        shutil.copy(db, old)
+        net.start_proxy()
+        net.wait_workers(1)
+        wait_until(lambda: _served(net), what="the restarted proxy to serve")
+        ask(net, "Hello again", stream=True)
+        net.nodes["proxy"].stop()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        shutil.copy(old, db)
+        proxy = net.start_proxy()
+        proxy.process.wait(timeout=60)
+        assert proxy.process.returncode == 2
+        assert "older than the chain" in proxy.log
+    finally:
+        net.stop()
+
+
+def test_a_worker_the_registry_no_longer_allows_is_disconnected(chain: Chain, tmp_path: Path) -> None:
+    from cocoon.attest.sim import SimMeasurements
+
+    net = Network(tmp_path / "net", workers=2, chain=chain, worker={"reconnect_max": 1.0})
+
+    async def remove_worker_image() -> None:
+        ledger = SandboxLedger(chain.url)
+        admin = RegistryAdmin(
+            Wallet(ledger, load_or_create_identity(wallet_key(net.root, "owner"))), parse_address(net.root_address)
+        )
+        try:
+            await admin.remove_image(c.ROLE_WORKER, SimMeasurements().image_hash)
+        finally:
+            await ledger.aclose()
+
+    def workers_listed() -> int:
+        data = httpx.get(net.url + "/models", timeout=2).json()["data"]
+        return sum(m["workers"] for m in data if m["id"] == MODEL)
+
+    try:
+        assert workers_listed() == 2
+        asyncio.run(remove_worker_image())
+        wait_until(lambda: workers_listed() == 0, timeout=5, what="the workers to be disconnected")
+        assert "no longer allowed by the registry" in net.nodes["proxy"].log
+        time.sleep(2.0)  # they redial, and are refused at the handshake now
+        assert workers_listed() == 0
+        assert "image_not_allowed" in net.nodes["proxy"].log
+    finally:
+        net.stop()
+
+
+def test_removing_the_model_from_the_registry_disconnects_its_workers(chain: Chain, tmp_path: Path) -> None:
+    from cocoon.attest.model_hash import model_hash
+    from cocoon.engine.llama_cpp import embedded_model_path
+
+    net = Network(tmp_path / "net", workers=1, chain=chain, worker={"reconnect_max": 1.0})
+
+    async def remove_model() -> None:
+        ledger = SandboxLedger(chain.url)
+        admin = RegistryAdmin(
+            Wallet(ledger, load_or_create_identity(wallet_key(net.root, "owner"))), parse_address(net.root_address)
+        )
+        try:
+            await admin.remove_model(model_hash(embedded_model_path(), cache=net.root.parent / "model-hashes.json"))
+        finally:
+            await ledger.aclose()
+
+    try:
+        asyncio.run(remove_model())
+        net.nodes["proxy"].wait_for_log("no longer allowed by the registry", timeout=5)
+        assert "model_not_allowed" in net.nodes["proxy"].log or "is not allowed" in net.nodes["proxy"].log
+        error = refused_any(net)
+        assert error.status_code in (503, 404)
+    finally:
+        net.stop()
+
+
+def refused_any(net: Network) -> openai.APIStatusError:
+    with pytest.raises(openai.APIStatusError) as caught:
+        ask(net, "Hello", stream=False)
+    return caught.value

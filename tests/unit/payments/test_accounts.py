@@ -1,0 +1,172 @@
+"""The books of each role over a real SQLite store: billing, vouchers, refusals, write-offs."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cocoon.keys import public_bytes
+from cocoon.payments.accounts import ClientAccounts, ProxyAccounts, Rollback, WorkerAccounts
+from cocoon.payments.store import DuplicateRequest, PaymentStore
+from cocoon.payments.vouchers import TAG_CLIENT_VOUCHER, TAG_WORKER_VOUCHER, Voucher, VoucherError
+
+NOW = 1_800_000_000
+CLIENT_CHANNEL = b"\x01" * 32
+WORKER_CHANNEL = b"\x02" * 32
+
+
+@pytest.fixture
+def keys() -> dict[str, Ed25519PrivateKey]:
+    return {name: Ed25519PrivateKey.generate() for name in ("client", "proxy", "worker")}
+
+
+@pytest.fixture
+def books(tmp_path: Path, keys: dict[str, Ed25519PrivateKey]) -> tuple[ProxyAccounts, ClientAccounts]:
+    proxy = ProxyAccounts(PaymentStore(tmp_path / "proxy.db"), keys["proxy"])
+    client = ClientAccounts(PaymentStore(tmp_path / "client.db"), keys["client"])
+    proxy.open_client(CLIENT_CHANNEL, public_bytes(keys["client"]))
+    client.open(CLIENT_CHANNEL, public_bytes(keys["proxy"]))
+    return proxy, client
+
+
+def bill(proxy: ProxyAccounts, keys: dict[str, Ed25519PrivateKey], request_id: bytes, cost: int) -> None:
+    proxy.charge(
+        request_id=request_id,
+        client_channel=CLIENT_CHANNEL,
+        worker_channel=WORKER_CHANNEL,
+        worker_key=public_bytes(keys["worker"]),
+        cost=cost,
+        commission=cost // 10,
+        now=NOW,
+    )
+
+
+def test_the_store_is_private_in_wal_mode_and_counts_its_commits(tmp_path: Path) -> None:
+    store = PaymentStore(tmp_path / "p.db")
+    assert os.stat(tmp_path / "p.db").st_mode & 0o777 == 0o600
+    mode = sqlite3.connect(tmp_path / "p.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    before = store.state_seq
+    store.add_channel(b"\x09" * 32, "client", b"\x00" * 32)
+    assert store.state_seq == before + 1
+
+
+def test_a_charge_bills_the_client_credits_the_worker_and_signs_its_payout(
+    books: tuple[ProxyAccounts, ClientAccounts], keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    proxy, _ = books
+    bill(proxy, keys, b"r1".ljust(16, b"\0"), 1000)
+    charge = proxy.charge(
+        request_id=b"r2".ljust(16, b"\0"),
+        client_channel=CLIENT_CHANNEL,
+        worker_channel=WORKER_CHANNEL,
+        worker_key=public_bytes(keys["worker"]),
+        cost=500,
+        commission=50,
+        now=NOW,
+    )
+    charge.payout.verify(public_bytes(keys["proxy"]))
+    assert (charge.payout.voucher.seqno, charge.payout.voucher.amount) == (2, 900 + 450)
+    client_row = proxy.client(CLIENT_CHANNEL)
+    assert client_row is not None and client_row.total == 1500
+    with pytest.raises(DuplicateRequest):  # a request id is billed once
+        bill(proxy, keys, b"r1".ljust(16, b"\0"), 1000)
+    assert proxy.client(CLIENT_CHANNEL).total == 1500  # type: ignore[union-attr]
+
+
+def test_unpaid_answers_stop_service_until_a_voucher_covers_them(
+    books: tuple[ProxyAccounts, ClientAccounts], keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    proxy, client = books
+    r1, r2 = b"a" * 16, b"b" * 16
+    assert proxy.refusal(CLIENT_CHANNEL, awaiting=set(), stake=10**9, available=10**10) == ""
+    bill(proxy, keys, r1, 700)
+    # the client may not have seen r1's end yet: then it is still awaited, and that is fine
+    assert proxy.refusal(CLIENT_CHANNEL, awaiting={r1}, stake=10**9, available=10**10) == ""
+    assert "not covered by a voucher" in proxy.refusal(CLIENT_CHANNEL, awaiting=set(), stake=10**9, available=10**10)
+    added = proxy.accept_voucher(client.pay(CLIENT_CHANNEL, r1, 700, NOW), NOW)
+    assert added == 700
+    assert proxy.refusal(CLIENT_CHANNEL, awaiting=set(), stake=10**9, available=10**10) == ""
+    bill(proxy, keys, r2, 300)
+    assert "stake" in proxy.refusal(CLIENT_CHANNEL, awaiting={r2}, stake=300, available=10**10)
+    assert "top up" in proxy.refusal(CLIENT_CHANNEL, awaiting={r2}, stake=10**9, available=1000)
+
+
+def test_the_proxy_refuses_bad_vouchers(
+    books: tuple[ProxyAccounts, ClientAccounts], keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    proxy, client = books
+    bill(proxy, keys, b"a" * 16, 700)
+    good = client.pay(CLIENT_CHANNEL, b"a" * 16, 700, NOW)
+    forged = Voucher(TAG_CLIENT_VOUCHER, CLIENT_CHANNEL, 1, 700, NOW + 10**6).sign(keys["proxy"])
+    with pytest.raises(VoucherError) as caught:
+        proxy.accept_voucher(forged, NOW)
+    assert caught.value.code == "bad_signature"
+    short = Voucher(TAG_CLIENT_VOUCHER, CLIENT_CHANNEL, 1, 700, NOW + 60).sign(keys["client"])
+    with pytest.raises(VoucherError) as caught:
+        proxy.accept_voucher(short, NOW)  # expires before the proxy could redeem it
+    assert caught.value.code == "expired"
+    proxy.accept_voucher(good, NOW)
+    with pytest.raises(VoucherError) as caught:
+        proxy.accept_voucher(good, NOW)  # replayed
+    assert caught.value.code == "stale"
+    lower = Voucher(TAG_CLIENT_VOUCHER, CLIENT_CHANNEL, 2, 600, NOW + 10**7).sign(keys["client"])
+    with pytest.raises(VoucherError) as caught:
+        proxy.accept_voucher(lower, NOW)
+    assert caught.value.code == "amount_decreased"
+
+
+def test_the_client_pays_each_answer_once_with_cumulative_vouchers(
+    books: tuple[ProxyAccounts, ClientAccounts], keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    _, client = books
+    first = client.pay(CLIENT_CHANNEL, b"a" * 16, 100, NOW)
+    second = client.pay(CLIENT_CHANNEL, b"b" * 16, 50, NOW)
+    again = client.pay(CLIENT_CHANNEL, b"b" * 16, 50, NOW)  # the same answer: not paid twice
+    assert (first.voucher.seqno, first.voucher.amount) == (1, 100)
+    assert (second.voucher.seqno, second.voucher.amount) == (2, 150)
+    assert again == second
+    second.verify(public_bytes(keys["client"]))
+
+
+def test_answers_billed_but_never_delivered_are_written_off_at_reattach(
+    books: tuple[ProxyAccounts, ClientAccounts], keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    proxy, client = books
+    bill(proxy, keys, b"a" * 16, 100)
+    proxy.accept_voucher(client.pay(CLIENT_CHANNEL, b"a" * 16, 100, NOW), NOW)
+    bill(proxy, keys, b"b" * 16, 40)  # committed, then the connection broke before its end
+    assert proxy.reconcile(CLIENT_CHANNEL, client_seqno=1, client_amount=100) == 40
+    row = proxy.client(CLIENT_CHANNEL)
+    assert row is not None and row.total == row.amount == 100
+    assert proxy.refusal(CLIENT_CHANNEL, awaiting=set(), stake=10**9, available=10**10) == ""
+    with pytest.raises(DuplicateRequest):
+        bill(proxy, keys, b"b" * 16, 40)  # written off, still never billed again
+
+
+def test_a_client_holding_a_newer_voucher_than_the_database_reveals_a_rollback(
+    books: tuple[ProxyAccounts, ClientAccounts], keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    proxy, _ = books
+    with pytest.raises(Rollback):
+        proxy.reconcile(CLIENT_CHANNEL, client_seqno=3, client_amount=500)
+
+
+def test_the_worker_keeps_only_valid_newer_payouts(tmp_path: Path, keys: dict[str, Ed25519PrivateKey]) -> None:
+    worker = WorkerAccounts(PaymentStore(tmp_path / "worker.db"))
+    proxy_key = public_bytes(keys["proxy"])
+    first = Voucher(TAG_WORKER_VOUCHER, WORKER_CHANNEL, 1, 90, NOW + 10**7).sign(keys["proxy"])
+    assert worker.accept(first, proxy_key, NOW) == 90
+    wrong_tag = Voucher(TAG_CLIENT_VOUCHER, WORKER_CHANNEL, 2, 200, NOW + 10**7).sign(keys["proxy"])
+    with pytest.raises(VoucherError):
+        worker.accept(wrong_tag, proxy_key, NOW)
+    with pytest.raises(VoucherError):
+        worker.accept(first, proxy_key, NOW)
+    other_proxy = Voucher(TAG_WORKER_VOUCHER, WORKER_CHANNEL, 2, 200, NOW + 10**7).sign(keys["client"])
+    with pytest.raises(VoucherError):
+        worker.accept(other_proxy, public_bytes(keys["client"]), NOW)
+    assert worker.earned() == 90
