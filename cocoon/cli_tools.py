@@ -170,6 +170,7 @@ def market(
         table = Table(title=entry["model"])
         for column in (
             "worker",
+            "state",
             "price ×",
             "free",
             "TTFT ms",
@@ -182,7 +183,8 @@ def market(
         for w in entry["workers"]:
             prices = w["nano_ton_per_million_tokens"]
             table.add_row(
-                w["worker"][:12], f"{w['price_coefficient']:.3f}", f"{w['free']}/{w['capacity']}", str(w["ttft_ms"]),
+                w["worker"][:12], w.get("state", "available"), f"{w['price_coefficient']:.3f}",
+                f"{w['free']}/{w['capacity']}", str(w["ttft_ms"]),
                 str(w["tokens_per_second"]), str(w["success_rate"]), str(prices["prompt"]), str(prices["completion"]),
             )  # fmt: skip
         console.print(table)

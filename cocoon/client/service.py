@@ -225,6 +225,8 @@ def _offer(offer: WorkerOffer, prices: Prices) -> dict[str, Any]:
         "success_rate": round(offer.success_rate, 3),
         "errors": offer.errors,
         "timeouts": offer.timeouts,
+        "state": "banned" if offer.banned else "suspended" if offer.suspended_until else "available",
+        "suspended_until": offer.suspended_until,
         "nano_ton_per_million_tokens": {
             "prompt": per_million(prices.prompt_milli),
             "cached": per_million(prices.cached_milli),
@@ -299,7 +301,10 @@ class ClientService:
             if not isinstance(answer, WorkerList):
                 raise UpstreamError(ErrorCode.PROTOCOL_ERROR, "unexpected answer to a worker list")
             cached = self._workers[(id(link), model)] = (now, answer.workers)
-        offers = [w for w in cached[1] if not max_price_milli or w.price_milli <= max_price_milli]
+        standing = [w for w in cached[1] if not w.banned and w.suspended_until <= now]
+        if cached[1] and not standing:
+            raise UpstreamError(ErrorCode.NO_WORKER, f"every worker for model {model!r} is suspended")
+        offers = [w for w in standing if not max_price_milli or w.price_milli <= max_price_milli]
         # best first for this request's preference: the proxy then chooses among the K we seal to
         offers.sort(
             key=lambda w: raw_score(
@@ -307,7 +312,7 @@ class ClientService:
                 w.tokens_per_second, w.success_rate, routing,
             )
         )  # fmt: skip
-        if cached[1] and not offers:
+        if standing and not offers:
             raise UpstreamError(ErrorCode.NO_WORKER, f"no worker for model {model!r} within the price cap")
         good, reasons = verified_candidates(offers, self.verifier, int(now))
         for reason in reasons:

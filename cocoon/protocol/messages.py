@@ -74,6 +74,7 @@ class Announce(_Message, tag="announce", frozen=True):
     price_milli: Annotated[int, Meta(ge=0, le=10**9)] = 1000  # price coefficient × 1000
     max_tokens: Annotated[int, Meta(ge=1, le=2**31)] = 2048  # longest answer it can produce
     wallet: Annotated[bytes, Meta(max_length=32)] = b""  # account id the proxy pays (with a chain)
+    paid_seqno: Annotated[int, Meta(ge=0, le=2**63 - 1)] = 0  # newest payout voucher held from this proxy
 
 
 class Ping(_Message, tag="ping", frozen=True):
@@ -173,6 +174,8 @@ class WorkerOffer(Struct, frozen=True, forbid_unknown_fields=False, omit_default
     success_rate: Annotated[float, Meta(ge=0, le=1)] = 1.0
     errors: Count = 0
     timeouts: Count = 0
+    suspended_until: Annotated[int, Meta(ge=0, le=2**40)] = 0  # unix time; the proxy routes nothing to it before
+    banned: bool = False  # it signed usage that did not match its answer
 
 
 class WorkerList(_Message, tag="worker_list", frozen=True):

@@ -205,8 +205,9 @@ class ProxyPayments:
 
     # --- workers ---
 
-    def add_worker(self, worker_key: bytes, wallet: bytes) -> None:
-        """A worker announced its wallet: derive its channel and fund it in the background."""
+    def add_worker(self, worker_key: bytes, wallet: bytes, paid_seqno: int = 0) -> None:
+        """A worker announced its wallet: derive its channel and fund it in the background.
+        ``Rollback`` when the worker holds a newer payout voucher than our database."""
         channel = Channel.worker(
             self.ledger,
             root=self.root,
@@ -216,6 +217,12 @@ class ProxyPayments:
             proxy_key=self.public_key,
             worker_key=worker_key,
         )
+        row = self.store.channel(channel.account_id)
+        if paid_seqno > (row.seqno if row else 0):
+            raise Rollback(
+                f"worker channel {channel.account_id.hex()[:16]}…: the worker holds payout #{paid_seqno}, "
+                f"our database only #{row.seqno if row else 0}"
+            )
         existing = self.workers.get(worker_key)
         if existing is not None and existing.channel.account_id == channel.account_id:
             return

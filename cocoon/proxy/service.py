@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
 import random
 import time
 from pathlib import Path
@@ -619,7 +620,9 @@ class Proxy:
 
     def list_workers(self, client: Peer, message: ListWorkers) -> None:
         """The live workers for a model, least loaded first, each with the evidence it showed
-        us, so the client can verify them itself and seal to their HPKE keys."""
+        us, so the client can verify them itself and seal to their HPKE keys, and with its
+        standing: suspended and banned workers are listed (the price book shows them) but
+        never routed to."""
         try:
             entries = self.router.serving(message.model)
         except RouteError as exc:
@@ -638,10 +641,12 @@ class Proxy:
                 success_rate=stats.success_rate,
                 errors=stats.errors,
                 timeouts=stats.timeouts,
+                suspended_until=0 if stats.eligible(now) else math.ceil(stats.suspended_until),
+                banned=stats.banned,
             )
             for entry in entries
             if (peer := self.worker_peers.get(entry.worker_id)) is not None
-            and (stats := self.reputation.stats(entry.key)).eligible(now)
+            and (stats := self.reputation.stats(entry.key)) is not None
         ]
         client.send_nowait(WorkerList(stream_id=message.stream_id, workers=offers))
 
@@ -692,7 +697,11 @@ class _WorkerHandler:
                         Error(stream_id=0, code=ErrorCode.BAD_REQUEST, message="announce a wallet to be paid")
                     )
                     return
-                payments.add_worker(peer.identity.public_key, message.wallet)
+                try:
+                    payments.add_worker(peer.identity.public_key, message.wallet, message.paid_seqno)
+                except Rollback as exc:
+                    self.proxy._rollback(exc)
+                    return
             self.proxy.router.announce(id(peer), peer.label, message, peer.identity.public_key.hex())
             log.info(
                 "%s serves %s on %s, capacity %d, price ×%.3f",

@@ -55,7 +55,7 @@ class Worker:
         self._json = msgspec.json.Encoder()
         self.payments: WorkerPayments | None = None
 
-    def announce(self) -> Announce:
+    def announce(self, proxy_key: bytes = b"") -> Announce:
         return Announce(
             model=self.settings.model,
             engine=self.engine.name,
@@ -63,6 +63,7 @@ class Worker:
             price_milli=round(self.settings.price_coefficient * 1000),
             max_tokens=self.engine.max_tokens,
             wallet=self.payments.wallet_id if self.payments else b"",
+            paid_seqno=self.payments.paid_seqno(proxy_key) if self.payments else 0,
         )
 
     def start_payments(self) -> None:
@@ -157,7 +158,7 @@ class Worker:
                 self.connected[pin.address] = peer
                 self._write_ready()
                 try:
-                    await peer.send(self.announce())
+                    await peer.send(self.announce(peer.identity.public_key))
                     await peer.serve(self)
                 except PeerGone:
                     pass

@@ -116,6 +116,7 @@ class Network:
         client_module: str = "cocoon",
         chain: Chain | None = None,
         chain_params: RootParams | None = None,
+        pin_proxy: bool = True,
     ) -> None:
         self.proxy_module = proxy_module
         self.chain = chain
@@ -154,7 +155,7 @@ class Network:
             "client": {
                 "listen": f"127.0.0.1:{self.client_port}",
                 "key_file": str(root / "client.key"),
-                "proxy": pin,
+                **({"proxy": pin} if pin_proxy else {}),
                 **paying["client"],
                 **(client or {}),
             },

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -110,6 +111,9 @@ def test_stalled_worker_is_detected_and_suspended(tmp_path: Path) -> None:
             with pytest.raises(openai.InternalServerError) as excinfo:  # suspended: no worker left
                 client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=5)
             assert excinfo.value.status_code == 503
+        # the price book still lists it, as suspended
+        (listed,) = httpx.get(net.url + "/market", timeout=10).json()["models"][0]["workers"]
+        assert listed["state"] == "suspended" and listed["suspended_until"] > time.time()
         net.start_worker(2)
         net.wait_workers(2)
         assert all(r["worker"] == worker_key(net, 2) for r in run(net, 2))

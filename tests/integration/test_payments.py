@@ -327,3 +327,12 @@ def refused_any(net: Network) -> openai.APIStatusError:
     with pytest.raises(openai.APIStatusError) as caught:
         ask(net, "Hello", stream=False)
     return caught.value
+
+
+def test_the_client_finds_its_proxies_in_the_registry(chain: Chain, tmp_path: Path) -> None:
+    net = Network(tmp_path / "net", workers=1, chain=chain, pin_proxy=False)  # no proxy in the client's config
+    try:
+        ask(net, "Hello", stream=False)
+        assert f"connected to proxy 127.0.0.1:{net.proxy_port}" in net.nodes["client"].log
+    finally:
+        net.stop()
