@@ -16,7 +16,7 @@ import msgspec
 import typer
 
 from cocoon import __version__
-from cocoon.cli_chain import chain_app
+from cocoon.cli_chain import chain_app, registry_app, wallet_app
 from cocoon.cli_tools import attest_app, fail, market
 from cocoon.config import (
     ClientSettings,
@@ -453,6 +453,8 @@ def up(
 
 app.add_typer(attest_app, name="attest")
 app.add_typer(chain_app, name="chain")
+app.add_typer(wallet_app, name="wallet")
+app.add_typer(registry_app, name="registry")
 app.command()(market)
 
 

@@ -17,7 +17,7 @@ import re
 import signal
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -164,6 +164,7 @@ OP_FEE = TON // 100  # a channel keeps this much of every deposit (contracts/REA
 FEE_MARGIN = TON // 20  # what the wallet needs above a transfer's value for fees
 CHANNEL_KIND = {"client": "client", "proxy_in": "client", "proxy_out": "worker", "worker": "worker"}
 PAYEE_ROLES = ("proxy_in", "worker")
+SETTLE_TIMEOUT = 90.0  # seconds for a contract to show a message's effect on TON
 T = TypeVar("T")
 
 
@@ -317,6 +318,13 @@ def channel_arg(text: str) -> Address:
     return address
 
 
+def channel_address(channel_id: bytes) -> Address:
+    """The address of the channel with this account id (channels live in workchain 0)."""
+    from pytoniq_core import Address
+
+    return Address((0, channel_id))
+
+
 def raw(address: Address) -> str:
     return str(address.to_str(is_user_friendly=False))
 
@@ -390,6 +398,19 @@ async def ready_to_send(wallet: Wallet, value: int) -> None:
             f"the chain's clock is {ahead} s ahead of this machine's: the wallet's messages, valid for "
             f"{VALID_FOR} s by this clock, would be refused"
         )
+
+
+async def settled(ledger: Ledger, read: Callable[[], Awaitable[T]], done: Callable[[T], bool], what: str) -> T:
+    """Read until ``done``. The sandbox runs a message and everything it causes at once; on TON a
+    contract handles a wallet's message a block or two after the wallet."""
+    deadline = time.monotonic() + (0 if ledger.name == "sandbox" else SETTLE_TIMEOUT)
+    while True:
+        value = await read()
+        if done(value):
+            return value
+        if time.monotonic() >= deadline:
+            raise Refused(f"{what} did not show on the chain")
+        await asyncio.sleep(2.0)
 
 
 def root_of(target: Target) -> Address:
@@ -510,7 +531,7 @@ def row_doc(row: ChannelRow) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def existing_store(path: Path) -> Any:
+def existing_store(path: Path) -> Iterator[PaymentStore | None]:
     """The payments database at ``path``, or None where there is none (it is not created)."""
     from cocoon.payments.store import PaymentStore
 
@@ -576,7 +597,7 @@ async def status(target: Target, db: Path, extra: list[Address]) -> Report:
         with existing_store(db) as store:
             for row in all_rows(store) if store else []:
                 kind = CHANNEL_KIND[row.role]
-                known = await channel_state(ledger, kind, address_arg(f"0:{row.channel.hex()}"))
+                known = await channel_state(ledger, kind, channel_address(row.channel))
                 channels.append({**channel_doc(kind, known, now), "role": row.role, "db": row_doc(row)})
                 lines.append(f"{channel_line(kind, known, now)}; we are {row.role}, owed {ton_text(row.total)} TON")
                 seen.add(row.channel)
@@ -693,8 +714,7 @@ async def balance(target: Target, db: Path) -> Report:
         channels = []
         with existing_store(db) as store:
             for row in store.channels("client") if store else []:
-                address = address_arg(f"0:{row.channel.hex()}")
-                state = await channel_state(ledger, "client", address)
+                state = await channel_state(ledger, "client", channel_address(row.channel))
                 entry = {**channel_doc("client", state, now), "proxy_key": row.peer_key.hex()}
                 channels.append({**entry, **coins("spent", row.total)})
                 lines.append(f"{channel_line('client', state, now)}; we spent {ton_text(row.total)} TON")
@@ -777,15 +797,10 @@ async def deposit(
         check_deposit(value, stake)
         await ready_to_send(wallet, value)
         await channel.top_up(wallet, value, stake)
-        after = await channel.state()
-        if after.balance <= before.balance:
-            raise Refused(f"the deposit did not reach the channel {after.address}")
-        store = PaymentStore(db)
-        try:
+        after = await settled(ledger, channel.state, lambda s: s.balance > before.balance, "the deposit")
+        with contextlib.closing(PaymentStore(db)) as store:
             if store.channel(channel.account_id) is None:
                 store.add_channel(channel.account_id, "client", proxy_key)
-        finally:
-            store.close()
         now = await chain_now(ledger)
         doc = {
             "channel": channel_doc("client", after, now),
@@ -843,9 +858,7 @@ async def topup(target: Target, address: Address, value: int, stake: int) -> Rep
         await ready_to_send(wallet, value)
         channel = Channel.at(ledger, kind, account_id(address))
         await channel.top_up(wallet, value, stake if kind == "client" else None)
-        after = await channel.state()
-        if after.balance <= before.balance:
-            raise Refused(f"the top-up did not reach the channel {after.address}")
+        after = await settled(ledger, channel.state, lambda s: s.balance > before.balance, "the top-up")
         now = await chain_now(ledger)
         doc = {"channel": channel_doc(kind, after, now), **coins("deposited", value), **coins("stake_added", stake)}
         return Report(doc, [f"added {ton_text(value)} TON", channel_line(kind, after, now)])
@@ -888,9 +901,7 @@ async def withdraw(target: Target, address: Address, value: int) -> Report:
         await ready_to_send(wallet, 0)
         channel = Channel.at(ledger, "client", account_id(address))
         await channel.withdraw(wallet, value)
-        after = await channel.state()
-        if after.balance >= before.balance:
-            raise Refused(f"the channel {after.address} paid nothing out")
+        after = await settled(ledger, channel.state, lambda s: s.balance < before.balance, "the withdrawal")
         doc = {"channel": channel_doc(kind, after, now), **coins("withdrawn", value)}
         return Report(doc, [f"withdrew {ton_text(value)} TON", channel_line(kind, after, now)])
 
@@ -920,9 +931,11 @@ async def close(target: Target, address: Address) -> Report:
             raise Refused(f"no channel at {raw(address)}")
         channel = Channel.at(ledger, kind, account_id(address))
         now = await chain_now(ledger)
+        after = before
         if before.close_at == 0:
             await ready_to_send(wallet, 0)
             await channel.start_close(wallet)
+            after = await settled(ledger, channel.state, lambda s: s.close_at != 0, "StartClose")
             action = "start_close"
         elif now < before.close_at:
             action = "wait"
@@ -931,8 +944,8 @@ async def close(target: Target, address: Address) -> Report:
         else:
             await ready_to_send(wallet, 0)
             await channel.finish_close(wallet)
+            after = await settled(ledger, channel.state, lambda s: s.balance == 0, "FinishClose")
             action = "finish_close"
-        after = await channel.state() if action in ("start_close", "finish_close") else before
         now = await chain_now(ledger)
         message = {
             "start_close": f"close started: it can be finished from {when(after.close_at)}",
@@ -968,10 +981,11 @@ def wallet_redeem(
 
 async def redeem(target: Target, db: Path, only: Address | None) -> Report:
     from cocoon.chain.contracts import account_id
+    from cocoon.payments.store import PaymentStore
 
     async with opened(target) as ledger:
         wallet = load_wallet(ledger, target)
-        with existing_store(db) as store:
+        with contextlib.closing(PaymentStore(db)) as store:
             rows = [row for role in PAYEE_ROLES for row in store.channels(role)]
             if only is not None:
                 rows = [row for row in rows if row.channel == account_id(only)]
@@ -1014,7 +1028,8 @@ async def redeem_one(ledger: Ledger, wallet: Wallet, store: PaymentStore, row: C
         try:
             await ready_to_send(wallet, 0)
             await channel.redeem(wallet, signed.signature, signed.voucher.cell())
-            redeemed = (await channel.state()).redeemed
+            done = await settled(ledger, channel.state, lambda s: s.seqno >= row.seqno, "the redemption")
+            redeemed = done.redeemed
             status = "redeemed"
         except (Refused, ChainError) as exc:
             status = "failed"
@@ -1130,6 +1145,7 @@ async def deploy(target: Target, changes: dict[str, int], nonce: int) -> Report:
             )
         await ready_to_send(wallet, ROOT_MESSAGE_VALUE)
         admin = await RegistryAdmin.deploy(wallet, params, nonce)
+        await settled(ledger, lambda: ledger.account(admin.root), lambda a: a.status == "active", "the registry")
         state = await load_registry(ledger, admin.root)
         doc = {"root": state.address, **address_doc(admin.root), "version": state.version, "registry": state.to_json()}
         return Report(doc, [f"deployed the registry {state.address}", *registry_lines(state)])
@@ -1178,9 +1194,9 @@ async def changed(target: Target, what: str, details: dict[str, Any], change: Ch
             raise Refused(f"the wallet {raw(wallet.address)} is not the registry's owner ({before.owner})")
         await ready_to_send(wallet, ROOT_MESSAGE_VALUE)
         await change(RegistryAdmin(wallet, root), before)
-        after = await load_registry(ledger, root)
-        if after.version == before.version:
-            raise Refused(f"the registry did not change (still at config version {after.version})")
+        after = await settled(
+            ledger, lambda: load_registry(ledger, root), lambda s: s.version != before.version, "the change"
+        )
         doc = {"root": after.address, "change": what, **details, "version": after.version, "registry": after.to_json()}
         return Report(doc, [f"{what}: the registry {after.address} is now at config version {after.version}"])
 

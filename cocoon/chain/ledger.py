@@ -53,6 +53,10 @@ class Ledger(Protocol):
 
     async def account(self, address: Address) -> AccountInfo: ...
 
+    async def chain_time(self) -> int:
+        """The chain's clock (unix seconds): external messages expire by it, not by ours."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -157,6 +157,9 @@ class SandboxLedger:
         body = await self._call("/v1/faucet", {"address": raw(address), "amount": str(amount), "bounce": False})
         return _transactions(body)
 
+    async def chain_time(self) -> int:
+        return int((await self.status())["now"])
+
     async def status(self) -> dict[str, Any]:
         return await self._call("/v1/status")
 

@@ -7,6 +7,7 @@ Messages are the same signed externals the sandbox runs in tests; this module on
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,9 @@ class TonLedger:
         return AccountInfo(
             raw(address), status, int(account.storage.balance.grams), bytes(code.hash) if code is not None else None
         )
+
+    async def chain_time(self) -> int:
+        return int(time.time())
 
     async def aclose(self) -> None:
         if self._client is not None:

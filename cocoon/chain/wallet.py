@@ -97,7 +97,7 @@ class Wallet:
                 raise ChainError("no_funds", f"the wallet {raw(self.address)} has no TON; fund it first")
             deploy = info.status != "active"
             seqno = 0 if deploy else await self.seqno()
-            boc = self.external(seqno, transfers, deploy, int(time.time()) + VALID_FOR)
+            boc = self.external(seqno, transfers, deploy, await self.ledger.chain_time() + VALID_FOR)
             transactions = await self.ledger.send_external(boc)
             if transactions:
                 check_transactions(transactions, skip=self.address)

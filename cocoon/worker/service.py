@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cocoon.attest.node import NodeAttestation
 from cocoon.chain.access import open_ledger, open_wallet, parse_address
 from cocoon.chain.errors import ChainError
+from cocoon.chain.registry import RegistryState, RegistryWatcher, policy_from_registry
 from cocoon.channel.attested import AttestedVerifier
 from cocoon.channel.connect import HandshakeFailed, dial
 from cocoon.channel.peer import Peer, PeerGone
@@ -66,10 +67,20 @@ class Worker:
             paid_seqno=self.payments.paid_seqno(proxy_key) if self.payments else 0,
         )
 
-    def start_payments(self) -> None:
+    async def start_payments(self) -> RegistryWatcher:
+        """With a chain: the registry decides which proxy images this worker accepts, and the
+        books keep the proxies' payout vouchers."""
         settings = self.settings
+        verifier = self.attestation.verifier
+        base = verifier.policy
+
+        def follow(state: RegistryState) -> None:
+            verifier.set_policy(policy_from_registry(base, state))
+
         try:
             ledger = open_ledger(settings.chain, settings.chain_url)
+            watcher = RegistryWatcher(ledger, parse_address(settings.root), follow, settings.registry_poll)
+            follow(await watcher.load())
             self.payments = WorkerPayments(
                 ledger=ledger,
                 wallet=open_wallet(ledger, Path(settings.wallet_key)),
@@ -80,6 +91,7 @@ class Worker:
             )
         except ChainError as exc:
             raise ConfigError(str(exc)) from exc
+        return watcher
 
     async def _settle_loop(self) -> None:
         assert self.payments is not None
@@ -97,15 +109,15 @@ class Worker:
             write_status(status, "loading", done=done, total=total, what=what)
             log.info("%s", what)
 
-        if self.settings.payments:
-            self.start_payments()
+        watcher = await self.start_payments() if self.settings.payments else None
         progress(0, 1, "starting engine")
         await self.engine.start(progress)
         if not self.settings.proxies:
             log.warning("no proxies configured: this worker will serve nobody")
         loops = [asyncio.create_task(self._proxy_loop(pin)) for pin in self.settings.proxies]
-        if self.payments is not None:
+        if watcher is not None:
             loops.append(asyncio.create_task(self._settle_loop()))
+            loops.append(asyncio.create_task(watcher.run()))
         self._write_ready()
         try:
             await asyncio.gather(*loops)
