@@ -16,6 +16,7 @@ import msgspec
 import typer
 
 from cocoon import __version__
+from cocoon.cli_bench import bench
 from cocoon.cli_chain import chain_app, registry_app, wallet_app
 from cocoon.cli_tools import attest_app, fail, market
 from cocoon.config import (
@@ -456,6 +457,7 @@ app.add_typer(chain_app, name="chain")
 app.add_typer(wallet_app, name="wallet")
 app.add_typer(registry_app, name="registry")
 app.command()(market)
+app.command()(bench)
 
 
 @app.command("key")

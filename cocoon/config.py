@@ -109,7 +109,8 @@ class WorkerSettings(_Attested, kw_only=True):
     name: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] = "worker"
     proxies: list[PeerPin] = []
     model: Annotated[str, Meta(min_length=1, max_length=256)] = "SmolLM2-135M-Instruct"
-    engine: Literal["llama_cpp", "openai_http"] = "llama_cpp"
+    engine: Literal["llama_cpp", "openai_http", "benchmark"] = "llama_cpp"  # benchmark: synthetic, load tests only
+    bench_tokens_per_second: Annotated[float, Meta(ge=0, le=1_000_000)] = 0.0  # benchmark engine; 0 = unpaced
     model_path: str = ""
     engine_url: str = ""
     engine_model: str = ""

@@ -111,6 +111,11 @@ def run_proxy(settings: ProxySettings) -> None:
 
 
 def make_engine(settings: WorkerSettings) -> Engine:
+    if settings.engine == "benchmark":
+        from cocoon.engine.synthetic import BenchmarkEngine
+
+        log.warning("SYNTHETIC benchmark engine: answers are filler words, for load tests only")
+        return BenchmarkEngine(tokens_per_second=settings.bench_tokens_per_second, max_tokens=settings.n_ctx)
     if settings.engine == "openai_http":
         from cocoon.engine.openai_http import OpenAIHttpEngine
 
@@ -135,6 +140,8 @@ def make_engine(settings: WorkerSettings) -> Engine:
 
 def worker_model_hash(settings: WorkerSettings) -> bytes:
     """SHA-256 of the served weights (cached), or the configured hash for remote engines."""
+    if settings.engine == "benchmark":
+        return hashlib.sha256(b"cocoon benchmark engine").digest()
     if settings.engine == "openai_http":
         if not settings.model_hash:
             log.warning("no model_hash configured for the openai_http engine: policies that list models reject it")
