@@ -117,7 +117,7 @@ class Call:
                 return Data(stream_id=message.stream_id, payload=payload)
             if isinstance(message, End):
                 record = self.sealing.check_end(message)
-                self.pay(record)
+                self.pay(record, message.cost)
                 self.receipts.add(record, message.receipt, self.request.model, self.cost)
         except SealingFailed as exc:
             self.finished()
@@ -125,12 +125,13 @@ class Call:
             raise UpstreamError(exc.code, str(exc)) from exc
         return message
 
-    def pay(self, record: UsageRecord) -> None:
+    def pay(self, record: UsageRecord, billed: int = 0) -> None:
         """Pay for a verified answer: the voucher goes out on the connection before anything
         else we send there, then the request stops counting as awaited."""
         link, payments = self.link, self.payments
         if link is not None and payments is not None and link.payment is not None and self.sealing.worker:
-            self.cost, voucher = payments.pay(link.payment.channel.account_id, record, self.sealing.worker.price_milli)
+            worker = self.sealing.worker
+            self.cost, voucher = payments.pay(link.payment.channel.account_id, record, worker.price_milli, billed)
             self.stream.peer.send_nowait(voucher)
         self.finished()
 

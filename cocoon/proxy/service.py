@@ -31,7 +31,7 @@ from cocoon.channel.verify import ANY_KEY, PeerVerifier
 from cocoon.config import ConfigError, ProxySettings, connection_options, data_dir, split_address
 from cocoon.keys import parse_public_key, public_bytes
 from cocoon.payments.accounts import Rollback
-from cocoon.payments.store import PaymentStore
+from cocoon.payments.store import DuplicateRequest, PaymentStore
 from cocoon.payments.vouchers import VoucherError
 from cocoon.protocol.errors import ErrorCode
 from cocoon.protocol.messages import (
@@ -588,7 +588,11 @@ class Proxy:
         channel = self._client_channels.get(id(client))
         if self.payments is None or channel is None:
             return 0
-        charge = self.payments.charge(channel, worker.identity.public_key, record, price_milli)
+        try:
+            charge = self.payments.charge(channel, worker.identity.public_key, record, price_milli)
+        except DuplicateRequest:
+            log.warning("request %s… was billed already; not billing it again", record.request_id.hex()[:8])
+            return 0
         if charge is None:
             return 0
         worker.send_nowait(self.payments.payout_message(charge))

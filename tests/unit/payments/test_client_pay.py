@@ -1,0 +1,52 @@
+"""The client pays its own figure for an answer, or less when the proxy billed less."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pytoniq_core import Address
+
+from cocoon.chain.contracts import RootParams
+from cocoon.chain.registry import RegistryState
+from cocoon.chain.sandbox import SandboxLedger
+from cocoon.chain.wallet import Wallet
+from cocoon.client.payments import ClientPayments
+from cocoon.payments.store import PaymentStore
+from cocoon.seal.usage import UsageRecord
+
+CHANNEL = b"\x07" * 32
+
+
+def record(request_id: bytes) -> UsageRecord:
+    return UsageRecord(1, request_id, b"\x00" * 32, b"", b"\x01" * 32, 10, 0, 5, 0, "stop", 0, 1)
+
+
+@pytest.fixture
+async def payments(tmp_path: Path) -> AsyncIterator[ClientPayments]:
+    ledger = SandboxLedger("http://127.0.0.1:9")  # never called: paying is local
+    params = RootParams(price_per_token=100, prompt_mult=10000, completion_mult=20000, commission_bps=1000)
+    client = ClientPayments(
+        ledger=ledger,
+        wallet=Wallet(ledger, Ed25519PrivateKey.generate()),
+        root=Address((0, b"\x02" * 32)),
+        key=Ed25519PrivateKey.generate(),
+        store=PaymentStore(tmp_path / "client.db"),
+        registry=RegistryState(address="0:" + "02" * 32, version=1, owner="", params=params),
+        deposit=0,
+        stake=0,
+    )
+    client.accounts.open(CHANNEL, b"\x03" * 32)
+    yield client
+    await ledger.aclose()
+
+
+async def test_the_client_pays_its_own_price_and_never_more(payments: ClientPayments) -> None:
+    cost, voucher = payments.pay(CHANNEL, record(b"a" * 16), 1000)
+    assert cost == (10 * 1 + 5 * 2) * 100 == voucher.amount
+    cost, voucher = payments.pay(CHANNEL, record(b"b" * 16), 1000, billed=10**9)  # overbilled: ours
+    assert cost == 2000 and voucher.amount == 4000
+    cost, voucher = payments.pay(CHANNEL, record(b"c" * 16), 1000, billed=1500)  # billed less: that
+    assert cost == 1500 and voucher.amount == 5500 and voucher.seqno == 3
