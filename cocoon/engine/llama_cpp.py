@@ -98,8 +98,15 @@ class LlamaCppEngine:
         for i in range(self.slots):
             if progress:
                 progress(i, self.slots, f"loading {path.name} (slot {i + 1}/{self.slots})")
+            # n_threads_batch defaults to the CPU count: several instances (and their prompt
+            # passes) then fight over the cores and the time to first token swings by seconds
             llama = await asyncio.to_thread(
-                cls, model_path=str(path), n_ctx=self.n_ctx, n_threads=self.threads, verbose=False
+                cls,
+                model_path=str(path),
+                n_ctx=self.n_ctx,
+                n_threads=self.threads,
+                n_threads_batch=self.threads,
+                verbose=False,
             )
             # One token now, so that the first real request is not the one paying for warm-up
             # (and the proxy does not judge this worker by a cold start).
