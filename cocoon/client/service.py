@@ -42,6 +42,7 @@ from cocoon.seal.usage import UsageRecord
 
 log = logging.getLogger("cocoon.client")
 
+MAX_EVENTS_PER_WRITE = 64  # SSE events of chunks that arrived together, written at once
 WORKER_LIST_TTL = 1.0  # seconds a verified worker list is reused before asking the proxy again
 
 
@@ -98,14 +99,32 @@ class Call:
 
     async def receive(self) -> Message:
         """The next message; a timeout after ``idle_timeout`` of silence or at the deadline."""
-        left = self.deadline - asyncio.get_running_loop().time()
-        try:
-            message = await self.stream.receive(max(0.0, min(self.idle_timeout, left)))
-        except TimeoutError:
-            self.finished()
-            await self.stream.cancel("timeout")
-            why = "the request took too long" if left <= self.idle_timeout else "no answer from the network"
-            raise UpstreamError(ErrorCode.TIMEOUT, f"{why}; gave up") from None
+        while True:
+            message = self.stream.receive_nowait()
+            if message is None:
+                left = self.deadline - asyncio.get_running_loop().time()
+                try:
+                    message = await self.stream.receive(max(0.0, min(self.idle_timeout, left)))
+                except TimeoutError:
+                    self.finished()
+                    await self.stream.cancel("timeout")
+                    why = "the request took too long" if left <= self.idle_timeout else "no answer from the network"
+                    raise UpstreamError(ErrorCode.TIMEOUT, f"{why}; gave up") from None
+            opened = await self._open(message)
+            if opened is not None:
+                return opened
+
+    async def receive_ready(self) -> Message | None:
+        """The next message if it has arrived already, else None (without waiting)."""
+        while (message := self.stream.receive_nowait()) is not None:
+            opened = await self._open(message)
+            if opened is not None:
+                return opened
+        return None
+
+    async def _open(self, message: Message) -> Message | None:
+        """A received message, checked, with its answer chunk opened; None for the sealed
+        receipt (kept for the end)."""
         if isinstance(message, Error):
             self.finished()
             raise UpstreamError(message.code, message.message or message.code)
@@ -113,7 +132,7 @@ class Call:
             if isinstance(message, Data):
                 payload = self.sealing.open_chunk(message.payload)
                 if payload is None:  # the sealed receipt: kept for the end
-                    return await self.receive()
+                    return None
                 return Data(stream_id=message.stream_id, payload=payload)
             if isinstance(message, End):
                 record = self.sealing.check_end(message)
@@ -171,38 +190,49 @@ class Call:
             message = await self.receive()
 
     async def events(self, first: Message) -> AsyncIterator[bytes]:
-        """The SSE stream; an error after the first chunk becomes an error event."""
+        """The SSE stream; an error after the first chunk becomes an error event. The events of
+        chunks that arrived together leave in one write; none waits for a later chunk."""
         with_usage = include_usage(self.request)
         message: Message | None = first
+        ready: list[bytes] = []  # events not written yet
         try:
             while True:
+                if message is None and len(ready) < MAX_EVENTS_PER_WRITE:
+                    message = await self.receive_ready()
                 if message is None:
+                    if ready:
+                        yield b"".join(ready)
+                        ready.clear()
                     message = await self.receive()
                 if isinstance(message, Data):
                     chunk = self._rewrite(message.payload)
                     if with_usage:
                         chunk["usage"] = None
-                    yield sse.event(chunk)
+                    ready.append(sse.event(chunk))
                 elif isinstance(message, End):
                     self.usage = message.usage
                     if with_usage:
                         object_ = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
-                        yield sse.event(
-                            {
-                                "id": self.id,
-                                "object": object_,
-                                "created": self.created,
-                                "model": self.request.model,
-                                "choices": [],
-                                "usage": usage_body(message.usage),
-                            }
+                        ready.append(
+                            sse.event(
+                                {
+                                    "id": self.id,
+                                    "object": object_,
+                                    "created": self.created,
+                                    "model": self.request.model,
+                                    "choices": [],
+                                    "usage": usage_body(message.usage),
+                                }
+                            )
                         )
-                    yield sse.DONE
+                    ready.append(sse.DONE)
+                    yield b"".join(ready)
                     return
                 message = None
         except UpstreamError as exc:
             _, body = from_code(exc.code, str(exc))
-            yield sse.event(body)
+            ready.append(sse.event(body))
+            yield b"".join(ready)
         finally:
             self.finished()
             if not self.stream.closed:

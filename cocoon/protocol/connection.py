@@ -26,6 +26,7 @@ from cocoon.protocol.messages import (
     STREAM_OPENING,
     Announce,
     Challenge,
+    Data,
     Error,
     Goodbye,
     Hello,
@@ -75,6 +76,7 @@ OPEN_CONNECTION_MESSAGES: dict[type, frozenset[Side]] = {
 }
 
 MAX_STREAMS = 4096
+STREAM_MESSAGES = OPENER_MESSAGES + RESPONDER_MESSAGES
 
 
 @dataclass
@@ -134,6 +136,8 @@ class Connection:
         return encode_frame(encode_message(message))
 
     def _check_send(self, message: Message) -> None:
+        if type(message) is Data and self.phase is Phase.OPEN and self._streams.get(message.stream_id) is False:
+            return  # the common case, answering on a stream the peer opened: nothing changes
         if self.phase is Phase.CLOSED:
             raise LocalProtocolError("connection is closed")
         kind = type(message)
@@ -200,6 +204,8 @@ class Connection:
     def _accept(self, message: Message) -> bool:
         """Check a received message; False when it is a harmless late message to drop."""
         kind = type(message)
+        if type(message) is Data and self.phase is Phase.OPEN and self._streams.get(message.stream_id) is True:
+            return True  # the common case, an answer on a stream we opened: nothing changes
         if isinstance(message, Error) and message.stream_id == 0:
             self.phase = Phase.CLOSED
             return True
@@ -216,7 +222,7 @@ class Connection:
             if isinstance(message, Goodbye):
                 self.goodbye_received = True
             return True
-        if not isinstance(message, OPENER_MESSAGES + RESPONDER_MESSAGES):
+        if not isinstance(message, STREAM_MESSAGES):
             raise RemoteProtocolError(f"unexpected {kind.__name__} after the handshake")
         stream_id = message.stream_id
         if isinstance(message, STREAM_OPENING):

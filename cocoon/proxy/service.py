@@ -33,7 +33,7 @@ from cocoon.keys import parse_public_key, public_bytes
 from cocoon.payments.accounts import Rollback
 from cocoon.payments.store import DuplicateRequest, PaymentStore
 from cocoon.payments.vouchers import VoucherError
-from cocoon.protocol.errors import ErrorCode
+from cocoon.protocol.errors import ErrorCode, LocalProtocolError
 from cocoon.protocol.messages import (
     Announce,
     Cancel,
@@ -515,18 +515,49 @@ class Proxy:
             )
         except PeerGone:
             return Attempt.RETRY
+        settings = self.settings
         relayed = 0
         first_chunk = 0.0
-        deadline = started + self.settings.request_timeout
+        last_chunk = started
+        deadline = started + settings.request_timeout
+
+        def forward(message: Data) -> bool:
+            """Pass a chunk on from the worker's read loop while the client keeps up; False
+            leaves it (and every chunk after it) to this task, which waits for the client."""
+            nonlocal relayed, last_chunk
+            if client.closed or client.backed_up:
+                return False
+            try:
+                client.send_nowait(Data(stream_id=sid, payload=message.payload))
+            except LocalProtocolError:
+                return False
+            relayed += len(message.payload)
+            last_chunk = loop.time()
+            return True
+
         try:
             while True:
-                limit = self.settings.inter_token_timeout if relayed else self.settings.first_token_timeout
-                message = await upstream.receive(timeout=max(0.0, min(limit, deadline - loop.time())))
-                if isinstance(message, Data):
+                message = upstream.receive_nowait()
+                while message is None:
+                    limit = settings.inter_token_timeout if relayed else settings.first_token_timeout
+                    until = min(last_chunk + limit, deadline)
+                    try:
+                        message = await upstream.receive(timeout=max(0.0, until - loop.time()))
+                    except TimeoutError:
+                        if relayed and loop.time() < min(last_chunk + limit, deadline):
+                            continue  # chunks went straight through meanwhile: the worker is not silent
+                        raise
+                if type(message) is Data:
                     if not relayed:
                         first_chunk = loop.time() - started
+                    if client.closed:
+                        raise PeerGone(client.close_reason)
                     relayed += len(message.payload)
-                    await client.send(Data(stream_id=sid, payload=message.payload))
+                    last_chunk = loop.time()
+                    client.send_nowait(Data(stream_id=sid, payload=message.payload))
+                    if not upstream.ready:  # the chunks that arrived together leave together
+                        await client.flush()
+                        upstream.forward = forward  # the next ones go straight through
                 elif isinstance(message, End):
                     record, problem = check_receipt(message, request, worker.identity.public_key)
                     if record is None:
@@ -581,6 +612,8 @@ class Proxy:
         except asyncio.CancelledError:
             await upstream.cancel("client cancelled")
             raise
+        finally:
+            upstream.forward = None
 
     def _bill(self, client: Peer, worker: Peer, record: UsageRecord, price_milli: int) -> int:
         """Charge the client and credit the worker (committed before the end is released);

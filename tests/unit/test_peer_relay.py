@@ -1,0 +1,280 @@
+"""The relay hot path: corked writes, chunks passed straight through a stream, and the client
+writing the SSE events of chunks that arrived together at once, all without reordering."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import pytest
+
+from cocoon.channel.peer import CORK_LIMIT, Peer, Stream
+from cocoon.channel.verify import PeerIdentity
+from cocoon.client.sealing import Receipts
+from cocoon.client.service import Call
+from cocoon.openai.schemas import parse_request
+from cocoon.protocol.connection import Connection, Side
+from cocoon.protocol.messages import (
+    Announce,
+    Cancel,
+    Challenge,
+    Data,
+    End,
+    Error,
+    Goodbye,
+    Hello,
+    Message,
+    Open,
+    StreamRequest,
+    Usage,
+    Voucher,
+    Welcome,
+)
+from tests.unit.seal.test_receipts import Setup
+
+
+def open_connections(now: float) -> tuple[Connection, Connection]:
+    """A dialer and a listener past the handshake (in memory)."""
+    dialer, listener = Connection(Side.DIALER, now=now), Connection(Side.LISTENER, now=now)
+    for sender, receiver, message in (
+        (listener, dialer, Challenge(nonce=b"n" * 16)),
+        (dialer, listener, Hello(role="worker", public_key=b"k" * 32, signature=b"s" * 64)),
+        (listener, dialer, Welcome(role="proxy")),
+    ):
+        receiver.receive_data(sender.send(message), now)
+        assert receiver.next_event() == message
+    return dialer, listener
+
+
+class Recorder:
+    """A ``PeerHandler`` that keeps the streams opened to it."""
+
+    def __init__(self) -> None:
+        self.opened: asyncio.Queue[StreamRequest] = asyncio.Queue()
+
+    def stream_opened(self, peer: Peer, message: StreamRequest) -> None:
+        self.opened.put_nowait(message)
+
+    def stream_cancelled(self, peer: Peer, message: Cancel) -> None:
+        pass
+
+    def connection_message(self, peer: Peer, message: Announce | Goodbye | Voucher) -> None:
+        pass
+
+
+class Pair:
+    """Two peers on a loopback TCP connection (no TLS: the hot path is the same above it)."""
+
+    dialer: Peer
+    listener: Peer
+
+    async def __aenter__(self) -> Pair:
+        loop = asyncio.get_running_loop()
+        accepted: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = loop.create_future()
+        self.server = await asyncio.start_server(lambda r, w: accepted.set_result((r, w)), "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        server_reader, server_writer = await accepted
+        dialer_conn, listener_conn = open_connections(loop.time())
+        self.dialer = Peer(reader, writer, dialer_conn, PeerIdentity("worker", b"w" * 32))
+        self.listener = Peer(server_reader, server_writer, listener_conn, PeerIdentity("proxy", b"p" * 32))
+        self.handler = Recorder()
+        self.tasks = [
+            asyncio.create_task(self.dialer.serve(Recorder())),
+            asyncio.create_task(self.listener.serve(self.handler)),
+        ]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.dialer.aclose()
+        await self.listener.aclose()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def stream(self) -> Stream:
+        """A stream the dialer opened, once the listener has it."""
+        stream = await self.dialer.open(
+            lambda sid: Open(stream_id=sid, model="m", kind="chat", stream=True, max_tokens=0, body=b"{}")
+        )
+        await asyncio.wait_for(self.handler.opened.get(), 5)
+        return stream
+
+
+def count_writes(peer: Peer) -> list[bytes]:
+    writes: list[bytes] = []
+    write = peer.writer.write
+
+    def spy(data: Any) -> None:
+        writes.append(bytes(data))
+        write(data)
+
+    peer.writer.write = spy  # type: ignore[method-assign]
+    return writes
+
+
+async def test_frames_sent_in_one_turn_of_the_loop_leave_in_one_write_in_order() -> None:
+    async with Pair() as pair:
+        stream = await pair.stream()
+        writes = count_writes(pair.listener)
+        for i in range(10):
+            assert pair.listener.send_nowait(Data(stream_id=stream.id, payload=b"chunk %d" % i))
+        assert writes == []  # corked until the end of this turn of the loop
+        got = [await stream.receive(5) for _ in range(10)]
+        assert [m.payload for m in got if isinstance(m, Data)] == [b"chunk %d" % i for i in range(10)]
+        assert len(writes) == 1
+
+
+async def test_flush_writes_at_once_once_the_cork_is_full() -> None:
+    async with Pair() as pair:
+        stream = await pair.stream()
+        writes = count_writes(pair.listener)
+        payload = b"x" * 4096
+        for _ in range(CORK_LIMIT // len(payload) + 1):
+            pair.listener.send_nowait(Data(stream_id=stream.id, payload=payload))
+        await pair.listener.flush()
+        assert len(writes) == 1 and len(writes[0]) > CORK_LIMIT
+
+
+async def test_closing_still_sends_what_was_corked() -> None:
+    async with Pair() as pair:
+        stream = await pair.stream()
+        pair.listener.send_nowait(Data(stream_id=stream.id, payload=b"last words"))
+        await pair.listener.aclose("done")
+        first = await stream.receive(5)
+        assert isinstance(first, Data) and first.payload == b"last words"
+        second = await stream.receive(5)  # then the connection is gone
+        assert isinstance(second, Error)
+
+
+async def test_forwarded_chunks_skip_the_queue_and_never_overtake_queued_ones() -> None:
+    async with Pair() as pair:
+        stream = await pair.stream()
+        forwarded: list[bytes] = []
+        accept = True
+
+        def forward(message: Data) -> bool:
+            if accept:
+                forwarded.append(message.payload)
+            return accept
+
+        stream.forward = forward
+
+        async def send(*payloads: bytes) -> None:
+            for payload in payloads:
+                pair.listener.send_nowait(Data(stream_id=stream.id, payload=payload))
+            await pair.listener.flush()
+            await asyncio.sleep(0.05)
+
+        await send(b"1", b"2")
+        assert forwarded == [b"1", b"2"] and stream.ready == 0
+        accept = False
+        await send(b"3")
+        accept = True
+        await send(b"4")  # the queue holds 3: 4 waits behind it
+        assert forwarded == [b"1", b"2"]
+        assert [m.payload for m in (stream.receive_nowait(), stream.receive_nowait()) if isinstance(m, Data)] == [
+            b"3",
+            b"4",
+        ]
+        await send(b"5")  # the queue is empty again: straight through
+        assert forwarded == [b"1", b"2", b"5"]
+        pair.listener.send_nowait(End(stream_id=stream.id, usage=Usage()))  # the end always queues
+        assert isinstance(await stream.receive(5), End)
+
+
+async def test_a_waiting_message_is_taken_without_a_timer() -> None:
+    async with Pair() as pair:
+        stream = await pair.stream()
+        assert stream.receive_nowait() is None
+        stream.queue.put_nowait(Data(stream_id=stream.id, payload=b"here"))
+        assert stream.ready == 1
+        message = await stream.receive(timeout=0)
+        assert isinstance(message, Data) and message.payload == b"here"
+        with pytest.raises(TimeoutError):
+            await stream.receive(timeout=0.01)
+
+
+# --- the client's SSE stream -------------------------------------------------------------------
+
+
+class FakePeer:
+    def __init__(self) -> None:
+        self._streams: dict[int, Stream] = {}
+        self.sent: list[Message] = []
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+
+def chunk(i: int) -> bytes:
+    delta = b'"choices":[{"index":0,"delta":{"content":" w%d"},"finish_reason":null}]' % i
+    return b'{"id":"w","object":"chat.completion.chunk","created":1,"model":"m",' + delta + b"}"
+
+
+async def sse_call(setup: Setup) -> tuple[Call, Stream, FakePeer]:
+    peer = FakePeer()
+    stream = Stream(cast(Peer, peer), 1)
+    request = parse_request("chat", b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true}')
+    call = Call("chat", request, stream, 5.0, 10.0, setup.call, Receipts())
+    return call, stream, peer
+
+
+async def next_write(events: AsyncIterator[bytes]) -> bytes:
+    return await asyncio.wait_for(events.__anext__(), 5)
+
+
+def contents(write: bytes) -> list[str]:
+    import json
+
+    out = []
+    for event in write.split(b"\n\n"):
+        if event.startswith(b"data: {"):
+            body = json.loads(event[6:])
+            out.append(body["choices"][0]["delta"]["content"] if body.get("choices") else body)
+        elif event:
+            out.append(event.decode())
+    return out
+
+
+async def test_chunks_that_arrived_together_leave_in_one_write_in_order() -> None:
+    setup = Setup(max_tokens=None)
+    call, stream, _ = await sse_call(setup)
+
+    def put(payload: bytes) -> None:
+        stream.queue.put_nowait(Data(stream_id=1, payload=payload))
+
+    for i in range(3):
+        put(setup.sealer.seal(chunk(i)))
+    events = call.events(await call.first())
+    assert contents(await next_write(events)) == [" w0", " w1", " w2"]
+    put(setup.sealer.seal(chunk(3)))  # one at a time: no waiting for company
+    assert contents(await next_write(events)) == [" w3"]
+    receipt = setup.receipt(completion=4)
+    put(setup.sealer.seal(chunk(4)))
+    put(setup.sealer.seal(receipt, final=True))
+    stream.queue.put_nowait(
+        End(stream_id=1, usage=Usage(prompt_tokens=20, completion_tokens=4), finish_reason="stop", receipt=receipt)
+    )
+    assert contents(await next_write(events)) == [" w4", "data: [DONE]"]
+    with pytest.raises(StopAsyncIteration):
+        await next_write(events)
+
+
+async def test_a_tampered_chunk_among_good_ones_ends_the_stream_after_them() -> None:
+    setup = Setup(max_tokens=None)
+    call, stream, peer = await sse_call(setup)
+    good = [setup.sealer.seal(chunk(i)) for i in range(2)]
+    bad = bytearray(setup.sealer.seal(chunk(2)))
+    bad[-1] ^= 1
+    for payload in [*good, bytes(bad), setup.sealer.seal(chunk(3))]:
+        stream.queue.put_nowait(Data(stream_id=1, payload=payload))
+    events = call.events(await call.first())
+    write = await next_write(events)
+    *opened, error = contents(write)
+    assert opened == [" w0", " w1"]  # the good chunks before it, then the error, nothing after
+    assert isinstance(error, dict) and "not intact" in error["error"]["message"]
+    assert any(isinstance(m, Cancel) for m in peer.sent)  # the worker is told to stop
+    with pytest.raises(StopAsyncIteration):
+        await next_write(events)
