@@ -72,6 +72,7 @@ CLIENT_FAULTS = frozenset({ErrorCode.BAD_REQUEST, ErrorCode.TOO_LARGE, ErrorCode
 class Attempt(enum.Enum):
     DONE = "done"
     RETRY = "retry"
+    BUSY = "busy"  # the worker is full (it serves other proxies too): try another, not its fault
 
 
 RENEW_CHECK = 600.0  # seconds between checks whether the certificate's evidence needs renewing
@@ -483,12 +484,14 @@ class Proxy:
             finally:
                 self.router.release(entry)
                 await self._notify_slot()
-            if outcome is not Attempt.RETRY:
+            if outcome is Attempt.DONE:
                 return
             log.info("request %d: worker %s failed before its first chunk; trying another", sid, entry.label)
-        await _send_quietly(
-            client, Error(stream_id=sid, code=ErrorCode.WORKER_LOST, message="every candidate worker failed")
-        )
+        if outcome is Attempt.BUSY:  # full, not broken: the client may come back (429, Retry-After)
+            error = Error(stream_id=sid, code=ErrorCode.SATURATED, message="every candidate worker is at capacity")
+        else:
+            error = Error(stream_id=sid, code=ErrorCode.WORKER_LOST, message="every candidate worker failed")
+        await _send_quietly(client, error)
 
     async def _relay_to(self, client: Peer, request: Open, entry: WorkerEntry) -> Attempt:
         """Relay one attempt. RETRY when the worker failed before its first chunk (nothing was
@@ -589,6 +592,8 @@ class Proxy:
                     )
                     return Attempt.DONE
                 elif isinstance(message, Error):
+                    if message.code == ErrorCode.SATURATED and not relayed:
+                        return Attempt.BUSY
                     if message.code not in CLIENT_FAULTS:
                         self.reputation.failure(entry.key, time.time())
                         if not relayed:

@@ -1,7 +1,8 @@
 """Test double: the real worker with a fault-injecting engine wrapped around its real one.
 
 ``COCOON_TEST_FAULT`` selects the fault: ``slow:SECONDS`` (sleep that long per token),
-``fail_first`` (fail before the first chunk, every time), ``stall`` (send one chunk, then hang).
+``fail_first`` (fail before the first chunk, every time), ``stall`` (send one chunk, then hang),
+``full`` (answer every request "at capacity", as a worker kept busy by other proxies does).
 Run as ``python -m tests.integration.faulty_worker worker --config …``.
 """
 
@@ -54,6 +55,17 @@ def make_faulty_engine(settings: WorkerSettings) -> Engine:
 
 
 cocoon.run.make_engine = make_faulty_engine
+
+if FAULT == "full":
+    from cocoon.channel.peer import Peer
+    from cocoon.protocol.errors import ErrorCode
+    from cocoon.protocol.messages import Error, StreamRequest
+    from cocoon.worker.service import Worker
+
+    def always_full(self: Worker, peer: Peer, message: StreamRequest) -> None:
+        peer.send_nowait(Error(stream_id=message.stream_id, code=ErrorCode.SATURATED, message="worker at capacity"))
+
+    Worker.stream_opened = always_full  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     main()

@@ -375,3 +375,19 @@ def test_two_hundred_concurrent_streams_complete_or_get_429(tmp_path: Path) -> N
         assert after <= before * 1.10 + 4096, (before, after)  # back to its level (10 %, plus 4 MiB of slack)
     finally:
         net.stop()
+
+
+def test_a_worker_full_with_other_proxies_work_gives_429_and_keeps_its_standing(tmp_path: Path) -> None:
+    net = Network(tmp_path, workers=0)
+    try:
+        net.start_worker(1, fault="full")
+        net.wait_workers(1)
+        with client_of(net, timeout=30) as client:
+            for _ in range(4):  # more than it takes to suspend a failing worker
+                with pytest.raises(openai.RateLimitError) as excinfo:
+                    client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2)
+                assert "at capacity" in str(excinfo.value.message)
+        (listed,) = httpx.get(net.url + "/market", timeout=10).json()["models"][0]["workers"]
+        assert listed["state"] == "available" and listed["errors"] == 0
+    finally:
+        net.stop()
