@@ -62,8 +62,9 @@ class Wallet:
 
     async def seqno(self) -> int:
         info = await self.ledger.account(self.address)
-        if info.status != "active":
-            return 0
+        return await self._active_seqno() if info.status == "active" else 0
+
+    async def _active_seqno(self) -> int:
         stack = await self.ledger.run_get_method(self.address, "seqno")
         return int(cast(int, stack[0]))
 
@@ -96,7 +97,7 @@ class Wallet:
             if info.balance == 0:
                 raise ChainError("no_funds", f"the wallet {raw(self.address)} has no TON; fund it first")
             deploy = info.status != "active"
-            seqno = 0 if deploy else await self.seqno()
+            seqno = 0 if deploy else await self._active_seqno()
             boc = self.external(seqno, transfers, deploy, await self.ledger.chain_time() + VALID_FOR)
             transactions = await self.ledger.send_external(boc)
             if transactions:

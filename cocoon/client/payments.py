@@ -19,10 +19,9 @@ from cocoon.chain.wallet import Wallet
 from cocoon.channel.peer import Peer, PeerGone
 from cocoon.keys import public_bytes
 from cocoon.payments.accounts import ClientAccounts
-from cocoon.payments.prices import PriceParams, usage_cost
+from cocoon.payments.prices import PriceParams, prices_of, usage_cost
 from cocoon.payments.store import PaymentStore
 from cocoon.protocol.messages import Error, PayAccount, PayTerms, Voucher
-from cocoon.proxy.payments import price_params
 from cocoon.seal.usage import UsageRecord
 
 log = logging.getLogger("cocoon.client")
@@ -58,13 +57,13 @@ class ClientPayments:
         self.store = store
         self.accounts = ClientAccounts(store, key)
         self.registry = registry
-        self.prices: PriceParams = price_params(registry)
+        self.prices: PriceParams = prices_of(registry.params)
         self.deposit = deposit
         self.stake = stake
 
     def update_registry(self, registry: RegistryState) -> None:
         self.registry = registry
-        self.prices = price_params(registry)
+        self.prices = prices_of(registry.params)
 
     @property
     def wallet_id(self) -> bytes:

@@ -138,3 +138,32 @@ def price_per_million(params: PriceParams, kind: TokenKind, price_milli: int) ->
     """
     _check_count("price_milli", price_milli)
     return _cost(1_000_000 * params.mult(kind), params, price_milli)
+
+
+class RootPrices(Protocol):
+    """The price part of the root contract's parameters (``cocoon.chain.contracts.RootParams``)."""
+
+    @property
+    def price_per_token(self) -> int: ...
+    @property
+    def prompt_mult(self) -> int: ...
+    @property
+    def cached_mult(self) -> int: ...
+    @property
+    def completion_mult(self) -> int: ...
+    @property
+    def reasoning_mult(self) -> int: ...
+    @property
+    def commission_bps(self) -> int: ...
+
+
+def prices_of(params: RootPrices) -> PriceParams:
+    """The registry's price parameters, as every role bills with them."""
+    return PriceParams(
+        price_per_token=params.price_per_token,
+        prompt_mult=params.prompt_mult,
+        cached_mult=params.cached_mult,
+        completion_mult=params.completion_mult,
+        reasoning_mult=params.reasoning_mult,
+        commission_bps=params.commission_bps,
+    )

@@ -23,7 +23,7 @@ from cocoon.chain.registry import RegistryState
 from cocoon.chain.wallet import Wallet
 from cocoon.keys import public_bytes
 from cocoon.payments.accounts import Charge, ProxyAccounts, Rollback
-from cocoon.payments.prices import PriceParams, split, usage_cost
+from cocoon.payments.prices import prices_of, split, usage_cost
 from cocoon.payments.store import PaymentStore
 from cocoon.payments.vouchers import TAG_CLIENT_VOUCHER, SignedVoucher, commit_cell, sign_cell
 from cocoon.payments.vouchers import Voucher as VoucherData
@@ -31,18 +31,6 @@ from cocoon.protocol.messages import PayAccount, PayTerms, Voucher
 from cocoon.seal.usage import UsageRecord
 
 log = logging.getLogger("cocoon.proxy")
-
-
-def price_params(registry: RegistryState) -> PriceParams:
-    p = registry.params
-    return PriceParams(
-        price_per_token=p.price_per_token,
-        prompt_mult=p.prompt_mult,
-        cached_mult=p.cached_mult,
-        completion_mult=p.completion_mult,
-        reasoning_mult=p.reasoning_mult,
-        commission_bps=p.commission_bps,
-    )
 
 
 @dataclass
@@ -80,7 +68,7 @@ class ProxyPayments:
         self.store = store
         self.accounts = ProxyAccounts(store, key)
         self.registry = registry
-        self.prices = price_params(registry)
+        self.prices = prices_of(registry.params)
         self.redeem_threshold = redeem_threshold
         self.worker_deposit = worker_deposit
         self.commit_interval = commit_interval
@@ -91,7 +79,7 @@ class ProxyPayments:
 
     def update_registry(self, registry: RegistryState) -> None:
         self.registry = registry
-        self.prices = price_params(registry)
+        self.prices = prices_of(registry.params)
 
     # --- start: refuse a database older than the chain ---
 
@@ -234,7 +222,8 @@ class ProxyPayments:
     async def _fund(self, entry: WorkerChannel) -> None:
         """Keep the channel's balance above what we owe the worker and have not paid."""
         try:
-            entry.state = await entry.channel.state()
+            if not entry.state.exists:  # first sight: ask the chain; later the cached state suffices,
+                entry.state = await entry.channel.state()  # as redeeming moves balance and redeemed alike
             row = self.store.channel(entry.channel.account_id)
             owed = (row.amount - entry.state.redeemed) if row else 0
             if not entry.state.exists or entry.state.balance - owed < self.worker_deposit // 2:
