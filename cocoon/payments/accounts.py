@@ -106,14 +106,11 @@ class ProxyAccounts:
         share = cost - commission
         with self.store.transaction() as db:
             self.store.record_request(db, request_id, client_channel, cost, share, worker_channel, now)
-            self.store.add_total(db, client_channel, cost)
-            self.store.ensure_channel(db, worker_channel, "proxy_out", worker_key)
-            self.store.add_total(db, worker_channel, share)
-            row = db.execute("SELECT total, seqno FROM channels WHERE channel = ?", (worker_channel,)).fetchone()
-            payout = Voucher(TAG_WORKER_VOUCHER, worker_channel, row[1] + 1, row[0], now + VOUCHER_VALIDITY)
+            client_total = self.store.add_total(db, client_channel, cost).total
+            worker = self.store.credit(db, worker_channel, "proxy_out", worker_key, share)
+            payout = Voucher(TAG_WORKER_VOUCHER, worker_channel, worker.seqno + 1, worker.total, now + VOUCHER_VALIDITY)
             signed = payout.sign(self.key)
             self.store.set_voucher(db, worker_channel, payout.seqno, payout.amount, payout.expiry, signed.signature)
-            client_total = db.execute("SELECT total FROM channels WHERE channel = ?", (client_channel,)).fetchone()[0]
         self._uncovered.setdefault(client_channel, deque()).append((request_id, client_total))
         return Charge(cost, commission, signed)
 
@@ -159,7 +156,7 @@ class ProxyAccounts:
             return 0
         never_delivered = [rid for rid, _ in self._rebuild(row)]
         with self.store.transaction() as db:
-            db.execute("UPDATE channels SET total = amount WHERE channel = ?", (channel,))
+            self.store.set_total(db, channel)
             # kept (so the id is never billed again) at cost 0
             db.executemany("UPDATE requests SET cost = 0 WHERE request_id = ?", [(rid,) for rid in never_delivered])
             db.execute(
@@ -197,15 +194,14 @@ class ClientAccounts:
         try:
             with self.store.transaction() as db:
                 self.store.record_request(db, request_id, channel, cost, cost, None, now)
-                self.store.add_total(db, channel, cost)
-                total, seqno = db.execute("SELECT total, seqno FROM channels WHERE channel = ?", (channel,)).fetchone()
-                signed = Voucher(TAG_CLIENT_VOUCHER, channel, seqno + 1, total, now + VOUCHER_VALIDITY).sign(self.key)
-                v = signed.voucher
+                owed = self.store.add_total(db, channel, cost)
+                v = Voucher(TAG_CLIENT_VOUCHER, channel, owed.seqno + 1, owed.total, now + VOUCHER_VALIDITY)
+                signed = v.sign(self.key)
                 self.store.set_voucher(db, channel, v.seqno, v.amount, v.expiry, signed.signature)
         except DuplicateRequest:
-            row = self.store.channel(channel)
-            assert row is not None
-            existing = latest_voucher(row, TAG_CLIENT_VOUCHER)
+            current = self.store.channel(channel)
+            assert current is not None
+            existing = latest_voucher(current, TAG_CLIENT_VOUCHER)
             assert existing is not None
             return existing
         return signed
@@ -239,7 +235,7 @@ class WorkerAccounts:
         v = signed.voucher
         with self.store.transaction() as db:
             self.store.set_voucher(db, channel, v.seqno, v.amount, v.expiry, signed.signature)
-            db.execute("UPDATE channels SET total = MAX(total, ?) WHERE channel = ?", (v.amount, channel))
+            self.store.set_total(db, channel, at_least=v.amount)
         return v.amount - row.amount
 
     def earned(self) -> int:

@@ -43,6 +43,8 @@ CREATE TABLE IF NOT EXISTS requests (
 
 @dataclass(frozen=True)
 class ChannelRow:
+    """A ``channels`` row; the fields are in the table's column order (``SELECT *``)."""
+
     channel: bytes
     role: str
     peer_key: bytes
@@ -64,6 +66,10 @@ class ChannelRow:
         return self.amount - self.redeemed
 
 
+# rows kept in memory; past this many, the cache starts over (it is only a cache)
+MAX_CACHED_ROWS = 100_000
+
+
 class DuplicateRequest(Exception):
     """The request id was already billed."""
 
@@ -81,6 +87,14 @@ class PaymentStore:
         # power cut, at an fsync per commit.
         self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous.upper() == 'FULL' else 'NORMAL'}")
         self._db.executescript(SCHEMA)
+        # Channel rows as committed, and as changed by the open transaction. Every write to
+        # ``channels`` goes through this class and returns the new row (RETURNING), so the
+        # per-request reads (is this client within its deposit? which voucher came last?) cost
+        # no query. A commit by another connection (``cocoon wallet redeem`` while the node
+        # runs) changes ``data_version``, which empties the cache.
+        self._rows: dict[bytes, ChannelRow] = {}
+        self._changed: dict[bytes, ChannelRow] = {}
+        self._data_version = self._version()
 
     def close(self) -> None:
         self._db.close()
@@ -90,13 +104,19 @@ class PaymentStore:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
+            self._db.execute(
+                "INSERT INTO meta(key, value) VALUES('state_seq', 1) ON CONFLICT(key) DO UPDATE SET value = value + 1"
+            )
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._changed.clear()
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute(
-            "INSERT INTO meta(key, value) VALUES('state_seq', 1) ON CONFLICT(key) DO UPDATE SET value = value + 1"
-        )
-        self._db.execute("COMMIT")
+        if len(self._rows) + len(self._changed) > MAX_CACHED_ROWS:
+            self._rows.clear()
+        self._rows.update(self._changed)
+        self._changed.clear()
 
     # --- meta ---
 
@@ -116,21 +136,39 @@ class PaymentStore:
 
     # --- channels ---
 
+    def _version(self) -> int:
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
     def channel(self, channel: bytes) -> ChannelRow | None:
-        row = self._db.execute(
-            "SELECT channel, role, peer_key, total, seqno, amount, expiry, signature, redeemed"
-            " FROM channels WHERE channel = ?",
-            (channel,),
-        ).fetchone()
-        return ChannelRow(*row) if row else None
+        changed = self._changed.get(channel)
+        if changed is not None:
+            return changed
+        if self._rows and not self._db.in_transaction:
+            version = self._version()
+            if version != self._data_version:
+                self._rows.clear()
+                self._data_version = version
+        cached = self._rows.get(channel)
+        if cached is not None:
+            return cached
+        row = self._db.execute("SELECT * FROM channels WHERE channel = ?", (channel,)).fetchone()
+        if row is None:
+            return None
+        found = ChannelRow(*row)
+        if not self._db.in_transaction:
+            self._rows[channel] = found
+        return found
 
     def channels(self, role: str) -> list[ChannelRow]:
-        rows = self._db.execute(
-            "SELECT channel, role, peer_key, total, seqno, amount, expiry, signature, redeemed"
-            " FROM channels WHERE role = ? ORDER BY channel",
-            (role,),
-        ).fetchall()
+        rows = self._db.execute("SELECT * FROM channels WHERE role = ? ORDER BY channel", (role,)).fetchall()
         return [ChannelRow(*row) for row in rows]
+
+    def _changed_row(self, returned: tuple[object, ...] | None, channel: bytes) -> ChannelRow:
+        if returned is None:
+            raise KeyError(f"no channel {channel.hex()[:16]}…")
+        row = ChannelRow(*returned)  # type: ignore[arg-type]
+        self._changed[channel] = row
+        return row
 
     def ensure_channel(self, db: sqlite3.Connection, channel: bytes, role: str, peer_key: bytes) -> None:
         db.execute(
@@ -163,20 +201,52 @@ class PaymentStore:
         except sqlite3.IntegrityError as exc:
             raise DuplicateRequest(request_id.hex()) from exc
 
-    def add_total(self, db: sqlite3.Connection, channel: bytes, amount: int) -> None:
-        db.execute("UPDATE channels SET total = total + ? WHERE channel = ?", (amount, channel))
+    def add_total(self, db: sqlite3.Connection, channel: bytes, amount: int) -> ChannelRow:
+        """Add to a channel's total; the changed row."""
+        returned = db.execute(
+            "UPDATE channels SET total = total + ? WHERE channel = ? RETURNING *", (amount, channel)
+        ).fetchone()
+        return self._changed_row(returned, channel)
+
+    def credit(self, db: sqlite3.Connection, channel: bytes, role: str, peer_key: bytes, amount: int) -> ChannelRow:
+        """``add_total``, creating the channel first if it is new (one statement: this is on the
+        proxy's per-answer path)."""
+        returned = db.execute(
+            "INSERT INTO channels(channel, role, peer_key, total) VALUES(?, ?, ?, ?)"
+            " ON CONFLICT(channel) DO UPDATE SET total = total + excluded.total RETURNING *",
+            (channel, role, peer_key, amount),
+        ).fetchone()
+        return self._changed_row(returned, channel)
+
+    def set_total(self, db: sqlite3.Connection, channel: bytes, *, at_least: int | None = None) -> ChannelRow:
+        """Raise the total to ``at_least``; without it, lower it to what the newest voucher covers."""
+        if at_least is None:
+            returned = db.execute(
+                "UPDATE channels SET total = amount WHERE channel = ? RETURNING *", (channel,)
+            ).fetchone()
+        else:
+            returned = db.execute(
+                "UPDATE channels SET total = MAX(total, ?) WHERE channel = ? RETURNING *", (at_least, channel)
+            ).fetchone()
+        return self._changed_row(returned, channel)
 
     def set_voucher(
         self, db: sqlite3.Connection, channel: bytes, seqno: int, amount: int, expiry: int, signature: bytes
-    ) -> None:
-        db.execute(
-            "UPDATE channels SET seqno = ?, amount = ?, expiry = ?, signature = ? WHERE channel = ?",
+    ) -> ChannelRow:
+        returned = db.execute(
+            "UPDATE channels SET seqno = ?, amount = ?, expiry = ?, signature = ? WHERE channel = ? RETURNING *",
             (seqno, amount, expiry, signature, channel),
-        )
+        ).fetchone()
+        return self._changed_row(returned, channel)
 
     def set_redeemed(self, channel: bytes, redeemed: int) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE channels SET redeemed = MAX(redeemed, ?) WHERE channel = ?", (redeemed, channel))
+            returned = db.execute(
+                "UPDATE channels SET redeemed = MAX(redeemed, ?) WHERE channel = ? RETURNING *",
+                (redeemed, channel),
+            ).fetchone()
+            if returned is not None:
+                self._changed_row(returned, channel)
 
     def request_billed(self, request_id: bytes) -> bool:
         return self._db.execute("SELECT 1 FROM requests WHERE request_id = ?", (request_id,)).fetchone() is not None

@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from msgspec import Meta, Struct
 
+from cocoon.seal import ed25519
 from cocoon.seal.errors import SealError
 
 DOMAIN = b"cocoon/usage/v1\x00"
@@ -58,8 +58,6 @@ def verify_usage(signed: bytes, worker_key: bytes) -> UsageRecord:
         raise SealError("malformed", f"usage record does not decode: {exc}") from exc
     if record.worker_key != worker_key:
         raise SealError("wrong_worker", "the usage record names another worker")
-    try:
-        Ed25519PublicKey.from_public_bytes(worker_key).verify(envelope.signature, DOMAIN + envelope.record)
-    except (InvalidSignature, ValueError) as exc:
-        raise SealError("bad_signature", "the usage record's signature does not verify") from exc
+    if not ed25519.verify(worker_key, envelope.signature, DOMAIN + envelope.record):
+        raise SealError("bad_signature", "the usage record's signature does not verify")
     return record

@@ -6,6 +6,8 @@ import dataclasses
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nacl.signing import SigningKey
 from pytoniq_core import Address, begin_cell
 
@@ -78,6 +80,22 @@ def test_vector_matches_the_readme_recipe() -> None:
     )
     assert cell.hash == vector().hash()
     assert SigningKey(SEED).sign(cell.hash).signature == vector().sign(KEY).signature
+
+
+@settings(max_examples=300)
+@given(
+    tag=st.sampled_from([TAG_CLIENT_VOUCHER, TAG_WORKER_VOUCHER]),
+    channel=st.binary(min_size=32, max_size=32),
+    seqno=st.integers(1, 2**64 - 1),
+    amount=st.one_of(st.integers(0, 2**120 - 1), st.sampled_from([0, 1, 255, 256, 2**64, 2**120 - 1])),
+    expiry=st.integers(0, 2**32 - 1),
+)
+def test_hash_from_the_fields_equals_the_cell_hash(
+    tag: int, channel: bytes, seqno: int, amount: int, expiry: int
+) -> None:
+    # Voucher.hash() skips building the cell; it must give pytoniq's representation hash exactly
+    v = Voucher(tag, channel, seqno, amount, expiry)
+    assert v.hash() == v.cell().hash
 
 
 # --- layouts ------------------------------------------------------------------------------------
