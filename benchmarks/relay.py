@@ -12,6 +12,12 @@ events (one answer token each) as they arrive. It is a lean HTTP/1.1 reader on a
 than ``httpx``, which costs about ten times more per read and would take the shared cores from
 the network it measures.
 
+The worker seals the tokens its engine had ready together as one answer chunk (one frame to
+relay); the client still writes one SSE event per token. Unpaced, the synthetic engine has
+``READY_RUN`` tokens of a stream ready each time the stream gets the worker's event loop, so
+frames carry several tokens; paced, only tokens whose time passed while the worker was busy go
+together (none at low load).
+
 Measured per batch, from the first request sent to the last event received (each batch is
 ``BATCH_TOKENS`` tokens split between its streams; every one of its tokens crosses the proxy
 exactly once inside that span, whatever any process buffers on the way):

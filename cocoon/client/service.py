@@ -43,7 +43,11 @@ from cocoon.seal.usage import UsageRecord
 log = logging.getLogger("cocoon.client")
 
 MAX_EVENTS_PER_WRITE = 64  # SSE events of chunks that arrived together, written at once
-WORKER_LIST_TTL = 1.0  # seconds a verified worker list is reused before asking the proxy again
+WORKER_LIST_TTL = 100.0  # seconds a verified worker list is reused before asking the proxy again
+
+_json = msgspec.json.Encoder()
+_decode_fields = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode  # a JSON object, its fields unparsed
+_NULL = msgspec.Raw(b"null")
 
 
 class UpstreamError(Exception):
@@ -96,6 +100,10 @@ class Call:
         self.id = prefix + uuid.uuid4().hex
         self.created = int(time.time())
         self.usage: Usage | None = None
+        # the fields every streamed chunk gets, encoded once
+        self._id_raw = msgspec.Raw(_json.encode(self.id))
+        self._created_raw = msgspec.Raw(_json.encode(self.created))
+        self._model_raw = msgspec.Raw(_json.encode(request.model))
 
     async def receive(self) -> Message:
         """The next message; a timeout after ``idle_timeout`` of silence or at the deadline."""
@@ -159,6 +167,7 @@ class Call:
             self.link.awaiting.discard(self.sealing.request_id)
 
     def _rewrite(self, payload: bytes) -> dict[str, Any]:
+        """One answer chunk (a JSON object) as a dict, with our id, time and model name."""
         try:
             chunk = msgspec.json.decode(payload)
         except msgspec.DecodeError:
@@ -170,6 +179,20 @@ class Call:
         chunk["model"] = self.request.model
         return chunk
 
+    def _event(self, payload: bytes, with_usage: bool) -> bytes:
+        """The SSE event of one streamed answer chunk, rewritten as in ``_rewrite``. The chunk's
+        fields are checked JSON but kept as raw text: only the top level is rebuilt."""
+        try:
+            chunk = _decode_fields(payload)
+        except msgspec.DecodeError:
+            raise UpstreamError(ErrorCode.PROTOCOL_ERROR, "the worker sent an invalid chunk") from None
+        chunk["id"] = self._id_raw
+        chunk["created"] = self._created_raw
+        chunk["model"] = self._model_raw
+        if with_usage:
+            chunk["usage"] = _NULL
+        return sse.encode_event(chunk)
+
     async def first(self) -> Message:
         """The first answer message: errors surface here, before any HTTP status is chosen."""
         return await self.receive()
@@ -180,7 +203,8 @@ class Call:
         message = first
         while True:
             if isinstance(message, Data):
-                body = self._rewrite(message.payload)
+                # one answer chunk may hold several (see docs/protocol.md); the last one counts
+                body = self._rewrite(message.payload.rsplit(b"\n", 1)[-1])
             elif isinstance(message, End):
                 if body is None:
                     raise UpstreamError(ErrorCode.PROTOCOL_ERROR, "the worker sent no answer")
@@ -190,8 +214,9 @@ class Call:
             message = await self.receive()
 
     async def events(self, first: Message) -> AsyncIterator[bytes]:
-        """The SSE stream; an error after the first chunk becomes an error event. The events of
-        chunks that arrived together leave in one write; none waits for a later chunk."""
+        """The SSE stream, one event per answer chunk; an error after the first chunk becomes an
+        error event. The events of chunks that arrived together leave in one write; none waits
+        for a later chunk."""
         with_usage = include_usage(self.request)
         message: Message | None = first
         ready: list[bytes] = []  # events not written yet
@@ -204,11 +229,12 @@ class Call:
                         yield b"".join(ready)
                         ready.clear()
                     message = await self.receive()
-                if isinstance(message, Data):
-                    chunk = self._rewrite(message.payload)
-                    if with_usage:
-                        chunk["usage"] = None
-                    ready.append(sse.event(chunk))
+                if type(message) is Data:
+                    payload = message.payload
+                    if b"\n" in payload:  # chunks the worker had ready together, sealed as one
+                        ready.extend([self._event(line, with_usage) for line in payload.split(b"\n")])
+                    else:
+                        ready.append(self._event(payload, with_usage))
                 elif isinstance(message, End):
                     self.usage = message.usage
                     if with_usage:

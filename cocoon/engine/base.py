@@ -2,7 +2,9 @@
 
 An engine yields OpenAI-shaped JSON objects (stream chunks, or one whole response when not
 streaming) and ends with ``Finished`` carrying the usage the engine metered. The worker never
-derives usage from the text it relays.
+derives usage from the text it relays. A chunk says whether the next event is ready already
+(``Chunk.more``), so that the worker can send what an engine produced faster than the network
+took it in one frame.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ class EngineRequest:
 @dataclass(frozen=True)
 class Chunk:
     payload: dict[str, Any]
+    more: bool = False
+    """The engine holds its next event already: asking for it will not wait. The worker then
+    seals the chunks that are ready together into one answer chunk (it never waits for a chunk
+    that is not ready yet); an engine that cannot tell leaves this False."""
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,7 @@ class LlamaCppEngine:
                     raise item
                 finish_reason = finish_reason_of(item) or finish_reason
                 if request.stream:
-                    yield Chunk(item)
+                    yield Chunk(item, more=not out.empty())  # the thread may have made more meanwhile
                 else:
                     chunks.append(item)
             usage = Usage(prompt_tokens=llama.prompt_count, completion_tokens=llama.completion_count)

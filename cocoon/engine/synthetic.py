@@ -2,6 +2,9 @@
 
 It emits pre-tokenized text as fast as asked (``tokens_per_second`` per stream; 0 = as fast as
 the event loop runs), so the network's own cost can be measured without a model in the way.
+Paced, each token is ready at its time on a fixed grid (tokens whose time passed while the event
+loop was busy are ready together); unpaced, ``READY_RUN`` tokens are ready each time a stream
+gets the loop. ``Chunk.more`` says so, as a threaded engine's queue would.
 Its answers are fixed filler words; its usage counts are exact for what it sends.
 """
 
@@ -18,6 +21,9 @@ from cocoon.protocol.messages import Usage
 
 WORDS = tuple(f" w{i}" for i in range(64))  # one token each
 DEFAULT_ANSWER = 16  # tokens, when the request sets no max_tokens
+READY_RUN = 16
+"""Unpaced, the engine outpaces any network: each time it gets the event loop it has this many
+tokens of a stream ready at once (then lets the other streams run)."""
 
 
 def _prompt_tokens(request: EngineRequest) -> int:
@@ -60,21 +66,27 @@ class BenchmarkEngine:
         next_at = loop.time()
         chunks = []
         for i in range(count):
+            last = i == count - 1
             if interval:
                 next_at += interval
                 delay = next_at - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                # a token is ready once its time has come: those whose time came while this
+                # stream waited for the event loop are ready together, as a real engine's are
+                more = last or next_at + interval <= loop.time()
             else:
-                await asyncio.sleep(0)  # let other streams run, as a real engine's thread would
-            chunk = self._chunk(request.kind, created, WORDS[i % len(WORDS)], "length" if i == count - 1 else None)
+                if i % READY_RUN == 0:
+                    await asyncio.sleep(0)  # let other streams run, as a real engine's thread would
+                more = last or (i + 1) % READY_RUN != 0
+            chunk = self._chunk(request.kind, created, WORDS[i % len(WORDS)], "length" if last else None)
             if request.stream:
-                yield Chunk(chunk)
+                yield Chunk(chunk, more=more)
             else:
                 chunks.append(chunk)
         usage = Usage(prompt_tokens=_prompt_tokens(request), completion_tokens=count)
         if not request.stream:
-            yield Chunk(assemble_response(request.kind, chunks, usage))
+            yield Chunk(assemble_response(request.kind, chunks, usage), more=True)
         yield Finished(usage=usage, finish_reason="length")
 
     async def aclose(self) -> None:

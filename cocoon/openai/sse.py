@@ -13,3 +13,8 @@ DONE = b"data: [DONE]\n\n"
 
 def event(payload: dict[str, Any]) -> bytes:
     return b"data: " + _json.encode(payload) + b"\n\n"
+
+
+def encode_event(payload: Any) -> bytes:
+    """``event`` for any value msgspec encodes (``msgspec.Raw`` fields pass through as they are)."""
+    return b"data: " + _json.encode(payload) + b"\n\n"

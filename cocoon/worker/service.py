@@ -2,6 +2,10 @@
 
 Workers dial out (so they work behind NAT) and redial with exponential backoff and jitter.
 Capacity is shared by all proxies. Logs carry request ids, sizes and token counts, never text.
+
+Answer chunks leave as soon as the engine yields them. When the engine had several ready at
+once (it outpaced the network), they are sealed together into one answer chunk and one frame,
+up to a bound; no chunk ever waits for a later one.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from cocoon.worker.payments import WorkerPayments
 log = logging.getLogger("cocoon.worker")
 
 STABLE_AFTER = 10.0  # a connection that lasted this long resets the backoff
+MAX_COALESCED_CHUNKS = 16  # engine chunks that were ready together, sealed as one answer chunk at most
+MAX_COALESCED_BYTES = 16 * 1024  # and their encoded size at most (a larger chunk still goes alone)
 
 
 class Worker:
@@ -246,34 +252,55 @@ class Worker:
         sealer = ChunkSealer(secret, sealed.request_id)
         engine_request = EngineRequest(kind=message.kind, params=engine_params(request), stream=message.stream)
         events = self.engine.generate(engine_request)
+        ready: list[bytes] = []  # encoded chunks the engine had ready together, not sent yet
+        size = 0
         try:
             async for event in events:
                 if isinstance(event, Chunk):
-                    chunk = sealer.seal(self._json.encode(event.payload))
-                    if not peer.send_nowait(Data(stream_id=sid, payload=chunk)):
+                    encoded = self._json.encode(event.payload)
+                    ready.append(encoded)
+                    size += len(encoded)
+                    if event.more and len(ready) < MAX_COALESCED_CHUNKS and size < MAX_COALESCED_BYTES:
+                        continue  # the next one is ready already: it goes in the same sealed chunk
+                    if not self._send_chunks(peer, sid, sealer, ready):
                         return  # the stream was cancelled or the proxy left
+                    ready.clear()
+                    size = 0
                     await peer.flush()
                 elif isinstance(event, Finished):
+                    if ready and not self._send_chunks(peer, sid, sealer, ready):
+                        return
+                    ready.clear()
                     receipt = self._receipt(message, sealed.request_id, event, started_ms)
                     # the receipt travels twice: sealed as the final chunk, and in the clear
                     await self._send(peer, Data(stream_id=sid, payload=sealer.seal(receipt, final=True)))
                     usage, reason = event.usage, event.finish_reason
                     await self._send(peer, End(stream_id=sid, usage=usage, finish_reason=reason, receipt=receipt))
                     log.info(
-                        "request %d done: %d prompt + %d completion tokens in %.2f s (%s)",
+                        "request %d done: %d prompt + %d completion tokens in %.2f s, %d sealed chunks (%s)",
                         sid,
                         event.usage.prompt_tokens,
                         event.usage.completion_tokens,
                         time.monotonic() - started,
+                        sealer.counter,
                         event.finish_reason,
                     )
         except EngineError as exc:
             log.warning("request %d failed in the engine: %s", sid, exc)
+            if ready and not self._send_chunks(peer, sid, sealer, ready):
+                return  # what the engine made before it failed goes first, as it would have
             await self._send(peer, Error(stream_id=sid, code=ErrorCode.ENGINE_ERROR, message=str(exc)[:1000]))
         except PeerGone:
             pass
         finally:
             await events.aclose()  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _send_chunks(peer: Peer, sid: int, sealer: ChunkSealer, ready: list[bytes]) -> bool:
+        """Seal the encoded chunks in ``ready`` as one answer chunk (JSON objects separated by
+        newlines, which JSON text never contains) and queue it; False when the stream is gone."""
+        payload = ready[0] if len(ready) == 1 else b"\n".join(ready)
+        return peer.send_nowait(Data(stream_id=sid, payload=sealer.seal(payload)))
 
     def _receipt(self, message: Open, request_id: bytes, event: Finished, started_ms: int) -> bytes:
         record = UsageRecord(

@@ -1,13 +1,17 @@
-"""The proxy's relay hot path in the running network, on the synthetic benchmark engine: chunks
-passed straight through (not via the relay task) arrive whole and in order under load, and
-the inter-token timeout still measures silence, not the length of a stream."""
+"""The relay hot path in the running network, on the synthetic benchmark engine: chunks passed
+straight through (not via the relay task) arrive whole and in order under load, chunks the
+worker sealed together reach the caller as one SSE event per token, and the inter-token timeout
+still measures silence, not the length of a stream."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -51,5 +55,41 @@ def test_a_stream_longer_than_the_inter_token_timeout_is_not_cut(tmp_path: Path)
         assert len(texts) == 40  # 1.6 s of answer: three times the timeout, never half a second silent
         assert chunks[-1].choices[0].finish_reason == "length"
         assert "timed out" not in net.nodes["proxy"].log
+    finally:
+        net.stop()
+
+
+def test_coalesced_chunks_reach_the_caller_as_one_event_per_token(tmp_path: Path) -> None:
+    net = Network(tmp_path, workers=1, worker={"engine": "benchmark"}, proxy={"client_streams": 0})
+    try:
+        body = {
+            "model": MODEL,
+            "messages": MESSAGES,
+            "max_tokens": 100,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        with httpx.Client(timeout=30) as http:
+            with http.stream("POST", net.url + "/chat/completions", json=body) as response:
+                assert response.status_code == 200
+                assert response.headers["content-type"].startswith("text/event-stream")
+                raw = response.read()
+            events = [e.removeprefix(b"data: ") for e in raw.split(b"\n\n") if e]
+            assert events[-1] == b"[DONE]"
+            chunks = [json.loads(e) for e in events[:-1]]
+            *answer, usage = chunks
+            assert [c["choices"][0]["delta"]["content"] for c in answer] == [f" w{j % 64}" for j in range(100)]
+            assert all(c["id"] == usage["id"] and c["model"] == MODEL and c["usage"] is None for c in answer)
+            assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 100
+            plain = {"model": MODEL, "messages": MESSAGES, "max_tokens": 100}
+            whole = http.post(net.url + "/chat/completions", json=plain)
+            assert whole.status_code == 200, whole.text
+            assert whole.json()["choices"][0]["message"]["content"] == "".join(f" w{j % 64}" for j in range(100))
+        # the unpaced engine outpaces the network: the worker sealed several tokens per chunk
+        sealed = [
+            int(n)
+            for n in re.findall(r"100 completion tokens in [\d.]+ s, (\d+) sealed chunks", net.nodes["worker-1"].log)
+        ]
+        assert sealed and sealed[0] < 50
     finally:
         net.stop()

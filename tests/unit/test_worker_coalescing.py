@@ -1,0 +1,153 @@
+"""The worker seals the answer chunks its engine had ready together as one answer chunk (JSON
+objects separated by newlines), within bounds, and never holds a chunk back for a later one."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from cocoon.attest.node import NodeAttestation
+from cocoon.channel.peer import Peer
+from cocoon.config import WorkerSettings
+from cocoon.engine.base import Chunk, EngineError, EngineEvent, EngineRequest, Finished, ProgressCallback
+from cocoon.keys import public_bytes
+from cocoon.protocol.errors import ErrorCode
+from cocoon.protocol.messages import Data, End, Error, Message, Open, Usage
+from cocoon.seal.hpke import RecipientKey
+from cocoon.seal.request import seal_request
+from cocoon.seal.response import ChunkOpener
+from cocoon.worker.service import MAX_COALESCED_CHUNKS, Worker
+
+BODY = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true}'
+
+
+class FakeAttestation:
+    def __init__(self) -> None:
+        self.hpke_recipient = RecipientKey(X25519PrivateKey.generate())
+        self.model_hash = b"\x01" * 32
+
+
+class FakePeer:
+    """Records what the worker sends, as a connection would see it."""
+
+    def __init__(self) -> None:
+        self.sent: list[Message] = []
+
+    def send_nowait(self, message: Message) -> bool:
+        self.sent.append(message)
+        return True
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+    async def flush(self) -> None:
+        pass
+
+
+class ScriptedEngine:
+    """Yields ``(payload, more)`` chunks; ``None`` in the script waits for ``gate``; an
+    exception in it is raised there."""
+
+    name = "scripted"
+    max_tokens = 1000
+
+    def __init__(self, script: list[tuple[dict[str, Any], bool] | Exception | None]) -> None:
+        self.script = script
+        self.gate = asyncio.Event()
+
+    async def start(self, progress: ProgressCallback | None = None) -> None:
+        pass
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
+        count = 0
+        for step in self.script:
+            if step is None:
+                await self.gate.wait()
+            elif isinstance(step, Exception):
+                raise step
+            else:
+                count += 1
+                yield Chunk(step[0], more=step[1])
+        yield Finished(usage=Usage(prompt_tokens=1, completion_tokens=count), finish_reason="stop")
+
+    async def aclose(self) -> None:
+        pass
+
+
+def chunk(i: int) -> dict[str, Any]:
+    return {"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": f" t{i}\n"}}]}
+
+
+def setup(engine: ScriptedEngine) -> tuple[Worker, FakePeer, Open, Callable[[], ChunkOpener]]:
+    attestation = FakeAttestation()
+    key = Ed25519PrivateKey.generate()
+    worker = Worker(WorkerSettings(), engine, key, cast(NodeAttestation, attestation))
+    request_id = os.urandom(16)
+    public = attestation.hpke_recipient.public
+    sealed, secrets = seal_request(
+        BODY, kind="chat", request_id=request_id, content_key=os.urandom(32), recipients=[(public_bytes(key), public)]
+    )
+    message = Open(stream_id=2, model="m", kind="chat", stream=True, max_tokens=0, body=sealed, request_id=request_id)
+    secret = secrets[public_bytes(key)]
+    return worker, FakePeer(), message, lambda: ChunkOpener(secret, request_id)
+
+
+def answer_chunks(peer: FakePeer, opener: ChunkOpener) -> list[list[dict[str, Any]]]:
+    """The chunks of each sealed answer chunk, in order (the final one, the receipt, left out)."""
+    out = []
+    for message in peer.sent:
+        if isinstance(message, Data):
+            payload, final = opener.open(message.payload)
+            if not final:
+                out.append([msgspec.json.decode(line) for line in payload.split(b"\n")])
+    return out
+
+
+async def test_chunks_that_were_ready_together_are_sealed_together() -> None:
+    script: list[tuple[dict[str, Any], bool] | Exception | None] = [
+        (chunk(0), True), (chunk(1), True), (chunk(2), False), (chunk(3), False), (chunk(4), False),
+    ]  # fmt: skip
+    worker, peer, message, opener = setup(ScriptedEngine(script))
+    await worker._serve(cast(Peer, peer), message)
+    receiving = opener()
+    assert answer_chunks(peer, receiving) == [[chunk(0), chunk(1), chunk(2)], [chunk(3)], [chunk(4)]]
+    assert isinstance(peer.sent[-1], End) and peer.sent[-1].usage.completion_tokens == 5
+    receiving.finish()  # the receipt came as the final chunk
+
+
+async def test_a_chunk_that_is_ready_alone_is_not_held_back() -> None:
+    engine = ScriptedEngine([(chunk(0), False), None, (chunk(1), False)])
+    worker, peer, message, opener = setup(engine)
+    task = asyncio.create_task(worker._serve(cast(Peer, peer), message))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    # the engine waits for its next token: the first one is on its way already
+    assert answer_chunks(peer, opener()) == [[chunk(0)]]
+    engine.gate.set()
+    await task
+    assert answer_chunks(peer, opener()) == [[chunk(0)], [chunk(1)]]
+    assert isinstance(peer.sent[-1], End)
+
+
+async def test_coalescing_is_bounded() -> None:
+    total = MAX_COALESCED_CHUNKS * 2 + 5
+    worker, peer, message, opener = setup(ScriptedEngine([(chunk(i), True) for i in range(total)]))
+    await worker._serve(cast(Peer, peer), message)
+    sizes = [len(group) for group in answer_chunks(peer, opener())]
+    assert sizes == [MAX_COALESCED_CHUNKS, MAX_COALESCED_CHUNKS, 5]
+
+
+async def test_ready_chunks_go_out_before_an_engine_error() -> None:
+    script: list[tuple[dict[str, Any], bool] | Exception | None] = [
+        (chunk(0), True), (chunk(1), True), EngineError("out of memory"),
+    ]  # fmt: skip
+    worker, peer, message, opener = setup(ScriptedEngine(script))
+    await worker._serve(cast(Peer, peer), message)
+    assert answer_chunks(peer, opener()) == [[chunk(0), chunk(1)]]
+    assert isinstance(peer.sent[-1], Error) and peer.sent[-1].code == ErrorCode.ENGINE_ERROR
