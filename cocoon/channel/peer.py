@@ -19,6 +19,7 @@ import contextlib
 import logging
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -60,6 +61,69 @@ class PeerHandler(Protocol):
     def connection_message(self, peer: Peer, message: Announce | Goodbye | Voucher) -> None: ...
 
 
+class Inbox:
+    """The answers of one stream, in order, for one consumer: a deque with a wake-up future and
+    a lazy timer. Per message it costs a fraction of ``asyncio.Queue`` with ``asyncio.timeout``
+    (no timer is armed and cancelled per wait: one timer follows the deadline, which each wait
+    moves, and fires only when a wait really runs out)."""
+
+    def __init__(self) -> None:
+        self._items: deque[Message] = deque()
+        self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Future[None] | None = None
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def put_nowait(self, message: Message) -> None:
+        self._items.append(message)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def get_nowait(self) -> Message:
+        """The next message; ``IndexError`` when there is none."""
+        return self._items.popleft()
+
+    async def get(self, timeout: float | None = None) -> Message:
+        """The next message; ``TimeoutError`` when none arrives within ``timeout`` seconds."""
+        while not self._items:
+            waiter = self._waiter
+            if waiter is None or waiter.done():
+                waiter = self._waiter = self._loop.create_future()
+            if timeout is not None:
+                self._deadline = deadline = self._loop.time() + timeout
+                timer = self._timer
+                if timer is None or timer.when() > deadline:
+                    if timer is not None:
+                        timer.cancel()
+                    self._timer = self._loop.call_at(deadline, self._expire)
+            else:
+                self._deadline = float("inf")
+            await waiter
+        return self._items.popleft()
+
+    def _expire(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nobody waits: the next wait arms the timer again
+        if self._deadline == float("inf"):
+            return
+        if self._loop.time() >= self._deadline:
+            self._waiter = None
+            waiter.set_exception(TimeoutError())
+        else:  # the deadline moved on since the timer was armed
+            self._timer = self._loop.call_at(self._deadline, self._expire)
+
+
 class Stream:
     """A stream we opened: the peer's answers arrive on ``queue``.
 
@@ -71,16 +135,13 @@ class Stream:
     def __init__(self, peer: Peer, stream_id: int) -> None:
         self.peer = peer
         self.id = stream_id
-        self.queue: asyncio.Queue[Message] = asyncio.Queue()
+        self.queue = Inbox()
         self.closed = False
         self.forward: Callable[[Data], bool] | None = None
 
     async def receive(self, timeout: float | None = None) -> Message:
         """The next answer message; ``TimeoutError`` when none comes within ``timeout``."""
-        if not self.queue.empty():  # no need for a timer
-            return self.queue.get_nowait()
-        async with asyncio.timeout(timeout):
-            return await self.queue.get()
+        return await self.queue.get(timeout)
 
     def receive_nowait(self) -> Message | None:
         """The next answer message if one has arrived, else None."""
