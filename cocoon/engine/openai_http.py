@@ -10,6 +10,7 @@ never counted as zero tokens.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,6 +28,7 @@ from cocoon.engine.base import (
 from cocoon.protocol.messages import Usage
 
 MAX_LINE = 4 * 1024 * 1024
+_LINE_END = re.compile(rb"\r\n|\r|\n")  # SSE allows all three; a CRLF cut between reads only adds an empty line
 
 
 class OpenAIHttpEngine:
@@ -92,24 +94,28 @@ class OpenAIHttpEngine:
         usage: Usage | None = None
         finish_reason: str | None = None
         texts: list[str] = []
-        async for line in response.aiter_lines():
-            if len(line) > MAX_LINE:
-                raise EngineError("engine sent an oversized event")
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
+        done = False
+        async for batch in _data_lines(response):
+            ready: list[dict[str, Any]] = []
+            for data in batch:
+                if data == b"[DONE]":
+                    done = True
+                    break
+                payload = _json_object(data)
+                if "error" in payload:
+                    raise EngineError("engine reported an error mid-stream")
+                usage = _usage_of(payload) or usage
+                if not payload.get("choices"):
+                    continue  # the usage-only chunk: we send our own at the end
+                payload.pop("usage", None)
+                finish_reason = finish_reason_of(payload) or finish_reason
+                texts.append(_text_of(payload))
+                ready.append(payload)
+            for i, payload in enumerate(ready):
+                # the events that came in one read are ready together
+                yield Chunk(payload, more=i < len(ready) - 1)
+            if done:
                 break
-            payload = _json_object(data.encode())
-            if "error" in payload:
-                raise EngineError("engine reported an error mid-stream")
-            usage = _usage_of(payload) or usage
-            if not payload.get("choices"):
-                continue  # the usage-only chunk: we send our own at the end
-            payload.pop("usage", None)
-            finish_reason = finish_reason_of(payload) or finish_reason
-            texts.append(_text_of(payload))
-            yield Chunk(payload)
         if usage is None:
             usage = await self._count(request, texts)
         yield Finished(usage=usage, finish_reason=finish_reason)
@@ -155,6 +161,21 @@ class OpenAIHttpEngine:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+async def _data_lines(response: httpx.Response) -> AsyncIterator[list[bytes]]:
+    """The values of the SSE ``data:`` lines, in lists of those that arrived in one read."""
+    buffer = b""
+    async for received in response.aiter_bytes():
+        buffer += received
+        *lines, buffer = _LINE_END.split(buffer)
+        if len(buffer) > MAX_LINE or any(len(line) > MAX_LINE for line in lines):
+            raise EngineError("engine sent an oversized event")
+        batch = [line[5:].strip() for line in lines if line.startswith(b"data:")]
+        if batch:
+            yield batch
+    if buffer.startswith(b"data:"):  # a last line without its line end
+        yield [buffer[5:].strip()]
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

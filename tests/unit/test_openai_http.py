@@ -1,12 +1,16 @@
-"""Pure helpers of the HTTP engine: reading usage and text out of OpenAI payloads."""
+"""Pure helpers of the HTTP engine: reading usage and text out of OpenAI payloads, and reading
+its event stream (which events are ready together)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
-from cocoon.engine.openai_http import _text_of, _usage_of
+from cocoon.engine.base import Chunk, EngineError, EngineRequest, Finished
+from cocoon.engine.openai_http import MAX_LINE, OpenAIHttpEngine, _text_of, _usage_of
 from cocoon.protocol.messages import Usage
 
 
@@ -80,3 +84,42 @@ def test_text_of_completion() -> None:
 )
 def test_text_of_without_text(payload: dict[str, Any]) -> None:
     assert _text_of(payload) == ""
+
+
+class _Reads(httpx.AsyncByteStream):
+    """A response body that arrives in the given reads."""
+
+    def __init__(self, reads: list[bytes]) -> None:
+        self.reads = reads
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for read in self.reads:
+            yield read
+
+
+def _event(i: int) -> bytes:
+    return b'data: {"choices": [{"index": 0, "delta": {"content": "t%d"}, "finish_reason": null}]}\r\n\r\n' % i
+
+
+async def test_stream_events_that_came_in_one_read_are_ready_together() -> None:
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}\n\n'
+    whole = _event(2)
+    reads = [_event(0), _event(1) + whole[:20], whole[20:40], whole[40:] + _event(3) + b": comment\n" + usage]
+    response = httpx.Response(200, stream=_Reads([*reads, b"data: [DONE]\n\n"]))
+    engine = OpenAIHttpEngine("http://engine.invalid")
+    request = EngineRequest("chat", {"messages": []}, True)
+    events = [e async for e in engine._relay_stream(request, response)]
+    await engine.aclose()
+    chunks = [e for e in events if isinstance(e, Chunk)]
+    assert [c.payload["choices"][0]["delta"]["content"] for c in chunks] == ["t0", "t1", "t2", "t3"]
+    assert [c.more for c in chunks] == [False, False, True, False]  # t2 and t3 completed in one read
+    assert events[-1] == Finished(usage=Usage(prompt_tokens=3, completion_tokens=4), finish_reason=None)
+
+
+async def test_an_oversized_stream_line_is_refused() -> None:
+    response = httpx.Response(200, stream=_Reads([b"data: " + b"x" * (MAX_LINE + 1)]))
+    engine = OpenAIHttpEngine("http://engine.invalid")
+    with pytest.raises(EngineError, match="oversized"):
+        async for _ in engine._relay_stream(EngineRequest("chat", {"messages": []}, True), response):
+            pass
+    await engine.aclose()
