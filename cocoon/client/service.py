@@ -43,7 +43,7 @@ from cocoon.seal.usage import UsageRecord
 log = logging.getLogger("cocoon.client")
 
 MAX_EVENTS_PER_WRITE = 64  # SSE events of chunks that arrived together, written at once
-WORKER_LIST_TTL = 100.0  # seconds a verified worker list is reused before asking the proxy again
+WORKER_LIST_TTL = 1.0  # seconds a verified worker list is reused before asking the proxy again
 
 _json = msgspec.json.Encoder()
 _decode_fields = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode  # a JSON object, its fields unparsed
