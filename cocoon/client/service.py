@@ -43,7 +43,11 @@ from cocoon.seal.usage import UsageRecord
 log = logging.getLogger("cocoon.client")
 
 MAX_EVENTS_PER_WRITE = 64  # SSE events of chunks that arrived together, written at once
-WORKER_LIST_TTL = 1.0  # seconds a verified worker list is reused before asking the proxy again
+WORKER_LIST_TTL = 1.0  # seconds a verified worker list is used as it is
+# Past the TTL and up to this age, a request still uses the list while a fresh one is asked for
+# in the background: asking first would put a round trip to the proxy in its time to first token.
+# A request that finds none of its candidates left asks again at once (``begin``).
+WORKER_LIST_MAX_AGE = 30.0
 
 _json = msgspec.json.Encoder()
 _decode_fields = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode  # a JSON object, its fields unparsed
@@ -295,6 +299,9 @@ def _offer(offer: WorkerOffer, prices: Prices) -> dict[str, Any]:
 
 FAILOVER = frozenset({ErrorCode.CONNECTION_LOST, ErrorCode.NO_WORKER, ErrorCode.WORKER_LOST})
 """Errors before the first answer chunk after which another proxy may serve the request."""
+RELIST = frozenset({ErrorCode.NO_WORKER})
+"""Errors from the proxy after which the request is sealed again for a fresh worker list
+(none of its candidates is connected any more)."""
 
 
 class ClientService:
@@ -322,6 +329,7 @@ class ClientService:
         self.clock = clock
         self.receipts = Receipts()
         self._workers: dict[tuple[int, str], tuple[float, list[WorkerOffer]]] = {}
+        self._refreshing: dict[tuple[int, str], asyncio.Task[None]] = {}
 
     async def _link(self, exclude: frozenset[int] = frozenset()) -> ProxyLink:
         try:
@@ -348,18 +356,55 @@ class ClientService:
             raise UpstreamError(message.code, message.message)
         return message
 
+    async def _worker_list(self, link: ProxyLink, model: str) -> tuple[float, list[WorkerOffer]]:
+        asked = self.clock()
+        answer = await self._ask(lambda sid: ListWorkers(stream_id=sid, model=model), link)
+        if not isinstance(answer, WorkerList):
+            raise UpstreamError(ErrorCode.PROTOCOL_ERROR, "unexpected answer to a worker list")
+        listed = self._workers[(id(link), model)] = (asked, answer.workers)
+        return listed
+
+    def _refresh_worker_list(self, link: ProxyLink, model: str) -> None:
+        key = (id(link), model)
+        if key in self._refreshing:
+            return
+
+        async def refresh() -> None:
+            try:
+                await self._worker_list(link, model)
+            except UpstreamError as exc:  # the next request asks again, and reports it
+                log.debug("refreshing the worker list from %s failed: %s", link.name, exc)
+            finally:
+                self._refreshing.pop(key, None)
+
+        self._refreshing[key] = asyncio.create_task(refresh())
+
+    def forget_workers(self, link: ProxyLink, model: str) -> None:
+        self._workers.pop((id(link), model), None)
+
     async def candidates(self, model: str, max_price_milli: int, routing: str, link: ProxyLink) -> list[Candidate]:
-        """Attested workers for ``model`` within the price cap, least loaded first (the list is
-        asked for again after a second)."""
+        """Attested workers for ``model`` within the price cap, least loaded first (a list older
+        than ``WORKER_LIST_TTL`` is refreshed in the background, one older than
+        ``WORKER_LIST_MAX_AGE`` before it is used)."""
         now = self.clock()
         cached = self._workers.get((id(link), model))
-        if cached is None or now - cached[0] >= WORKER_LIST_TTL:
-            answer = await self._ask(lambda sid: ListWorkers(stream_id=sid, model=model), link)
-            if not isinstance(answer, WorkerList):
-                raise UpstreamError(ErrorCode.PROTOCOL_ERROR, "unexpected answer to a worker list")
-            cached = self._workers[(id(link), model)] = (now, answer.workers)
-        standing = [w for w in cached[1] if not w.banned and w.suspended_until <= now]
-        if cached[1] and not standing:
+        if cached is None or now - cached[0] >= WORKER_LIST_MAX_AGE:
+            return self._choose(await self._worker_list(link, model), model, max_price_milli, routing)
+        if now - cached[0] < WORKER_LIST_TTL:
+            return self._choose(cached, model, max_price_milli, routing)
+        try:
+            chosen = self._choose(cached, model, max_price_milli, routing)
+        except UpstreamError:  # nobody usable in the old list: perhaps in a fresh one
+            return self._choose(await self._worker_list(link, model), model, max_price_milli, routing)
+        self._refresh_worker_list(link, model)
+        return chosen
+
+    def _choose(
+        self, listed: tuple[float, list[WorkerOffer]], model: str, max_price_milli: int, routing: str
+    ) -> list[Candidate]:
+        now = self.clock()
+        standing = [w for w in listed[1] if not w.banned and w.suspended_until <= now]
+        if listed[1] and not standing:
             raise UpstreamError(ErrorCode.NO_WORKER, f"every worker for model {model!r} is suspended")
         offers = [w for w in standing if not max_price_milli or w.price_milli <= max_price_milli]
         # best first for this request's preference: the proxy then chooses among the K we seal to
@@ -385,6 +430,7 @@ class ClientService:
         is sealed anew for the next proxy's workers and sent there."""
         tried: set[int] = set()
         topped_up = False
+        relisted: set[int] = set()
         while True:
             link = await self._link(frozenset(tried))
             started = self.clock()
@@ -396,6 +442,11 @@ class ClientService:
                 if exc.code == ErrorCode.PAYMENT_REQUIRED and not topped_up and self._can_top_up(link):
                     topped_up = True
                     await self._top_up(link)
+                    continue
+                if exc.code in RELIST and id(link) not in relisted and call is not None:
+                    # the candidates came from a list that may be out of date: once more, fresh
+                    relisted.add(id(link))
+                    self.forget_workers(link, request.model)
                     continue
                 link.record(False)
                 tried.add(id(link))

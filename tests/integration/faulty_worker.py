@@ -34,6 +34,10 @@ class FaultyEngine:
             raise EngineError("injected failure before the first token")
         chunks = 0
         async for event in self.real.generate(request):
+            if isinstance(event, Chunk) and event.more:
+                # the delays injected below make "the next chunk is ready already" untrue; left
+                # as it is, the worker would hold this chunk for the next (as it may), which stalls
+                event = Chunk(event.payload)
             if FAULT.startswith("slow:") and isinstance(event, Chunk):
                 # per token: a streamed chunk is one token, a whole answer is all of them
                 tokens = 1 if request.stream else int(event.payload.get("usage", {}).get("completion_tokens", 1))

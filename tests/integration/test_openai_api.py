@@ -4,6 +4,7 @@ driven by the official ``openai`` package."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -104,8 +105,12 @@ def test_streamed_usage_matches_tokens_generated(client: openai.OpenAI, network:
     assert all(c.usage is None for c in chunks)
     assert chunks[-1].choices[0].finish_reason == "length"
     assert "".join(c.choices[0].delta.content or "" for c in chunks)
-    # the proxy's log line for this request carries the worker-metered counts
-    network.nodes["proxy"].wait_for_log("+13 tokens")
+    # the worker's log line for this request carries the counts it metered and signed
+    deadline = time.monotonic() + 5
+    workers = [node for name, node in network.nodes.items() if name.startswith("worker")]
+    while not any(" + 13 completion tokens in " in node.log for node in workers):
+        assert time.monotonic() < deadline, "no worker logged 13 completion tokens"
+        time.sleep(0.05)
 
 
 def test_seed_and_stop_are_honoured(client: openai.OpenAI) -> None:
