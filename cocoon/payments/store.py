@@ -240,6 +240,12 @@ class PaymentStore:
         return self._changed_row(returned, channel)
 
     def set_redeemed(self, channel: bytes, redeemed: int) -> None:
+        """Raise the redeemed amount as seen on chain. Nothing is written when it did not move:
+        settlement reads every channel each round, and a write would count as a change of state
+        (``state_seq``), which the proxy then commits on chain."""
+        known = self.channel(channel)
+        if known is not None and known.redeemed >= redeemed:
+            return
         with self.transaction() as db:
             returned = db.execute(
                 "UPDATE channels SET redeemed = MAX(redeemed, ?) WHERE channel = ? RETURNING *",

@@ -57,3 +57,16 @@ def test_add_total_of_an_unknown_channel(tmp_path: Path) -> None:
     with pytest.raises(KeyError), store.transaction() as db:
         store.add_total(db, CHANNEL, 1)
     assert store.channel(CHANNEL) is None
+
+
+def test_an_unchanged_redeemed_amount_is_not_a_change_of_state(tmp_path: Path) -> None:
+    store = PaymentStore(tmp_path / "p.db")
+    store.add_channel(CHANNEL, "proxy_in", PEER)
+    store.set_redeemed(CHANNEL, 40)
+    seq = store.state_seq
+    store.set_redeemed(CHANNEL, 40)  # settlement saw the same figure again
+    store.set_redeemed(CHANNEL, 10)  # an older figure never lowers it
+    assert store.state_seq == seq
+    assert store.channel(CHANNEL).redeemed == 40  # type: ignore[union-attr]
+    store.set_redeemed(CHANNEL, 41)
+    assert store.state_seq == seq + 1
