@@ -110,6 +110,13 @@ class Inbox:
             await waiter
         return self._items.popleft()
 
+    def stop(self) -> None:
+        """No wait will follow (the stream is over): drop the timer, which would otherwise keep
+        this inbox, and what it holds, alive in the event loop until its deadline."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def _expire(self) -> None:
         self._timer = None
         waiter = self._waiter
@@ -141,11 +148,19 @@ class Stream:
 
     async def receive(self, timeout: float | None = None) -> Message:
         """The next answer message; ``TimeoutError`` when none comes within ``timeout``."""
-        return await self.queue.get(timeout)
+        message = await self.queue.get(timeout)
+        if self.closed and self.queue.empty():  # that was the last one
+            self.queue.stop()
+        return message
 
     def receive_nowait(self) -> Message | None:
         """The next answer message if one has arrived, else None."""
-        return None if self.queue.empty() else self.queue.get_nowait()
+        if self.queue.empty():
+            return None
+        message = self.queue.get_nowait()
+        if self.closed and self.queue.empty():
+            self.queue.stop()
+        return message
 
     @property
     def ready(self) -> int:
@@ -153,6 +168,7 @@ class Stream:
         return self.queue.qsize()
 
     async def cancel(self, reason: str = "") -> None:
+        self.queue.stop()
         if not self.closed:
             self.closed = True
             self.peer._streams.pop(self.id, None)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
+from typing import cast
 
 import pytest
 
-from cocoon.channel.peer import Inbox
-from cocoon.protocol.messages import Data
+from cocoon.channel.peer import Inbox, Peer, Stream
+from cocoon.protocol.errors import ErrorCode
+from cocoon.protocol.messages import Data, Error
 
 
 def data(i: int) -> Data:
@@ -71,3 +75,24 @@ async def test_a_shorter_timeout_than_the_last_one_is_honoured() -> None:
     assert loop.time() - started < 1.0
     inbox.put_nowait(data(1))
     assert await inbox.get(None) == data(1)
+
+
+@pytest.mark.parametrize("waited", [True, False])
+async def test_a_finished_stream_leaves_nothing_in_the_event_loop(waited: bool) -> None:
+    # the lazy timer of a long wait must not keep a finished stream's inbox alive until its
+    # deadline: at a thousand requests a second that grew a proxy by tens of MiB
+    stream = Stream(cast(Peer, None), 1)
+    first = asyncio.create_task(stream.receive(600.0))
+    await asyncio.sleep(0)
+    stream.queue.put_nowait(data(0))
+    assert await first == data(0)
+    stream.closed = True  # as the read loop marks it when the closing message arrives
+    stream.queue.put_nowait(Error(stream_id=1, code=ErrorCode.TIMEOUT, message="done"))
+    if waited:
+        assert isinstance(await stream.receive(600.0), Error)
+    else:
+        assert isinstance(stream.receive_nowait(), Error)
+    inbox = weakref.ref(stream.queue)
+    del stream, first
+    gc.collect()
+    assert inbox() is None
