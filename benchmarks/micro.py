@@ -226,14 +226,14 @@ def signatures(m: Micro, tmp: Path) -> None:
         Voucher(TAG_CLIENT_VOUCHER, channel, n, n * 1000, now + 30 * 86400).sign(key) for n in range(1, needed + 1)
     ])  # fmt: skip
 
-    sign_base, verify_base = "baseline: Ed25519 sign (32 B)", "baseline: Ed25519 verify (32 B)"
+    sign_base, verify_base = "baseline: Ed25519 sign (32 B)", "baseline: Ed25519 verify, OpenSSL (32 B)"
     try:
         m.group([
             Case(sign_base, lambda: key.sign(digest), 500),
             Case(verify_base, lambda: public.verify(signature, digest), 300),
             Case("usage record: sign", lambda: sign_usage(record, key), 500, baseline=sign_base),
             Case("usage record: verify", lambda: verify_usage(signed_usage, worker_key), 300, baseline=verify_base),
-            Case("voucher: sign (cell + hash + Ed25519)", lambda: voucher.sign(key), 500, baseline=sign_base),
+            Case("voucher: sign (hash of its fields + Ed25519)", lambda: voucher.sign(key), 500, baseline=sign_base),
             Case("voucher: verify", lambda: signed.verify(worker_key), 300, baseline=verify_base),
             Case("voucher: ProxyAccounts.accept_voucher", lambda: accounts.accept_voucher(next(vouchers), now), calls,
                  baseline=verify_base, note="check + one SQLite commit, synchronous=normal"),
