@@ -290,10 +290,13 @@ def test_per_client_limits_at_the_proxy(tmp_path: Path) -> None:
 
 
 def test_killing_one_of_two_proxies_loses_no_request_that_had_not_started(tmp_path: Path) -> None:
-    first = Network(tmp_path / "a", workers=1, capacity=2)
+    # requests wait in the proxies' queues for the one worker each: long enough on a loaded machine
+    # (the default 5 s turned some into 429s there, which is not what this test is about)
+    queue = {"queue_timeout": 30.0}
+    first = Network(tmp_path / "a", workers=1, capacity=2, proxy=queue)
     (tmp_path / "b").mkdir()
     shutil.copy2(tmp_path / "a" / "client.key", tmp_path / "b" / "client.key")  # both proxies pin this client
-    second = Network(tmp_path / "b", workers=1, capacity=2)
+    second = Network(tmp_path / "b", workers=1, capacity=2, proxy=queue)
     port = free_port()
     config = tmp_path / "client.toml"
     pins = [f'{{ address = "127.0.0.1:{net.proxy_port}", public_key = "{net.proxy_key}" }}' for net in (first, second)]
