@@ -379,7 +379,7 @@ class ClientService:
 
         self._refreshing[key] = asyncio.create_task(refresh())
 
-    def forget_workers(self, link: ProxyLink, model: str) -> None:
+    def _forget_workers(self, link: ProxyLink, model: str) -> None:
         self._workers.pop((id(link), model), None)
 
     async def candidates(self, model: str, max_price_milli: int, routing: str, link: ProxyLink) -> list[Candidate]:
@@ -446,7 +446,7 @@ class ClientService:
                 if exc.code in RELIST and id(link) not in relisted and call is not None:
                     # the candidates came from a list that may be out of date: once more, fresh
                     relisted.add(id(link))
-                    self.forget_workers(link, request.model)
+                    self._forget_workers(link, request.model)
                     continue
                 link.record(False)
                 tried.add(id(link))
