@@ -99,9 +99,15 @@ class Suite:
         met: bool | None = None,
         note: str = "",
         scenario: str | None = None,
+        paired: bool = False,
     ) -> Result:
         """One figure: its value per repeat (``runs``), optionally its latency ``samples`` (all
-        repeats pooled, for p50/p90/p99), and the baseline it is compared with, by name."""
+        repeats pooled, for p50/p90/p99), and the baseline it is compared with, by name.
+
+        ``paired``: repeat i of this figure and of its baseline were measured side by side (taking
+        turns within the same minute), so the ratio is the median of the per-repeat ratios; the
+        machine's speed, which drifts between repeats, then cancels out. Otherwise (or when a
+        repeat is missing on either side) it is the ratio of the medians."""
         value = statistics.median(runs) if runs else float("nan")
         result = Result(scenario or self.scenario, metric, unit, value, list(runs), target=target, met=met, note=note)
         if samples:
@@ -111,7 +117,10 @@ class Suite:
             base = self.find(baseline)
             if base is not None and base.value:
                 result.baseline = baseline
-                result.ratio = value / base.value
+                if paired and len(base.runs) == len(runs) and all(base.runs):
+                    result.ratio = statistics.median(r / b for r, b in zip(runs, base.runs, strict=True))
+                else:
+                    result.ratio = value / base.value
         self.results.append(result)
         self.progress(
             f"{metric}: {format_value(value, unit)}" + (f" ({result.ratio:.3f} × {baseline})" if result.ratio else "")

@@ -34,7 +34,8 @@ each configuration in turn (the order rotates) answers a short request (``PROBE_
 tokens: for the time to first token, which is noisy here and needs many samples), then
 ``SINGLE`` such rounds of full answers, so that the machine's load, shared and changing, falls
 on all alike (1 stream); then each configuration in turn answers ``STREAMS`` requests sent at
-once (4 streams). (b), (c) and (d) share one instance, and llama.cpp reuses the longest prefix
+once, and again in the reverse order (4 streams: a drift within the repeat then falls on all
+alike too). (b), (c) and (d) share one instance, and llama.cpp reuses the longest prefix
 of the previous prompt: a short unmeasured request resets it whenever that instance would
 otherwise see the same prompt twice in a row. No repeat starts that would likely end past
 ``BUDGET_S`` seconds after the scenario's start (the figures say how many ran).
@@ -43,7 +44,10 @@ Figures per configuration and stream count: time to first token (request sent �
 chunk; with 1 stream over the short and the full answers; with 4 streams it includes the wait
 for the one instance), inter-token latency (gaps between content chunks of full answers),
 tokens/s per stream (a stream's tokens over its time from request to last token) and, with 4
-streams, in aggregate (all tokens over the wall time). Ratios are to (a) in the same run. The
+streams, in aggregate (all tokens over the wall time). Ratios are to (a) in the same run, paired
+by repeat: the median over repeats of (this configuration ÷ (a)) within the repeat, since the
+machine's speed moves by more between repeats (a minute or more apart) than between
+configurations taking turns within one. The
 time to first token that (e) adds is the median of (e) − (a) over the same prompts. CPU seconds
 per request of each process in a path are read from /proc, as is what (e)'s processes use while
 the others are measured.
@@ -64,6 +68,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -73,7 +78,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.harness import Suite, format_value
+from benchmarks.harness import Result, Suite, format_value
 from benchmarks.overhead_servers import (
     LITELLM_VERSION,
     HttpError,
@@ -104,6 +109,7 @@ PROBES, QUICK_PROBES = 6, 2  # rounds of one short request (time to first token)
 PROBE_TOKENS = 2
 BUDGET_S, QUICK_BUDGET_S = 210.0, 60.0  # no repeat starts that would likely end past this
 TTFT_ADDED_TARGET = 0.005
+ENGINE_FIRST = re.compile(r" done: .*engine's first chunk after ([\d.]+) ms")
 RATE_TARGET = 0.97
 LITELLM_INSTALL_TIMEOUT = 300.0
 FAILURES = (OSError, RuntimeError, ValueError, TimeoutError)
@@ -189,8 +195,8 @@ class Config:
     answers: dict[tuple[int, int], tuple[str, int]] = field(default_factory=dict)  # (prompt, max) → answer
     single: list[dict[int, Trace]] = field(default_factory=list)  # per repeat: prompt → trace
     probes: list[dict[int, Trace]] = field(default_factory=list)  # per repeat: prompt → trace
-    multi: list[list[Trace]] = field(default_factory=list)  # per repeat
-    walls: list[float] = field(default_factory=list)  # 4 streams: per repeat
+    multi: list[list[Trace]] = field(default_factory=list)  # per repeat: both batches of 4 streams
+    walls: list[float] = field(default_factory=list)  # 4 streams: per repeat, both batches' wall time
     busy_cpu: dict[str, list[float]] = field(default_factory=dict)  # meter → CPU seconds per repeat
     requests: list[int] = field(default_factory=list)  # measured, per repeat
 
@@ -413,16 +419,31 @@ class Scenario:
                 self.meters.idle_cpu[name] = self.meters.idle_cpu.get(name, 0.0) + used
                 self.meters.idle_time[name] = self.meters.idle_time.get(name, 0.0) + elapsed
 
+    def engine_firsts(self) -> list[float]:
+        """From (e)'s worker log, per request done: seconds from handing it to the engine to the
+        engine's first chunk (the worker's monotonic clock; the log holds no content)."""
+        assert self.network is not None
+        return [float(ms) / 1e3 for ms in ENGINE_FIRST.findall(self.network[1].nodes["worker-1"].log)]
+
     async def one(self, config: Config, repeat: int, prompt: int, max_tokens: int) -> Trace | None:
         assert config.send is not None
         if config.shares_server:
             await self.reset_server(prompt)
+        timed = config.key == "e" and self.network is not None and repeat >= 0
+        done = len(self.engine_firsts()) if timed else 0
         before, started = self.meters.snapshot(), time.monotonic()
         try:
             trace = await config.send(request_body(PROMPTS[prompt], max_tokens, config.extra))
         except FAILURES as exc:
             self.fail(config, exc, "while measured")
             return None
+        if timed:
+            # the worker logs a request just after its last frame leaves: a moment, at most
+            deadline = time.monotonic() + 2.0
+            while len(firsts := self.engine_firsts()) <= done and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            if len(firsts) == done + 1:
+                trace.engine_first = firsts[done]
         if config.shares_server:
             self.server_last = prompt
         config.sent += 1
@@ -462,7 +483,10 @@ class Scenario:
                         prompt = chosen[(round_ + live.index(config)) % len(chosen)]
                         if (trace := await self.one(config, repeat, prompt, tokens)) is not None:
                             getattr(config, kind)[repeat][prompt] = trace
-            for config in live[repeat % len(live) :] + live[: repeat % len(live)]:  # 4 streams
+            # 4 streams: each configuration in turn, then again in the reverse order, so that the
+            # machine's drift within the repeat falls on all of them alike
+            order = live[repeat % len(live) :] + live[: repeat % len(live)]
+            for config in order + order[::-1]:
                 if config.available:
                     await self.streams(config, repeat, multi)
             self.repeats_done = repeat + 1
@@ -498,8 +522,11 @@ class Scenario:
             return
         if config.shares_server:
             self.server_last = max(zip(prompts, traces, strict=True), key=lambda pt: pt[1].end)[0]
-        config.walls.append(max(t.end for t in traces) - start)
-        config.multi.append(list(traces))
+        if len(config.multi) == repeat:
+            config.multi.append([])
+            config.walls.append(0.0)
+        config.walls[repeat] += max(t.end for t in traces) - start
+        config.multi[repeat] += traces
         config.sent += len(traces)
         for prompt, trace in zip(prompts, traces, strict=True):
             config.answers[prompt, self.max_tokens] = (trace.text, trace.tokens)
@@ -556,17 +583,19 @@ class Scenario:
                     note=f"not available: {config.unavailable}",
                 )
         measured = [c for c in configs.values() if c.available and c.single]
-        values: dict[tuple[str, str], float] = {}  # (configuration, figure) → value
+        values: dict[tuple[str, str], Result] = {}  # (configuration, figure) → its figure
 
         def figure(
             config: Config, name: str, unit: str, runs: list[float], samples: list[float] | None = None, note: str = ""
         ) -> None:
             baseline = f"{a.name}: {name}" if config is not a else ""
-            result = suite.record(f"{config.name}: {name}", unit, runs, samples=samples, baseline=baseline, note=note)
+            result = suite.record(
+                f"{config.name}: {name}", unit, runs, samples=samples, baseline=baseline, note=note, paired=True
+            )
             if config is e and unit == "tokens/s":
                 result.target = f"≥ {RATE_TARGET:.2f} × (a)"
                 result.met = result.ratio is not None and result.ratio >= RATE_TARGET
-            values[config.key, name] = result.value
+            values[config.key, name] = result
 
         for n in (1, STREAMS):
             streams = f"{n} stream" + ("s" if n > 1 else "")
@@ -598,27 +627,59 @@ class Scenario:
         self.cpu_report()
 
     def added_ttft(self) -> None:
-        """(e) − (a) on the same prompts: 1 stream paired by prompt; 4 streams by repeat."""
+        """What (e) adds to the time to first token. 1 stream: against its own engine in the
+        same request (the target), and against (a) on the same prompt within each repeat;
+        4 streams: against (a), by repeat."""
         a, e = self.configs["a"], self.configs["e"]
+        target = f"≤ {TTFT_ADDED_TARGET * 1e3:.0f} ms at p50"
+        own: list[list[float]] = []  # per repeat: caller's TTFT − the engine's, same request
+        engines: list[list[float]] = []  # per repeat: the engine's TTFT in the worker ÷ (a)'s, same prompt
+        for r in range(len(e.single)):
+            own.append([])
+            engines.append([])
+            for ours, base in ((e.probes[r], a.probes[r]), (e.single[r], a.single[r])):
+                for p, trace in ours.items():
+                    if trace.engine_first is not None:
+                        own[-1].append(trace.ttft - trace.engine_first)
+                        if p in base:
+                            engines[-1].append(trace.engine_first / base[p].ttft)
+        runs = [statistics.median(d) for d in own if d]
+        self.suite.record(
+            "(e) − its engine, same request: time to first token added, 1 stream",
+            "s",
+            runs,
+            samples=[x for d in own for x in d],
+            target=target,
+            met=statistics.median(runs) <= TTFT_ADDED_TARGET if runs else None,
+            note="the caller's time to first token minus the engine's in the worker for the same request "
+            "(from handing it the request to its first chunk, the worker's log; one machine, one clock): "
+            "everything the network does, without llama.cpp's own variation between runs",
+        )
+        runs = [statistics.median(d) for d in engines if d]
+        self.suite.record(
+            "(e)'s engine in the worker ÷ (a): time to first token, 1 stream",
+            "x",
+            runs,
+            note="paired by prompt within each repeat: whether llama.cpp itself runs slower inside the worker "
+            "than in (a), which the figure above would not show",
+        )
         paired: list[list[float]] = []  # per repeat
         for r in range(len(e.single)):
             paired.append([])
             for ours, base in ((e.probes[r], a.probes[r]), (e.single[r], a.single[r])):
                 paired[-1] += [ours[p].ttft - base[p].ttft for p in ours if p in base]
         runs = [statistics.median(d) for d in paired if d]
-        target = f"≤ {TTFT_ADDED_TARGET * 1e3:.0f} ms at p50"
         self.suite.record(
             "(e) − (a): time to first token added, 1 stream",
             "s",
             runs,
             samples=[x for d in paired for x in d],
-            target=target,
-            met=statistics.median(runs) <= TTFT_ADDED_TARGET if runs else None,
-            note="paired by prompt, within each repeat",
+            note="paired by prompt within each repeat: the same prompt through (a) and (e) seconds apart, so "
+            "llama.cpp's own variation between runs of a prompt is in it",
         )
         runs = [
-            statistics.median(t.ttft for t in re) - statistics.median(t.ttft for t in ra)
-            for ra, re in zip(a.multi, e.multi, strict=True)
+            statistics.median(t.ttft for t in ours) - statistics.median(t.ttft for t in theirs)
+            for theirs, ours in zip(a.multi, e.multi, strict=True)
         ]
         self.suite.record(
             f"(e) − (a): time to first token added, {STREAMS} streams",
@@ -629,9 +690,10 @@ class Scenario:
             note="difference of the medians per repeat; includes the wait for the one instance",
         )
 
-    def compare(self, values: dict[tuple[str, str], float]) -> None:
+    def compare(self, values: dict[tuple[str, str], Result]) -> None:
         """(e) against (c) and (d) on every figure: lower is better for latencies, higher for
-        rates."""
+        rates. Paired by repeat, as the ratios to (a) are: (e) is slower where the median over
+        repeats of (e) ÷ (c) within the repeat is on the wrong side of 1."""
         configs = self.configs
         others = [configs[k] for k in "cd" if configs[k].available and configs[k].single]
         if not others:
@@ -643,12 +705,15 @@ class Scenario:
             ours = values["e", name]
             for other in others:
                 theirs = values[other.key, name]
+                if len(ours.runs) == len(theirs.runs) and all(theirs.runs):
+                    ratio = statistics.median(o / t for o, t in zip(ours.runs, theirs.runs, strict=True))
+                else:
+                    ratio = ours.value / theirs.value
                 rate = name.startswith("tokens/s")
-                if (ours < theirs) if rate else (ours > theirs):
-                    unit = "tokens/s" if rate else "s"
+                if (ratio < 1) if rate else (ratio > 1):
                     slower.append(
-                        f"{name}: {format_value(ours, unit)} vs ({other.key}) {format_value(theirs, unit)} "
-                        f"({(ours / theirs - 1) * 100:+.1f} %)"
+                        f"{name}: {format_value(ours.value, ours.unit)} vs ({other.key}) "
+                        f"{format_value(theirs.value, theirs.unit)} ({(ratio - 1) * 100:+.1f} % paired by repeat)"
                     )
         missing = [f"({k}) not available" for k in "cd" if configs[k] not in others]
         self.suite.record(

@@ -37,6 +37,7 @@ class Trace:
     start: float
     times: list[float] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)
+    engine_first: float | None = None  # (e): seconds from the worker handing it to its engine to the first chunk
 
     def add(self, content: str, now: float) -> None:
         self.times.append(now)

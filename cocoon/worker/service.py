@@ -252,11 +252,15 @@ class Worker:
         sealer = ChunkSealer(secret, sealed.request_id)
         engine_request = EngineRequest(kind=message.kind, params=engine_params(request), stream=message.stream)
         events = self.engine.generate(engine_request)
+        engine_started = time.monotonic()
+        first_chunk = -1.0  # seconds from handing the request to the engine to its first chunk
         ready: list[bytes] = []  # encoded chunks the engine had ready together, not sent yet
         size = 0
         try:
             async for event in events:
                 if isinstance(event, Chunk):
+                    if first_chunk < 0:
+                        first_chunk = time.monotonic() - engine_started
                     encoded = self._json.encode(event.payload)
                     ready.append(encoded)
                     size += len(encoded)
@@ -277,11 +281,13 @@ class Worker:
                     usage, reason = event.usage, event.finish_reason
                     await self._send(peer, End(stream_id=sid, usage=usage, finish_reason=reason, receipt=receipt))
                     log.info(
-                        "request %d done: %d prompt + %d completion tokens in %.2f s, %d sealed chunks (%s)",
+                        "request %d done: %d prompt + %d completion tokens in %.2f s, "
+                        "engine's first chunk after %.1f ms, %d sealed chunks (%s)",
                         sid,
                         event.usage.prompt_tokens,
                         event.usage.completion_tokens,
                         time.monotonic() - started,
+                        first_chunk * 1e3,
                         sealer.counter,
                         event.finish_reason,
                     )

@@ -86,10 +86,8 @@ def test_coalesced_chunks_reach_the_caller_as_one_event_per_token(tmp_path: Path
             assert whole.status_code == 200, whole.text
             assert whole.json()["choices"][0]["message"]["content"] == "".join(f" w{j % 64}" for j in range(100))
         # the unpaced engine outpaces the network: the worker sealed several tokens per chunk
-        sealed = [
-            int(n)
-            for n in re.findall(r"100 completion tokens in [\d.]+ s, (\d+) sealed chunks", net.nodes["worker-1"].log)
-        ]
+        done = r"100 completion tokens in [\d.]+ s, engine's first chunk after [\d.]+ ms, (\d+) sealed chunks"
+        sealed = [int(n) for n in re.findall(done, net.nodes["worker-1"].log)]
         assert sealed and sealed[0] < 50
     finally:
         net.stop()

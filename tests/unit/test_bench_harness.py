@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import statistics
 from pathlib import Path
 
 from benchmarks.harness import Suite, percentile
@@ -28,3 +29,19 @@ def test_ratios_come_from_the_same_run_and_are_written_out(tmp_path: Path) -> No
     assert [r["metric"] for r in document["results"]] == ["baseline", "ours"]
     assert document["machine"]["cores"] >= 1
     assert "2.000 × baseline" in md_path.read_text() and "✓ met" in md_path.read_text()
+
+
+def test_paired_ratios_cancel_the_drift_between_repeats(tmp_path: Path) -> None:
+    suite = Suite(tmp_path, repeats=3, stream=io.StringIO())
+    suite.scenario = "demo"
+    # the machine slows down from repeat to repeat; ours is 0.9 × the baseline in every repeat
+    suite.record("baseline", "tokens/s", [100.0, 50.0, 20.0])
+    paired = suite.record("ours, paired", "tokens/s", [90.0, 45.0, 18.0], baseline="baseline", paired=True)
+    unpaired = suite.record("ours", "tokens/s", [90.0, 45.0, 18.0], baseline="baseline")
+    assert paired.ratio is not None and abs(paired.ratio - 0.9) < 1e-12
+    assert unpaired.ratio == 45.0 / 50.0  # the same here, by the medians
+    # a missing repeat: back to the ratio of the medians
+    short = suite.record("ours, one repeat lost", "tokens/s", [90.0, 45.0], baseline="baseline", paired=True)
+    assert short.ratio == statistics.median([90.0, 45.0]) / 50.0
+    drift = suite.record("ours, drifting", "tokens/s", [95.0, 40.0, 19.0], baseline="baseline", paired=True)
+    assert drift.ratio == statistics.median([0.95, 0.8, 0.95])
