@@ -16,7 +16,14 @@ from cocoon.attest.verifier import EvidenceVerifier
 from cocoon.channel.peer import Peer, PeerGone, Stream
 from cocoon.client.link import NoProxy, ProxyLink, ProxyPool
 from cocoon.client.payments import ClientPayments, PaymentSetupError
-from cocoon.client.sealing import Candidate, Receipts, SealedCall, SealingFailed, verified_candidates
+from cocoon.client.sealing import (
+    Candidate,
+    PreparedSenders,
+    Receipts,
+    SealedCall,
+    SealingFailed,
+    verified_candidates,
+)
 from cocoon.openai import sse
 from cocoon.openai.errors import from_code
 from cocoon.openai.schemas import Kind, Request, include_usage, max_tokens_of
@@ -328,6 +335,7 @@ class ClientService:
         self.max_candidates = candidates
         self.clock = clock
         self.receipts = Receipts()
+        self.prepared = PreparedSenders()
         self._workers: dict[tuple[int, str], tuple[float, list[WorkerOffer]]] = {}
         self._refreshing: dict[tuple[int, str], asyncio.Task[None]] = {}
 
@@ -478,7 +486,7 @@ class ClientService:
         routing = request.routing or self.routing
         chosen = (await self.candidates(request.model, cap, routing, link))[: self.max_candidates]
         try:
-            sealing = SealedCall(kind, body, chosen, max_tokens_of(request))
+            sealing = SealedCall(kind, body, chosen, max_tokens_of(request), self.prepared)
         except SealingFailed as exc:
             raise UpstreamError(exc.code, str(exc)) from exc
         peer = await self._peer(link)
@@ -500,6 +508,9 @@ class ClientService:
             )
         except PeerGone as exc:
             raise UpstreamError(ErrorCode.CONNECTION_LOST, f"lost the proxy: {exc}") from exc
+        # setups for the next request to these workers, made while this one waits for its answer
+        # (after the request's frame is written, which was queued first)
+        asyncio.get_running_loop().call_soon(self.prepared.refill, chosen)
         link.awaiting.add(sealing.request_id)
         return Call(
             kind,

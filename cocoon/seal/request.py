@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from msgspec import Meta, Struct
 
 from cocoon.seal.errors import SealError
-from cocoon.seal.hpke import RecipientKey, unwrap_key, wrap_key
+from cocoon.seal.hpke import RecipientKey, SenderSetup, unwrap_key, wrap_key
 
 MAX_CANDIDATES = 8
 MAX_SEALED_BODY = 8 * 1024 * 1024
@@ -54,15 +54,19 @@ def seal_request(
     request_id: bytes,
     content_key: bytes,
     recipients: list[tuple[bytes, bytes]],
+    prepared: dict[bytes, SenderSetup] | None = None,
 ) -> tuple[bytes, dict[bytes, bytes]]:
     """Seal ``body`` for ``recipients`` (worker id, HPKE public key). Returns the sealed bytes
-    and, per worker id, the secret that worker's answer will be sealed with."""
+    and, per worker id, the secret that worker's answer will be sealed with. ``prepared``: sender
+    setups made ahead (``prepare_sender``) for some of those workers' keys, by worker id; each is
+    used here and must not be used again."""
     if not 1 <= len(recipients) <= MAX_CANDIDATES:
         raise SealError("no_candidates", f"between 1 and {MAX_CANDIDATES} candidate workers are needed")
     aad = _aad(request_id, kind)
     keys, secrets = [], {}
     for worker_id, public in recipients:
-        enc, wrapped, secret = wrap_key(public, content_key, aad + worker_id)
+        setup = prepared.get(worker_id) if prepared else None
+        enc, wrapped, secret = wrap_key(public, content_key, aad + worker_id, setup)
         keys.append(WrappedKey(worker_id, enc, wrapped))
         secrets[worker_id] = secret
     ciphertext = ChaCha20Poly1305(content_key).encrypt(ZERO_NONCE, body, aad)

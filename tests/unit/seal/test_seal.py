@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cocoon.client.sealing import Candidate, PreparedSenders, SealedCall
 from cocoon.keys import public_bytes
 from cocoon.seal.errors import SealError
 from cocoon.seal.hpke import RecipientKey
@@ -181,3 +182,32 @@ def test_usage_records_are_signed_and_checked() -> None:
     with pytest.raises(SealError) as excinfo:
         verify_usage(b"\xc1", worker)
     assert excinfo.value.code == "malformed"
+
+
+def test_a_sender_setup_made_ahead_seals_one_request_only() -> None:
+    worker, other = Worker(), Worker()
+    candidates = [Candidate(worker.id, worker.public, b"m" * 32), Candidate(other.id, other.public, b"m" * 32)]
+    prepared = PreparedSenders(limit=4)
+    prepared.refill(candidates[:1])
+    assert len(prepared) == 1
+    first = SealedCall("chat", BODY, candidates, None, prepared)
+    assert len(prepared) == 0  # taken: a setup (its ephemeral key) never serves two requests
+    second = SealedCall("chat", BODY, candidates, None, prepared)  # made on the spot instead
+    encs = [{k.worker_id: k.enc for k in decode_sealed(call.sealed).keys} for call in (first, second)]
+    assert encs[0][worker.id] != encs[1][worker.id] and encs[0][other.id] != encs[1][other.id]
+    for call in (first, second):  # both open at either worker, whichever way they were sealed
+        for w in (worker, other):
+            request, body, _ = open_request(call.sealed, worker_id=w.id, hpke_key=w.recipient)
+            assert body == BODY and request.request_id == call.request_id
+
+
+def test_prepared_sender_setups_are_bounded_and_follow_key_changes() -> None:
+    workers = [Worker() for _ in range(5)]
+    prepared = PreparedSenders(limit=3)
+    prepared.refill([Candidate(w.id, w.public, b"m" * 32) for w in workers])
+    assert len(prepared) == 3  # the oldest went
+    rotated = Worker()
+    rotated.id = workers[-1].id  # the same worker with a new HPKE key: the old setup does not serve it
+    assert prepared.take([Candidate(rotated.id, rotated.public, b"m" * 32)]) == {}
+    prepared.refill([Candidate(workers[0].id, b"\x00" * 31, b"m" * 32)])  # not a key: skipped, not raised
+    assert len(prepared) == 3
