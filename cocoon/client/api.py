@@ -30,6 +30,22 @@ class BodyTooLarge(Exception):
     pass
 
 
+class EventStream(StreamingResponse):
+    """A server-sent event stream whose status line and headers leave together with its first
+    event. The first event is ready when the response starts (the first answer chunk has come),
+    so the caller gets headers and first token in one read instead of waking twice."""
+
+    async def stream_response(self, send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
+        events = aiter(self.body_iterator)
+        first = await anext(events, None)
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        if first is not None:
+            await send({"type": "http.response.body", "body": first, "more_body": True})
+            async for chunk in events:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 def error_response(status: int, body: dict[str, Any]) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
@@ -96,7 +112,7 @@ def build_app(service: ClientService, *, max_body_bytes: int) -> Starlette:
             call, first = begun
             if parsed.stream:
                 watcher.cancel()
-                return StreamingResponse(
+                return EventStream(
                     call.events(first), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
                 )
             answer = await _unless_disconnected(call, call.response(first), watcher)
