@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
@@ -113,14 +114,18 @@ def setup_recipient(recipient: RecipientKey, enc: bytes, info: bytes) -> Context
     return Context(_shared_secret(dh, enc, recipient.public), info)
 
 
-SenderSetup = tuple[bytes, Context]
-"""(enc, context) of one sender setup for ``INFO``: made ahead of a request, used for one only."""
+class SenderSetup(NamedTuple):
+    """One sender setup for ``INFO``, made ahead of a request and used for one only."""
+
+    recipient_public: bytes
+    enc: bytes
+    context: Context
 
 
 def prepare_sender(recipient_public: bytes) -> SenderSetup:
     """A fresh sender setup for a request to ``recipient_public`` that has not come yet: its two
     X25519 operations are most of the cost of sealing, and none depends on the request."""
-    return setup_sender(recipient_public, INFO)
+    return SenderSetup(recipient_public, *setup_sender(recipient_public, INFO))
 
 
 def wrap_key(
@@ -128,7 +133,12 @@ def wrap_key(
 ) -> tuple[bytes, bytes, bytes]:
     """(enc, wrapped content key, response secret) for one recipient, with a setup from
     ``prepare_sender`` for that recipient when there is one (it must not be used again)."""
-    enc, context = prepared if prepared is not None else setup_sender(recipient_public, INFO)
+    if prepared is None:
+        enc, context = setup_sender(recipient_public, INFO)
+    elif prepared.recipient_public != recipient_public:
+        raise SealError("bad_key", "a sender setup made for another key")  # would wrap for that key
+    else:
+        enc, context = prepared.enc, prepared.context
     return enc, context.seal(content_key, aad), context.export(RESPONSE_EXPORT, SECRET_SIZE)
 
 

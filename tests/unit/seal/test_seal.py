@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from cocoon.client.sealing import Candidate, PreparedSenders, SealedCall
 from cocoon.keys import public_bytes
 from cocoon.seal.errors import SealError
-from cocoon.seal.hpke import RecipientKey
+from cocoon.seal.hpke import RecipientKey, prepare_sender
 from cocoon.seal.request import decode_sealed, open_request, seal_request, sealed_hash
 from cocoon.seal.response import ChunkOpener, ChunkSealer
 from cocoon.seal.usage import UsageRecord, sign_usage, verify_usage
@@ -211,3 +211,14 @@ def test_prepared_sender_setups_are_bounded_and_follow_key_changes() -> None:
     assert prepared.take([Candidate(rotated.id, rotated.public, b"m" * 32)]) == {}
     prepared.refill([Candidate(workers[0].id, b"\x00" * 31, b"m" * 32)])  # not a key: skipped, not raised
     assert len(prepared) == 3
+
+
+def test_a_setup_made_for_another_key_is_refused() -> None:
+    worker, other = Worker(), Worker()
+    wrong = {worker.id: prepare_sender(other.public)}  # would wrap the request's key for `other`
+    with pytest.raises(SealError) as excinfo:
+        seal_request(
+            BODY, kind="chat", request_id=os.urandom(16), content_key=os.urandom(32),
+            recipients=[(worker.id, worker.public)], prepared=wrong,
+        )  # fmt: skip
+    assert excinfo.value.code == "bad_key"
