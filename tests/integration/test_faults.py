@@ -268,21 +268,28 @@ def test_client_price_cap_keeps_it_off_dearer_workers(tmp_path: Path) -> None:
 
 
 def test_per_client_limits_at_the_proxy(tmp_path: Path) -> None:
-    net = Network(
-        tmp_path, workers=1, capacity=2, proxy={"client_streams": 1, "client_rate": 1.0, "max_tokens_cap": 50}
-    )
+    # one request per 4 s: far longer than a short answer takes even on a loaded machine, so the
+    # bucket cannot refill between an accepted request and the next one
+    limits = {"client_streams": 1, "client_rate": 0.25, "max_tokens_cap": 50}
+    net = Network(tmp_path, workers=1, capacity=2, proxy=limits)
     try:
         with client_of(net, timeout=30) as client:
-            with pytest.raises(openai.BadRequestError, match="max_tokens above 50"):
+            with pytest.raises(openai.BadRequestError, match="max_tokens above 50"):  # refused before the bucket
                 client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=60)
-            time.sleep(1.1)  # let the rate bucket refill
             stream = client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=40, stream=True)
             next(iter(stream))
             with pytest.raises(openai.RateLimitError, match=r"too many concurrent requests|rate limit"):
                 client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2)
             stream.close()
-            time.sleep(1.1)
-            assert client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2).usage.completion_tokens == 2
+            deadline = time.monotonic() + 20
+            while True:  # the stream's slot comes free and the bucket refills; refusals cost nothing
+                try:
+                    answer = client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2)
+                    break
+                except openai.RateLimitError:
+                    assert time.monotonic() < deadline, "the limits never let a request through again"
+                    time.sleep(0.25)
+            assert answer.usage is not None and answer.usage.completion_tokens == 2
             with pytest.raises(openai.RateLimitError, match="rate limit"):
                 client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2)
     finally:
