@@ -634,11 +634,15 @@ class Scenario:
         target = f"≤ {TTFT_ADDED_TARGET * 1e3:.0f} ms at p50"
         own: list[list[float]] = []  # per repeat: caller's TTFT − the engine's, same request
         engines: list[list[float]] = []  # per repeat: the engine's TTFT in the worker ÷ (a)'s, same prompt
+        paired: list[list[float]] = []  # per repeat: (e)'s TTFT − (a)'s, same prompt
         for r in range(len(e.single)):
             own.append([])
             engines.append([])
+            paired.append([])
             for ours, base in ((e.probes[r], a.probes[r]), (e.single[r], a.single[r])):
                 for p, trace in ours.items():
+                    if p in base:
+                        paired[-1].append(trace.ttft - base[p].ttft)
                     if trace.engine_first is not None:
                         own[-1].append(trace.ttft - trace.engine_first)
                         if p in base:
@@ -663,11 +667,6 @@ class Scenario:
             note="paired by prompt within each repeat: whether llama.cpp itself runs slower inside the worker "
             "than in (a), which the figure above would not show",
         )
-        paired: list[list[float]] = []  # per repeat
-        for r in range(len(e.single)):
-            paired.append([])
-            for ours, base in ((e.probes[r], a.probes[r]), (e.single[r], a.single[r])):
-                paired[-1] += [ours[p].ttft - base[p].ttft for p in ours if p in base]
         runs = [statistics.median(d) for d in paired if d]
         self.suite.record(
             "(e) − (a): time to first token added, 1 stream",
