@@ -36,8 +36,10 @@ exactly once inside that span, whatever any process buffers on the way):
 
 Half load: the worker is restarted with its engine paced (``bench_tokens_per_second``) so that
 64 streams ask for half the delivered ceiling measured at 64 streams (the proxy's own per-core
-ceiling is far above what this machine can offer it). The streams start spread over half a
-second, as independent callers would, and gaps count from half a second after the last start.
+ceiling is far above what this machine can offer it). Before it, the same at 1/32 and 1/8 of the
+ceiling (``SWEEP``), to show how the figure grows with the load. The streams start spread over
+half a second, as independent callers would, and gaps count from half a second after the last
+start.
 **Added inter-token latency** = the caller's gap minus the pacing interval: the engine
 schedules each stream's tokens on a fixed grid, so a token held up anywhere on the way shows as
 a gap above the interval (and the next one as a gap below it). Target: p99 ≤ 2 ms. The same is
