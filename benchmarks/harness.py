@@ -117,7 +117,7 @@ class Suite:
             base = self.find(baseline)
             if base is not None and base.value:
                 result.baseline = baseline
-                if paired and len(base.runs) == len(runs) and all(base.runs):
+                if paired and runs and len(base.runs) == len(runs) and all(base.runs):
                     result.ratio = statistics.median(r / b for r, b in zip(runs, base.runs, strict=True))
                 else:
                     result.ratio = value / base.value

@@ -109,7 +109,7 @@ PROBES, QUICK_PROBES = 6, 2  # rounds of one short request (time to first token)
 PROBE_TOKENS = 2
 BUDGET_S, QUICK_BUDGET_S = 270.0, 60.0  # no repeat starts that would likely end past this
 TTFT_ADDED_TARGET = 0.005
-ENGINE_FIRST = re.compile(r" done: .*engine's first chunk after ([\d.]+) ms")
+ENGINE_FIRST = re.compile(r" done: .*engine's first chunk after ([\d.]+|n/a) ms")
 RATE_TARGET = 0.97
 LITELLM_INSTALL_TIMEOUT = 300.0
 FAILURES = (OSError, RuntimeError, ValueError, TimeoutError)
@@ -419,18 +419,23 @@ class Scenario:
                 self.meters.idle_cpu[name] = self.meters.idle_cpu.get(name, 0.0) + used
                 self.meters.idle_time[name] = self.meters.idle_time.get(name, 0.0) + elapsed
 
-    def engine_firsts(self) -> list[float]:
+    def engine_firsts(self) -> list[float | None]:
         """From (e)'s worker log, per request done: seconds from handing it to the engine to the
-        engine's first chunk (the worker's monotonic clock; the log holds no content)."""
+        engine's first chunk (the worker's monotonic clock; the log holds no content); None for
+        an answer without chunks."""
         assert self.network is not None
-        return [float(ms) / 1e3 for ms in ENGINE_FIRST.findall(self.network[1].nodes["worker-1"].log)]
+        found = ENGINE_FIRST.findall(self.network[1].nodes["worker-1"].log)
+        return [None if ms == "n/a" else float(ms) / 1e3 for ms in found]
 
     async def one(self, config: Config, repeat: int, prompt: int, max_tokens: int) -> Trace | None:
         assert config.send is not None
         if config.shares_server:
             await self.reset_server(prompt)
         timed = config.key == "e" and self.network is not None and repeat >= 0
-        done = len(self.engine_firsts()) if timed else 0
+        # the worker logs one line per request it finished, so this request's is line number
+        # `sent` (every earlier request of (e), warm-up and 4-stream batches included), even if an
+        # earlier line came late
+        done = config.sent
         before, started = self.meters.snapshot(), time.monotonic()
         try:
             trace = await config.send(request_body(PROMPTS[prompt], max_tokens, config.extra))
@@ -442,7 +447,7 @@ class Scenario:
             deadline = time.monotonic() + 2.0
             while len(firsts := self.engine_firsts()) <= done and time.monotonic() < deadline:
                 await asyncio.sleep(0.005)
-            if len(firsts) == done + 1:
+            if len(firsts) > done:
                 trace.engine_first = firsts[done]
         if config.shares_server:
             self.server_last = prompt

@@ -379,7 +379,7 @@ def run(suite: Suite) -> None:
             # Lighter loads first (the curve below half load), then half load and low load.
             seconds = 1.5 if quick else PACED_SECONDS
             for fraction in () if quick else SWEEP:
-                pace = round(ceiling * fraction / HALF_LOAD_STREAMS, 1)
+                pace = max(0.1, round(ceiling * fraction / HALF_LOAD_STREAMS, 1))
                 suite.progress(
                     f"{HALF_LOAD_STREAMS} streams at 1/{round(1 / fraction)} of the ceiling: {pace:.1f} tokens/s each"
                 )
@@ -396,7 +396,7 @@ def run(suite: Suite) -> None:
                 )
 
             # Half load: pace the engine so that the streams ask for half the ceiling.
-            pace = round(ceiling / 2 / HALF_LOAD_STREAMS, 1)
+            pace = max(0.1, round(ceiling / 2 / HALF_LOAD_STREAMS, 1))
             interval = 1.0 / pace
             suite.progress(f"half load: {HALF_LOAD_STREAMS} streams at {pace:.1f} tokens/s each")
             pids = restart_worker(net, tmp / "net", bench_worker(bench_tokens_per_second=pace))

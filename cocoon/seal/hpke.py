@@ -98,7 +98,11 @@ def setup_sender(
         raise SealError("bad_key", "the worker's HPKE key is not an X25519 public key") from exc
     ephemeral = ephemeral or X25519PrivateKey.generate()
     enc = ephemeral.public_key().public_bytes(*_RAW)
-    return enc, Context(_shared_secret(ephemeral.exchange(public), enc, recipient_public), info)
+    try:
+        dh = ephemeral.exchange(public)
+    except ValueError as exc:  # a low-order point: the shared secret would be all zeros
+        raise SealError("bad_key", "the worker's HPKE key is a low-order X25519 point") from exc
+    return enc, Context(_shared_secret(dh, enc, recipient_public), info)
 
 
 class RecipientKey:

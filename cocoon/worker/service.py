@@ -282,12 +282,12 @@ class Worker:
                     await self._send(peer, End(stream_id=sid, usage=usage, finish_reason=reason, receipt=receipt))
                     log.info(
                         "request %d done: %d prompt + %d completion tokens in %.2f s, "
-                        "engine's first chunk after %.1f ms, %d sealed chunks (%s)",
+                        "engine's first chunk after %s ms, %d sealed chunks (%s)",
                         sid,
                         event.usage.prompt_tokens,
                         event.usage.completion_tokens,
                         time.monotonic() - started,
-                        first_chunk * 1e3,
+                        f"{first_chunk * 1e3:.1f}" if first_chunk >= 0 else "n/a",
                         sealer.counter,
                         event.finish_reason,
                     )

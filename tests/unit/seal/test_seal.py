@@ -222,3 +222,13 @@ def test_a_setup_made_for_another_key_is_refused() -> None:
             recipients=[(worker.id, worker.public)], prepared=wrong,
         )  # fmt: skip
     assert excinfo.value.code == "bad_key"
+
+
+def test_a_low_order_key_is_refused_by_name() -> None:
+    # all zeros is a point of small order: the exchange would give an all-zero secret
+    with pytest.raises(SealError) as excinfo:
+        prepare_sender(bytes(32))
+    assert excinfo.value.code == "bad_key"
+    prepared = PreparedSenders()
+    prepared.refill([Candidate(os.urandom(32), bytes(32), b"m" * 32)])  # skipped, not raised
+    assert len(prepared) == 0
