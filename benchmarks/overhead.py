@@ -27,7 +27,8 @@ from the engine and given to (b) explicitly):
 Every request is a streamed chat completion with greedy decoding (temperature 0) and a fixed
 ``max_tokens``, and every configuration answers the same prompts, so all must produce the same
 tokens: checked (the same text in the same number of content chunks). The HTTP configurations
-are driven by a lean client on asyncio streams, one new loopback connection per request.
+are driven by a lean client on asyncio streams that keeps its loopback connections alive
+between requests, as the ``openai`` client's pool does.
 
 Each configuration answers one warm-up request. Then, per repeat: ``PROBES`` rounds in which
 each configuration in turn (the order rotates) answers a short request (``PROBE_TOKENS``
@@ -84,6 +85,7 @@ from benchmarks.overhead_servers import (
     HttpError,
     Service,
     Trace,
+    close_idle_connections,
     cpu_seconds,
     delta_content,
     ensure_litellm,
@@ -373,6 +375,7 @@ class Scenario:
             await self.measure()
             await self.in_path_notes()
         finally:
+            close_idle_connections()
             for service in reversed(self.services):
                 service.stop()
             if network_task is not None and self.network is None:

@@ -81,59 +81,116 @@ class HttpError(RuntimeError):
     pass
 
 
+KEEPALIVE_EXPIRY = 5.0  # seconds an idle connection is kept: httpx's default (the openai client's pool)
+
+
+@dataclass
+class _Idle:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    since: float
+
+
+_idle: dict[tuple[str, int], list[_Idle]] = {}
+
+
+def _take_idle(address: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """The most recently used idle connection to ``address`` still open and not expired, if any
+    (those the server has closed meanwhile, or kept too long, are closed here and dropped)."""
+    pool = _idle.get(address, [])
+    now = time.monotonic()
+    while pool:
+        idle = pool.pop()
+        if now - idle.since < KEEPALIVE_EXPIRY and not idle.reader.at_eof() and not idle.writer.is_closing():
+            return idle.reader, idle.writer
+        idle.writer.close()
+    return None
+
+
+def close_idle_connections() -> None:
+    """Close every idle connection the lean client keeps (at the end of a scenario)."""
+    for pool in _idle.values():
+        for idle in pool:
+            idle.writer.close()
+    _idle.clear()
+
+
 async def stream_chat(url: str, body: bytes, api_key: str = "none", timeout: float = 300.0) -> Trace:
     """POST a streaming chat request to ``url`` (…/v1) and time each content chunk.
 
     Written on asyncio streams rather than httpx: httpx's AsyncClient costs milliseconds of CPU
     per request on these two cores, and would be measured with every configuration that has an
-    HTTP hop. One new loopback connection per request, as a client without a pool makes (the
-    connect is part of the time to first token, for every HTTP configuration alike)."""
+    HTTP hop. It keeps connections alive between requests as the ``openai`` client's pool does
+    (httpx: idle ones for up to 5 s; one that the server has closed meanwhile is not used, and a
+    request that a reused connection closes on before any answer is sent again on a new one, as
+    httpx does), so a configuration's time to first token is not its HTTP server's accept."""
     parsed = httpx.URL(url)
     host, port = parsed.host, parsed.port or 80
     head = (
         f"POST {parsed.path.rstrip('/')}/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
         f"Content-Type: application/json\r\nAccept: text/event-stream\r\nAuthorization: Bearer {api_key}\r\n"
-        f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
     trace = Trace(time.perf_counter())
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        async with asyncio.timeout(timeout):
-            writer.write(head + body)
-            await writer.drain()
+    async with asyncio.timeout(timeout):
+        reused = _take_idle((host, port))
+        reader, writer = reused or await asyncio.open_connection(host, port)
+        writer.write(head + body)
+        try:
             status_line = await reader.readline()
-            headers: dict[str, str] = {}
-            while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-                name, _, value = line.decode("latin-1").partition(":")
-                headers[name.strip().lower()] = value.strip()
-            status = int(status_line.split()[1]) if len(status_line.split()) > 1 else 0
-            if status != 200:
-                rest = await reader.read(2000)
-                raise HttpError(f"{url}: HTTP {status}: {rest[:300]!r}")
-            pending = b""
-            done = False
-            async for data in _body(reader, headers):
-                now = time.perf_counter()
-                pending += data
-                *lines, pending = pending.split(b"\n")
-                for raw in lines:
-                    line = raw.strip()
-                    if not line.startswith(b"data:") or done:
-                        continue  # comments (pings), event names, blank separators
-                    payload = line[5:].strip()
-                    if payload == b"[DONE]":
-                        done = True
-                        continue
-                    chunk = json.loads(payload)
-                    if "error" in chunk:
-                        raise HttpError(f"{url}: error event: {str(chunk['error'])[:300]}")
-                    if content := delta_content(chunk):
-                        trace.add(content, now)
-            if not trace.times:
-                raise HttpError(f"{url}: the answer had no content")
+        except ConnectionError:
+            if not reused:
+                raise
+            status_line = b""
+        if not status_line and reused:  # closed by the server as it went idle: never seen there
+            writer.close()
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(head + body)
+            status_line = await reader.readline()
+        keep = False
+        try:
+            keep = await _read_answer(url, reader, status_line, trace)
             return trace
-    finally:
-        writer.close()
+        finally:
+            if keep:
+                _idle.setdefault((host, port), []).append(_Idle(reader, writer, time.monotonic()))
+            else:
+                writer.close()
+
+
+async def _read_answer(url: str, reader: asyncio.StreamReader, status_line: bytes, trace: Trace) -> bool:
+    """Read one streamed answer into ``trace``; whether the connection may carry another."""
+    headers: dict[str, str] = {}
+    while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    status = int(status_line.split()[1]) if len(status_line.split()) > 1 else 0
+    if status != 200:
+        rest = await reader.read(2000)
+        raise HttpError(f"{url}: HTTP {status}: {rest[:300]!r}")
+    pending = b""
+    done = False
+    async for data in _body(reader, headers):
+        now = time.perf_counter()
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            line = raw.strip()
+            if not line.startswith(b"data:") or done:
+                continue  # comments (pings), event names, blank separators
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                done = True
+                continue
+            chunk = json.loads(payload)
+            if "error" in chunk:
+                raise HttpError(f"{url}: error event: {str(chunk['error'])[:300]}")
+            if content := delta_content(chunk):
+                trace.add(content, now)
+    if not trace.times:
+        raise HttpError(f"{url}: the answer had no content")
+    framed = "chunked" in headers.get("transfer-encoding", "").lower() or "content-length" in headers
+    return framed and headers.get("connection", "").lower() != "close" and not reader.at_eof()
 
 
 async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> Any:
@@ -141,6 +198,8 @@ async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> Any:
         while True:
             size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
             if size == 0:
+                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers, if any, up to the blank line that ends the body
                 return
             data = await reader.readexactly(size)
             await reader.readexactly(2)

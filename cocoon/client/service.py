@@ -115,6 +115,13 @@ class Call:
         self._id_raw = msgspec.Raw(_json.encode(self.id))
         self._created_raw = msgspec.Raw(_json.encode(self.created))
         self._model_raw = msgspec.Raw(_json.encode(request.model))
+        # run once the caller has the first answer (the service's deferred work: not before it)
+        self.after_first_answer: Callable[[], None] | None = None
+
+    def _first_answered(self) -> None:
+        hook, self.after_first_answer = self.after_first_answer, None
+        if hook is not None:
+            hook()
 
     async def receive(self) -> Message:
         """The next message; a timeout after ``idle_timeout`` of silence or at the deadline."""
@@ -210,6 +217,7 @@ class Call:
 
     async def response(self, first: Message) -> dict[str, Any]:
         """The whole non-streamed response."""
+        self._first_answered()  # the caller gets nothing before the whole answer
         body: dict[str, Any] | None = None
         message = first
         while True:
@@ -239,6 +247,8 @@ class Call:
                     if ready:
                         yield b"".join(ready)
                         ready.clear()
+                        if self.after_first_answer is not None:
+                            self._first_answered()
                     message = await self.receive()
                 if type(message) is Data:
                     payload = message.payload
@@ -271,6 +281,7 @@ class Call:
             ready.append(sse.event(body))
             yield b"".join(ready)
         finally:
+            self._first_answered()
             self.finished()
             if not self.stream.closed:
                 await self.stream.cancel("client went away")
@@ -338,6 +349,7 @@ class ClientService:
         self.prepared = PreparedSenders()
         self._workers: dict[tuple[int, str], tuple[float, list[WorkerOffer]]] = {}
         self._refreshing: dict[tuple[int, str], asyncio.Task[None]] = {}
+        self._stale_lists: dict[tuple[int, str], tuple[ProxyLink, str]] = {}  # to refresh, after a first answer
 
     async def _link(self, exclude: frozenset[int] = frozenset()) -> ProxyLink:
         try:
@@ -392,8 +404,8 @@ class ClientService:
 
     async def candidates(self, model: str, max_price_milli: int, routing: str, link: ProxyLink) -> list[Candidate]:
         """Attested workers for ``model`` within the price cap, least loaded first (a list older
-        than ``WORKER_LIST_TTL`` is refreshed in the background, one older than
-        ``WORKER_LIST_MAX_AGE`` before it is used)."""
+        than ``WORKER_LIST_TTL`` is refreshed in the background once the request it serves has
+        its first answer, one older than ``WORKER_LIST_MAX_AGE`` before it is used)."""
         now = self.clock()
         cached = self._workers.get((id(link), model))
         if cached is None or now - cached[0] >= WORKER_LIST_MAX_AGE:
@@ -404,8 +416,15 @@ class ClientService:
             chosen = self._choose(cached, model, max_price_milli, routing)
         except UpstreamError:  # nobody usable in the old list: perhaps in a fresh one
             return self._choose(await self._worker_list(link, model), model, max_price_milli, routing)
-        self._refresh_worker_list(link, model)
+        # asked for once this request has its first answer (``begin``): asked for now, the list
+        # would cross the proxy and wake this process while the request is on its way
+        self._stale_lists[(id(link), model)] = (link, model)
         return chosen
+
+    def _refresh_stale_lists(self) -> None:
+        while self._stale_lists:
+            _, (link, model) = self._stale_lists.popitem()
+            self._refresh_worker_list(link, model)
 
     def _choose(
         self, listed: tuple[float, list[WorkerOffer]], model: str, max_price_milli: int, routing: str
@@ -447,6 +466,7 @@ class ClientService:
                 call = await self.start(kind, request, body, link)
                 first = await call.first()
             except UpstreamError as exc:
+                self._refresh_stale_lists()
                 if exc.code == ErrorCode.PAYMENT_REQUIRED and not topped_up and self._can_top_up(link):
                     topped_up = True
                     await self._top_up(link)
@@ -464,10 +484,12 @@ class ClientService:
                 log.warning("proxy %s failed before answering (%s); trying another proxy", link.name, exc.code)
                 continue
             except asyncio.CancelledError:
+                self._refresh_stale_lists()
                 if call is not None:
                     await call.stream.cancel("caller disconnected")
                 raise
             link.record(True, self.clock() - started)
+            call.after_first_answer = self._refresh_stale_lists
             return call, first
 
     def _can_top_up(self, link: ProxyLink) -> bool:

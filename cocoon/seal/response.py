@@ -13,11 +13,10 @@ import hashlib
 import struct
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from cocoon.seal.errors import SealError
+from cocoon.seal.hpke import hkdf_expand
 
 HEADER = struct.Struct(">8sQB")
 FINAL = 1
@@ -25,7 +24,7 @@ MAX_CHUNK = 8 * 1024 * 1024
 
 
 def _expand(secret: bytes, label: bytes, length: int) -> bytes:
-    return HKDFExpand(hashes.SHA256(), length, b"cocoon/response/v1 " + label).derive(secret)
+    return hkdf_expand(secret, b"cocoon/response/v1 " + label, length)
 
 
 def _binding(request_id: bytes) -> bytes:

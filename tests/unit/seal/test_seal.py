@@ -6,16 +6,17 @@ import os
 
 import msgspec
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cocoon.client.sealing import Candidate, PreparedSenders, SealedCall
 from cocoon.keys import public_bytes
 from cocoon.seal.errors import SealError
-from cocoon.seal.hpke import RecipientKey, prepare_sender
+from cocoon.seal.hpke import RecipientKey, hkdf_expand, prepare_sender
 from cocoon.seal.request import decode_sealed, open_request, seal_request, sealed_hash
 from cocoon.seal.response import ChunkOpener, ChunkSealer
 from cocoon.seal.usage import UsageRecord, sign_usage, verify_usage
@@ -114,6 +115,17 @@ def test_chunks_open_in_order_and_end_final() -> None:
     assert [opener.open(c) for c in chunks] == [(b"one", False), (b"two", False), (b"usage", True)]
     opener.finish()
     assert all(b"two" not in c for c in chunks)
+
+
+def test_hkdf_expand_is_rfc_5869() -> None:
+    # RFC 5869, A.1 (SHA-256): its PRK and info give its OKM
+    prk = bytes.fromhex("077709362c2e32df0ddc3f0dc47bba6390b6c73bb50f9c3122ec844ad7c2b3e5")
+    okm = "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
+    assert hkdf_expand(prk, bytes(range(0xF0, 0xFA)), 42).hex() == okm
+    # and, for the lengths the answer keys use, what `cryptography` derives (answers stay compatible)
+    for length in (12, 32, 64):
+        info = b"cocoon/response/v1 key"
+        assert hkdf_expand(prk, info, length) == HKDFExpand(hashes.SHA256(), length, info).derive(prk)
 
 
 def opening(secret: bytes, rid: bytes, chunks: list[bytes]) -> str:
