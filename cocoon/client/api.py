@@ -8,7 +8,6 @@ that disconnects cancels its request all the way to the worker.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
@@ -77,18 +76,39 @@ async def _disconnected(receive: Callable[[], Awaitable[MutableMapping[str, Any]
 
 
 async def _unless_disconnected(call: Call | None, work: Awaitable[T], watcher: asyncio.Task[None]) -> T | None:
-    """The result of ``work``, or None (with the request cancelled) if the caller left first."""
-    task = asyncio.ensure_future(work)
-    racing: tuple[asyncio.Future[Any], ...] = (task, watcher)
-    finished, _ = await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
-    if task not in finished:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task  # its own cleanup cancels what it started
-        if call is not None:
-            await call.stream.cancel("caller disconnected")
-        return None
-    return task.result()
+    """The result of ``work``, or None (with the request cancelled) if the caller left first.
+
+    ``work`` runs in this task, not one of its own: on the way to the first token every hop
+    between tasks costs a turn of the event loop. The watcher cancels this task if the caller
+    leaves meanwhile, and ``work`` cleans up after itself as it is cancelled."""
+    task = asyncio.current_task()
+    assert task is not None
+    waiting, left = True, False
+
+    def caller_left(watched: asyncio.Task[None]) -> None:
+        nonlocal left
+        if waiting and not watched.cancelled():
+            left = True
+            task.cancel("caller disconnected")
+
+    watcher.add_done_callback(caller_left)
+    try:
+        result = await work
+    except asyncio.CancelledError:
+        if not left or task.uncancel() > 0:
+            raise  # cancelled from elsewhere too (the server is stopping)
+    else:
+        if not left:
+            return result
+        # the caller left, but the work swallowed the cancellation and finished
+        if task.uncancel() > 0:
+            raise asyncio.CancelledError
+    finally:
+        waiting = False
+        watcher.remove_done_callback(caller_left)
+    if call is not None:
+        await call.stream.cancel("caller disconnected")
+    return None
 
 
 def build_app(service: ClientService, *, max_body_bytes: int) -> Starlette:

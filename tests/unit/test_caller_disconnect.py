@@ -1,0 +1,101 @@
+"""The client's HTTP handler runs a request's work in its own task and stops it when the caller
+disconnects (``_unless_disconnected``): the work sees the cancellation and cleans up, the handler
+gets None, and a cancellation from elsewhere (the server stopping) still goes through."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+
+from cocoon.client.api import _disconnected, _unless_disconnected
+
+
+class CallerDouble:
+    """Test double of the ASGI ``receive`` of a caller: it leaves when ``leave`` is set."""
+
+    def __init__(self) -> None:
+        self.leave = asyncio.Event()
+
+    async def receive(self) -> dict[str, Any]:
+        await self.leave.wait()
+        return {"type": "http.disconnect"}
+
+
+class CallDouble:
+    """Test double of a call in flight: records the cancellation of its stream."""
+
+    def __init__(self) -> None:
+        self.stream = self
+        self.cancelled: list[str] = []
+
+    async def cancel(self, reason: str) -> None:
+        self.cancelled.append(reason)
+
+
+async def test_work_that_finishes_gives_its_result() -> None:
+    caller = CallerDouble()
+    watcher = asyncio.create_task(_disconnected(caller.receive))
+
+    async def work() -> str:
+        await asyncio.sleep(0)
+        return "answer"
+
+    assert await _unless_disconnected(None, work(), watcher) == "answer"
+    watcher.cancel()  # as the handler does when it is done: not taken for the caller leaving
+    await asyncio.sleep(0.01)
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+
+
+async def test_a_caller_that_leaves_stops_the_work_and_cancels_the_call() -> None:
+    caller, call = CallerDouble(), CallDouble()
+    watcher = asyncio.create_task(_disconnected(caller.receive))
+    saw: list[str] = []
+
+    async def work() -> str:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            saw.append("cancelled")
+            raise
+        return "never"
+
+    asyncio.get_running_loop().call_later(0.01, caller.leave.set)
+    assert await _unless_disconnected(cast(Any, call), work(), watcher) is None
+    assert saw == ["cancelled"] and call.cancelled == ["caller disconnected"]
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0  # the handler goes on to answer 499
+
+
+async def test_work_that_swallows_the_cancellation_still_counts_as_the_caller_gone() -> None:
+    caller, call = CallerDouble(), CallDouble()
+    watcher = asyncio.create_task(_disconnected(caller.receive))
+
+    async def work() -> str:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            pass
+        return "late"
+
+    asyncio.get_running_loop().call_later(0.01, caller.leave.set)
+    assert await _unless_disconnected(cast(Any, call), work(), watcher) is None
+    assert call.cancelled == ["caller disconnected"]
+
+
+async def test_a_cancellation_from_elsewhere_goes_through() -> None:
+    caller = CallerDouble()
+    watcher = asyncio.create_task(_disconnected(caller.receive))
+
+    async def work() -> str:
+        await asyncio.sleep(30)
+        return "never"
+
+    handler = asyncio.create_task(_unless_disconnected(None, work(), watcher))
+    await asyncio.sleep(0.01)
+    handler.cancel()  # the server stopping
+    with pytest.raises(asyncio.CancelledError):
+        await handler
+    watcher.cancel()
