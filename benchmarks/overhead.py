@@ -117,7 +117,10 @@ LITELLM_INSTALL_TIMEOUT = 300.0
 FAILURES = (OSError, RuntimeError, ValueError, TimeoutError)
 
 # Open-ended, each opening differently (so that llama.cpp's reuse of the previous prompt's
-# prefix covers only the chat template, the same for every configuration).
+# prefix covers only the chat template, the same for every configuration), and each answered
+# with the whole MAX_TOKENS (greedy; "same tokens" in the results lists the lengths): then in a
+# 4-stream batch a stream's tokens/s depends on its place in the one instance's queue only, not
+# on which prompt got which place.
 PROMPTS = [
     "Describe a walk through a busy market early in the morning.",
     "Explain how a bicycle works, step by step, to a curious child.",
@@ -144,13 +147,13 @@ PROMPTS = [
     "Share some tips for keeping houseplants alive.",
     "Draft a friendly letter inviting neighbours to a street party.",
     "Explore what life might be like on a space station in the year 2100.",
-    "Paint a picture in words of a quiet harbour at dawn.",
+    "Depict a quiet harbour at dawn, boat by boat, in rich detail.",
     "Argue for and against homework in primary schools.",
     "Choose a famous invention and explain how it changed daily life.",
     "Detail the steps to bake a loaf of bread at home.",
     "Sketch the life story of an old oak tree in a village square.",
     "Walk me through how a letter travels from sender to receiver.",
-    "Brainstorm names and a slogan for a new bakery.",
+    "Devise names and a slogan for a new bakery, and explain each choice.",
     "Reflect on what makes a city pleasant to live in.",
     "Picture a robot learning to paint, and tell its story.",
     "Consider the role of bees in farming and explain it.",

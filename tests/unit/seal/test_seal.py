@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 
 import msgspec
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from cocoon.client.sealing import Candidate, PreparedSenders, SealedCall
 from cocoon.keys import public_bytes
 from cocoon.seal.errors import SealError
-from cocoon.seal.hpke import RecipientKey, hkdf_expand, prepare_sender
+from cocoon.seal.hpke import RecipientKey, hkdf_expand, hmac_sha256, prepare_sender
 from cocoon.seal.request import decode_sealed, open_request, seal_request, sealed_hash
 from cocoon.seal.response import ChunkOpener, ChunkSealer
 from cocoon.seal.usage import UsageRecord, sign_usage, verify_usage
@@ -115,6 +116,12 @@ def test_chunks_open_in_order_and_end_final() -> None:
     assert [opener.open(c) for c in chunks] == [(b"one", False), (b"two", False), (b"usage", True)]
     opener.finish()
     assert all(b"two" not in c for c in chunks)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200), st.binary(max_size=300))
+def test_hmac_sha256_is_the_standard_librarys(key: bytes, message: bytes) -> None:
+    assert hmac_sha256(key, message) == hmac.digest(key, message, "sha256")  # keys past 64 bytes too
 
 
 def test_hkdf_expand_is_rfc_5869() -> None:
