@@ -49,7 +49,10 @@ streams, in aggregate (all tokens over the wall time). Ratios are to (a) in the 
 by repeat: the median over repeats of (this configuration ÷ (a)) within the repeat, since the
 machine's speed moves by more between repeats (a minute or more apart) than between
 configurations taking turns within one. The
-time to first token that (e) adds is the median of (e) − (a) over the same prompts. CPU seconds
+time to first token that (e) adds (the target) is the median over requests of (e)'s time to
+first token minus its engine's in the worker for the same request (the worker's log: from
+handing the request to its engine to the first chunk); (e) − (a) over the same prompts is
+reported too, without a target. CPU seconds
 per request of each process in a path are read from /proc, as is what (e)'s processes use while
 the others are measured.
 
