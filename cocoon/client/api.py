@@ -97,6 +97,10 @@ async def _unless_disconnected(call: Call | None, work: Awaitable[T], watcher: a
     except asyncio.CancelledError:
         if not left or task.uncancel() > 0:
             raise  # cancelled from elsewhere too (the server is stopping)
+    except BaseException:
+        if left:
+            task.uncancel()  # the work turned the caller's leaving into another error
+        raise
     else:
         if not left:
             return result

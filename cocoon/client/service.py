@@ -401,6 +401,7 @@ class ClientService:
 
     def _forget_workers(self, link: ProxyLink, model: str) -> None:
         self._workers.pop((id(link), model), None)
+        self._stale_lists.pop((id(link), model), None)  # asked for before its next use anyway
 
     async def candidates(self, model: str, max_price_milli: int, routing: str, link: ProxyLink) -> list[Candidate]:
         """Attested workers for ``model`` within the price cap, least loaded first (a list older
@@ -466,7 +467,7 @@ class ClientService:
                 call = await self.start(kind, request, body, link)
                 first = await call.first()
             except UpstreamError as exc:
-                self._refresh_stale_lists()
+                # (a list to refresh waits for the retry's first answer, on the first two paths)
                 if exc.code == ErrorCode.PAYMENT_REQUIRED and not topped_up and self._can_top_up(link):
                     topped_up = True
                     await self._top_up(link)
@@ -476,6 +477,7 @@ class ClientService:
                     relisted.add(id(link))
                     self._forget_workers(link, request.model)
                     continue
+                self._refresh_stale_lists()
                 link.record(False)
                 tried.add(id(link))
                 others = any(other.connected and id(other) not in tried for other in self.pool.links)

@@ -33,8 +33,8 @@ MODE_BASE = b"\x00"
 _RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
 
 
-_INNER_PAD = bytes(b ^ 0x36 for b in range(256))
-_OUTER_PAD = bytes(b ^ 0x5C for b in range(256))
+_INNER_PAD = int.from_bytes(b"\x36" * 64, "big")
+_OUTER_PAD = int.from_bytes(b"\x5c" * 64, "big")
 
 
 def hmac_sha256(key: bytes, message: bytes) -> bytes:
@@ -43,9 +43,11 @@ def hmac_sha256(key: bytes, message: bytes) -> bytes:
     here); a request's key schedule and answer keys take about twenty of them."""
     if len(key) > 64:
         key = hashlib.sha256(key).digest()
-    key = key.ljust(64, b"\0")
-    inner = hashlib.sha256(key.translate(_INNER_PAD) + message).digest()
-    return hashlib.sha256(key.translate(_OUTER_PAD) + inner).digest()
+    # the pads by integer XOR, not by a table indexed with the key's bytes: no lookup whose
+    # cache line depends on the secret (a host watching the TEE's cache could see it)
+    padded = int.from_bytes(key.ljust(64, b"\0"), "big")
+    inner = hashlib.sha256((padded ^ _INNER_PAD).to_bytes(64, "big") + message).digest()
+    return hashlib.sha256((padded ^ _OUTER_PAD).to_bytes(64, "big") + inner).digest()
 
 
 def _extract(salt: bytes, ikm: bytes) -> bytes:

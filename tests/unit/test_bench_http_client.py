@@ -15,12 +15,13 @@ from benchmarks import overhead_servers
 from benchmarks.overhead_servers import HttpError, close_idle_connections, stream_chat
 
 
-def sse_answer(words: list[str]) -> bytes:
+def sse_answer(words: list[str], *, close: bool = False) -> bytes:
     """A chunked ``text/event-stream`` answer, one event per word, then ``[DONE]``."""
     events = [b"data: " + json.dumps({"choices": [{"delta": {"content": w}}]}).encode() + b"\n\n" for w in words]
     events.append(b"data: [DONE]\n\n")
     body = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
-    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
+    head += b"connection: close\r\n\r\n" if close else b"\r\n"
     return head + body
 
 
@@ -32,8 +33,10 @@ class ScriptedSSEServer:
 
     drop_second: bool = False
     close_after: bool = False
+    say_close: bool = False
     connections: int = 0
     requests: int = 0
+    dropped: int = 0  # requests that came on a connection and were closed on, unanswered
     url: str = ""
     server: asyncio.Server | None = field(default=None, repr=False)
 
@@ -47,12 +50,13 @@ class ScriptedSSEServer:
                 length = next(int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length"))
                 await reader.readexactly(length)
                 if served and self.drop_second:
+                    self.dropped += 1
                     return
                 self.requests += 1
                 served += 1
-                writer.write(sse_answer(["hello", " world"]))
+                writer.write(sse_answer(["hello", " world"], close=self.say_close))
                 await writer.drain()
-                if self.close_after:
+                if self.close_after or self.say_close:
                     return
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -88,10 +92,18 @@ async def test_concurrent_requests_each_get_a_connection(scripted: ScriptedSSESe
 
 async def test_a_connection_the_server_closed_is_not_reused(scripted: ScriptedSSEServer) -> None:
     scripted.close_after = True
-    for _ in range(2):
-        assert (await stream_chat(scripted.url, b"{}")).text == "hello world"
-        await asyncio.sleep(0.05)  # the server's close arrives while the connection is idle
-    assert scripted.connections == 2 and scripted.requests == 2
+    assert (await stream_chat(scripted.url, b"{}")).text == "hello world"
+    await asyncio.sleep(0.05)  # the server's close arrives while the connection is idle
+    address = ("127.0.0.1", int(scripted.url.split(":")[2].split("/")[0]))
+    assert overhead_servers._take_idle(address) is None  # seen closed, and dropped
+    assert (await stream_chat(scripted.url, b"{}")).text == "hello world"
+    assert scripted.connections == 2 and scripted.requests == 2 and scripted.dropped == 0
+
+
+async def test_an_answer_saying_connection_close_is_not_kept(scripted: ScriptedSSEServer) -> None:
+    scripted.say_close = True
+    assert (await stream_chat(scripted.url, b"{}")).text == "hello world"
+    assert overhead_servers._idle.get(("127.0.0.1", int(scripted.url.split(":")[2].split("/")[0])), []) == []
 
 
 async def test_a_request_dropped_unanswered_on_a_reused_connection_is_sent_again(
@@ -100,7 +112,7 @@ async def test_a_request_dropped_unanswered_on_a_reused_connection_is_sent_again
     scripted.drop_second = True
     assert (await stream_chat(scripted.url, b"{}")).text == "hello world"
     assert (await stream_chat(scripted.url, b"{}")).text == "hello world"
-    assert scripted.connections == 2 and scripted.requests == 2
+    assert scripted.connections == 2 and scripted.requests == 2 and scripted.dropped == 1
 
 
 async def test_an_expired_connection_is_not_reused(

@@ -99,3 +99,44 @@ async def test_a_cancellation_from_elsewhere_goes_through() -> None:
     with pytest.raises(asyncio.CancelledError):
         await handler
     watcher.cancel()
+
+
+async def test_a_caller_leaving_as_the_work_finishes_does_not_cancel_what_follows() -> None:
+    caller = CallerDouble()
+    watcher = asyncio.create_task(_disconnected(caller.receive))
+    done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def finish_and_leave() -> None:
+        # in the same turn: the watcher then ends first, and its callback is already scheduled
+        # when the work's result reaches this task
+        caller.leave.set()
+        done.set_result("answer")
+
+    asyncio.get_running_loop().call_later(0.01, finish_and_leave)
+    assert await _unless_disconnected(None, done, watcher) == "answer"
+    for _ in range(5):
+        await asyncio.sleep(0)  # the watcher finishes meanwhile: this task is not cancelled for it
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+
+
+async def test_a_server_stopping_while_the_work_cleans_up_after_the_caller_still_stops_it() -> None:
+    caller, call = CallerDouble(), CallDouble()
+    watcher = asyncio.create_task(_disconnected(caller.receive))
+    cleaning = asyncio.Event()
+
+    async def work() -> str:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cleaning.set()
+            await asyncio.sleep(30)  # cleanup that takes a while
+            raise
+        return "never"
+
+    handler = asyncio.create_task(_unless_disconnected(cast(Any, call), work(), watcher))
+    caller.leave.set()
+    await asyncio.wait_for(cleaning.wait(), 5)
+    handler.cancel()  # the server stopping
+    with pytest.raises(asyncio.CancelledError):
+        await handler

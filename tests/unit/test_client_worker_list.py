@@ -1,25 +1,81 @@
 """The client's worker list past its TTL: the request uses it as it is, and the fresh list is asked
 for only once that request has its first answer (so that the exchange never travels, or wakes the
-client, while the request is on its way to the worker)."""
+client, while the request is on its way to the worker); a request that fails asks for it at once."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pytest
 
 from cocoon.client.link import ProxyLink, ProxyPool
 from cocoon.client.sealing import Candidate
-from cocoon.client.service import WORKER_LIST_MAX_AGE, WORKER_LIST_TTL, ClientService
+from cocoon.client.service import WORKER_LIST_MAX_AGE, WORKER_LIST_TTL, ClientService, UpstreamError
+from cocoon.openai.schemas import parse_request
+from cocoon.protocol.errors import ErrorCode
 
 MODEL = "bench-model"
+REQUEST = parse_request("chat", b'{"model": "bench-model", "messages": [{"role": "user", "content": "hi"}]}')
+
+
+class LinkDouble:
+    """Test double of a proxy link: connected, and keeping the outcomes recorded on it."""
+
+    name = "proxy-double"
+    connected = True
+
+    def __init__(self) -> None:
+        self.outcomes: list[bool] = []
+
+    def record(self, ok: bool, latency: float = 0.0) -> None:
+        self.outcomes.append(ok)
+
+
+@dataclass
+class CallDouble:
+    """Test double of a call: its first answer is ``first``, or ``error`` is raised."""
+
+    error: str = ""
+    after_first_answer: Any = None
+    cancelled: list[str] = field(default_factory=list)
+
+    @property
+    def stream(self) -> CallDouble:
+        return self
+
+    async def cancel(self, reason: str) -> None:
+        self.cancelled.append(reason)
+
+    async def first(self) -> str:
+        if self.error:
+            raise UpstreamError(self.error, "refused by the test double")
+        return "first answer"
+
+
+def answering(client: ClientService, monkeypatch: pytest.MonkeyPatch, *calls: CallDouble) -> list[CallDouble]:
+    """``client.start`` chooses candidates (as the real one does) and returns the next of ``calls``."""
+    pending = list(calls)
+
+    async def start(kind: Any, request: Any, body: bytes, link: ProxyLink) -> Any:
+        await client.candidates(MODEL, 0, "balanced", link)
+        return pending.pop(0)
+
+    async def pick(exclude: frozenset[int] = frozenset()) -> ProxyLink:
+        return client.pool.links[0]
+
+    monkeypatch.setattr(client, "start", start)
+    monkeypatch.setattr(client, "_link", pick)
+    return pending
+
+
 CHOSEN = [Candidate(worker_id=b"w" * 32, hpke_key=b"k" * 32, model_hash=b"h" * 32)]
 
 
 @pytest.fixture
 def service(monkeypatch: pytest.MonkeyPatch) -> tuple[ClientService, list[str], list[float]]:
     now = [0.0]
-    link = cast(ProxyLink, object())  # only its identity is used on this path
+    link = cast(ProxyLink, LinkDouble())
     client = ClientService(ProxyPool([link]), idle_timeout=5.0, verifier=cast(Any, None), clock=lambda: now[0])
     client._workers[(id(link), MODEL)] = (0.0, [])
     refreshed: list[str] = []
@@ -64,3 +120,45 @@ async def test_a_list_past_its_maximum_age_is_asked_for_before_the_request(
     now[0] = WORKER_LIST_MAX_AGE + 1
     assert await client.candidates(MODEL, 0, "balanced", client.pool.links[0]) == CHOSEN
     assert asked == [MODEL] and refreshed == []
+
+
+async def test_a_request_that_has_its_first_answer_leaves_the_refresh_to_its_call(
+    service: tuple[ClientService, list[str], list[float]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, refreshed, now = service
+    now[0] = WORKER_LIST_TTL + 0.5
+    answering(client, monkeypatch, CallDouble())
+    call, first = await client.begin("chat", REQUEST, b"{}")
+    assert first == "first answer" and refreshed == []
+    cast(Any, call).after_first_answer()  # what the call runs once its caller has the first answer
+    assert refreshed == [MODEL]
+
+
+async def test_a_request_that_fails_asks_for_the_list_at_once(
+    service: tuple[ClientService, list[str], list[float]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, refreshed, now = service
+    now[0] = WORKER_LIST_TTL + 0.5
+    answering(client, monkeypatch, CallDouble(error=ErrorCode.BAD_REQUEST))
+    with pytest.raises(UpstreamError):
+        await client.begin("chat", REQUEST, b"{}")
+    assert refreshed == [MODEL]
+
+
+async def test_a_request_sealed_again_for_a_fresh_list_asks_for_no_other(
+    service: tuple[ClientService, list[str], list[float]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, refreshed, now = service
+    now[0] = WORKER_LIST_TTL + 0.5
+    asked: list[str] = []
+
+    async def worker_list(link: ProxyLink, model: str) -> tuple[float, list[Any]]:
+        asked.append(model)
+        return now[0], []
+
+    monkeypatch.setattr(client, "_worker_list", worker_list)
+    answering(client, monkeypatch, CallDouble(error=ErrorCode.NO_WORKER), CallDouble())
+    call, _ = await client.begin("chat", REQUEST, b"{}")
+    assert asked == [MODEL]  # the fresh list, before the request was sealed again
+    cast(Any, call).after_first_answer()
+    assert refreshed == []  # and no background refresh beside it: the list is fresh

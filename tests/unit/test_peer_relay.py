@@ -9,7 +9,8 @@ from typing import Any, cast
 
 import pytest
 
-from cocoon.channel.peer import CORK_LIMIT, IDLE_WRITE, Peer, Stream
+from cocoon.channel import peer as peer_module
+from cocoon.channel.peer import CORK_LIMIT, Peer, Stream
 from cocoon.channel.verify import PeerIdentity
 from cocoon.client.sealing import Receipts
 from cocoon.client.service import Call
@@ -137,14 +138,17 @@ async def test_flush_writes_at_once_once_the_cork_is_full() -> None:
         assert len(writes) == 1 and len(writes[0]) > CORK_LIMIT
 
 
-async def test_a_flush_on_an_idle_connection_writes_at_once_and_on_a_busy_one_at_the_end_of_the_turn() -> None:
+async def test_a_flush_on_an_idle_connection_writes_at_once_and_on_a_busy_one_at_the_end_of_the_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     async with Pair() as pair:
         stream = await pair.stream()
         writes = count_writes(pair.listener)
-        await asyncio.sleep(IDLE_WRITE * 2)  # nothing written meanwhile: idle
+        await asyncio.sleep(peer_module.IDLE_WRITE * 2)  # nothing written meanwhile: idle
         pair.listener.send_nowait(Data(stream_id=stream.id, payload=b"first"))
         await pair.listener.flush()
         assert len(writes) == 1  # without waiting for the end of the turn
+        monkeypatch.setattr(peer_module, "IDLE_WRITE", 60.0)  # busy, however slow this machine is
         pair.listener.send_nowait(Data(stream_id=stream.id, payload=b"second"))
         pair.listener.send_nowait(Data(stream_id=stream.id, payload=b"third"))
         await pair.listener.flush()
@@ -295,3 +299,33 @@ async def test_a_tampered_chunk_among_good_ones_ends_the_stream_after_them() -> 
     assert any(isinstance(m, Cancel) for m in peer.sent)  # the worker is told to stop
     with pytest.raises(StopAsyncIteration):
         await next_write(events)
+
+
+async def test_the_calls_deferred_work_runs_once_the_first_event_is_written() -> None:
+    setup = Setup(max_tokens=None)
+    call, stream, _ = await sse_call(setup)
+    ran: list[int] = []
+    call.after_first_answer = lambda: ran.append(len(ran))
+    for i in range(2):
+        stream.queue.put_nowait(Data(stream_id=1, payload=setup.sealer.seal(chunk(i))))
+    events = call.events(await call.first())
+    assert contents(await next_write(events)) == [" w0", " w1"]
+    assert ran == []  # the first event is with the server, not yet written
+    stream.queue.put_nowait(Data(stream_id=1, payload=setup.sealer.seal(chunk(2))))
+    assert contents(await next_write(events)) == [" w2"]
+    assert ran == [0]  # after the first write, once
+    await events.aclose()
+    assert ran == [0]
+
+
+async def test_a_non_streamed_calls_deferred_work_runs_at_once() -> None:
+    setup = Setup(max_tokens=None)
+    call, stream, _ = await sse_call(setup)
+    ran: list[str] = []
+    call.after_first_answer = lambda: ran.append("ran")
+    stream.queue.put_nowait(Data(stream_id=1, payload=setup.sealer.seal(chunk(0))))
+    first = await call.first()
+    answer = asyncio.ensure_future(call.response(first))
+    await asyncio.sleep(0)  # the caller gets nothing before the whole answer: no reason to wait
+    assert ran == ["ran"]
+    answer.cancel()
