@@ -21,6 +21,7 @@ from cocoon.protocol.errors import ErrorCode, RemoteProtocolError
 from cocoon.protocol.messages import Challenge, Error, Hello, Message, Role, Welcome
 
 HANDSHAKE_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 1.0  # seconds a failed handshake's connection is given to close
 SOFTWARE = f"cocoon-py/{__version__}"
 
 
@@ -44,6 +45,15 @@ async def _next_message(reader: asyncio.StreamReader, conn: Connection) -> Messa
             return event
         data = await reader.read(READ_SIZE)
         conn.receive_data(data, loop.time())
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close a connection that failed its handshake and wait (briefly) until it is: a TLS
+    connection closes in steps, and one left half-closed when its event loop ends leaks its socket."""
+    writer.close()
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await writer.wait_closed()
 
 
 async def accept(
@@ -78,10 +88,10 @@ async def accept(
         with contextlib.suppress(Exception):
             writer.write(conn.send(Error(stream_id=0, code=exc.code, message=str(exc)[:1000])))
             await writer.drain()
-        writer.close()
+        await _close(writer)
         raise HandshakeFailed(f"{exc.code}: {exc}") from exc
     except (TimeoutError, ConnectionError, ssl.SSLError, OSError, HandshakeFailed) as exc:
-        writer.close()
+        await _close(writer)
         raise HandshakeFailed(str(exc) or type(exc).__name__) from exc
     return Peer(reader, writer, conn, identity)
 
@@ -134,12 +144,12 @@ async def dial(
             if not isinstance(answer, Welcome) or answer.role != listener_role:
                 raise HandshakeFailed(f"{host}:{port} is not a {listener_role}")
     except RemoteProtocolError as exc:
-        writer.close()
+        await _close(writer)
         raise HandshakeFailed(f"{host}:{port} broke the protocol: {exc}") from exc
     except (TimeoutError, ConnectionError, ssl.SSLError, OSError) as exc:
-        writer.close()
+        await _close(writer)
         raise HandshakeFailed(f"handshake with {host}:{port} failed: {exc or type(exc).__name__}") from exc
     except HandshakeFailed:
-        writer.close()
+        await _close(writer)
         raise
     return Peer(reader, writer, conn, identity, label=f"{listener_role}@{host}:{port}")
