@@ -221,6 +221,15 @@ class Peer:
         self._write(data)
         return True
 
+    def send_at_once(self, message: Message) -> bool:
+        """``send_nowait``, and written now with whatever this turn corked before it: for what
+        must leave before anything the caller does next (a payment, before the answer it pays
+        for reaches the application)."""
+        if not self.send_nowait(message):
+            return False
+        self._uncork()
+        return True
+
     def _write(self, data: bytes) -> None:
         """Cork ``data``: it goes out with everything else written in this turn of the loop."""
         if not self._corked:

@@ -171,13 +171,14 @@ class Call:
         return message
 
     def pay(self, record: UsageRecord, billed: int = 0) -> None:
-        """Pay for a verified answer: the voucher goes out on the connection before anything
-        else we send there, then the request stops counting as awaited."""
+        """Pay for a verified answer: the voucher goes out on the connection at once, before
+        anything else we send there and before the answer's end reaches the application (which
+        may stop the proxy next, as a test does), then the request stops counting as awaited."""
         link, payments = self.link, self.payments
         if link is not None and payments is not None and link.payment is not None and self.sealing.worker:
             worker = self.sealing.worker
             self.cost, voucher = payments.pay(link.payment.channel.account_id, record, worker.price_milli, billed)
-            self.stream.peer.send_nowait(voucher)
+            self.stream.peer.send_at_once(voucher)
         self.finished()
 
     def finished(self) -> None:

@@ -158,6 +158,17 @@ async def test_a_flush_on_an_idle_connection_writes_at_once_and_on_a_busy_one_at
         assert len(writes) == 2
 
 
+async def test_send_at_once_writes_now_after_what_was_corked() -> None:
+    async with Pair() as pair:
+        stream = await pair.stream()
+        writes = count_writes(pair.listener)
+        pair.listener.send_nowait(Data(stream_id=stream.id, payload=b"corked"))
+        assert pair.listener.send_at_once(Data(stream_id=stream.id, payload=b"urgent"))
+        assert len(writes) == 1  # both, in order, without waiting for the end of the turn
+        got = [await stream.receive(5) for _ in range(2)]
+        assert [m.payload for m in got if isinstance(m, Data)] == [b"corked", b"urgent"]
+
+
 async def test_closing_still_sends_what_was_corked() -> None:
     async with Pair() as pair:
         stream = await pair.stream()
