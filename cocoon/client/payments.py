@@ -20,7 +20,7 @@ from cocoon.channel.peer import Peer, PeerGone
 from cocoon.keys import public_bytes
 from cocoon.payments.accounts import ClientAccounts
 from cocoon.payments.prices import PriceParams, prices_of, usage_cost
-from cocoon.payments.store import PaymentStore
+from cocoon.payments.store import ChannelRow, PaymentStore
 from cocoon.protocol.messages import Error, PayAccount, PayTerms, Voucher
 from cocoon.seal.usage import UsageRecord
 
@@ -69,13 +69,12 @@ class ClientPayments:
     def wallet_id(self) -> bytes:
         return account_id(self.wallet.address)
 
-    def last_voucher(self, proxy_key: bytes) -> tuple[int, int]:
-        """(seqno, amount) of our newest voucher to this proxy: it checks its database by it."""
-        rows = [row for row in self.store.channels("client") if row.peer_key == proxy_key]
-        if not rows:
-            return 0, 0
-        row = max(rows, key=lambda r: r.seqno)
-        return row.seqno, row.amount
+    def last_voucher(self, proxy_key: bytes) -> ChannelRow | None:
+        """Our channel with this proxy that carries our newest voucher to it (None: no voucher
+        yet). The proxy accepts the voucher if it never received it, and writes off what it
+        billed beyond it."""
+        rows = [row for row in self.store.channels("client") if row.peer_key == proxy_key and row.seqno > 0]
+        return max(rows, key=lambda r: r.seqno) if rows else None
 
     def check_terms(self, proxy_key: bytes, terms: PayTerms) -> ProxyChannel:
         """The channel the proxy names must be the one our parameters derive."""
@@ -117,11 +116,16 @@ class ClientPayments:
         """Name our channel to the proxy on ``peer``; fund it first when it needs a deposit."""
         proxy_key = peer.identity.public_key
         for attempt in range(2):
-            seqno, amount = self.last_voucher(proxy_key)
+            last = self.last_voucher(proxy_key)
             try:
                 stream = await peer.open(
-                    lambda sid, seqno=seqno, amount=amount: PayAccount(  # type: ignore[misc]
-                        stream_id=sid, wallet=self.wallet_id, last_seqno=seqno, last_amount=amount
+                    lambda sid, last=last: PayAccount(  # type: ignore[misc]
+                        stream_id=sid,
+                        wallet=self.wallet_id,
+                        last_seqno=last.seqno if last else 0,
+                        last_amount=last.amount if last else 0,
+                        last_expiry=last.expiry if last else 0,
+                        last_signature=last.signature if last else b"",
                     )
                 )
                 answer = await stream.receive(timeout)

@@ -32,7 +32,17 @@ def latest_voucher(row: ChannelRow, tag: int) -> SignedVoucher | None:
 
 
 class Rollback(Exception):
-    """Our database is older than what a peer or the chain shows: it was restored from a copy."""
+    """Our database is older than what the chain or a worker's newest payout shows: it was
+    restored from a copy."""
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What a client's (re)attach changed in the proxy's books, in nanoTON."""
+
+    recovered: int = 0  # newly covered by a voucher the client signed that never reached us
+    unbilled: int = 0  # of that, beyond all this database had billed (it lost charges, or the client overpaid)
+    written_off: int = 0  # billed beyond the client's newest voucher: answers that never reached it
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,11 @@ class ProxyAccounts:
 
     def accept_voucher(self, signed: SignedVoucher, now: int) -> int:
         """Store a client's voucher once it checks out; the amount it newly covers."""
+        return self._accept(signed, now)[0]
+
+    def _accept(self, signed: SignedVoucher, now: int, *, bill_up_to: bool = False) -> tuple[int, ChannelRow]:
+        """``accept_voucher``, and the channel's row after it. With ``bill_up_to``, the total
+        billed is raised to the voucher's amount in the same transaction where it was below."""
         channel = signed.voucher.channel
         row = self.store.channel(channel)
         if row is None or row.role != "proxy_in":
@@ -132,28 +147,37 @@ class ProxyAccounts:
         )
         v = signed.voucher
         with self.store.transaction() as db:
-            self.store.set_voucher(db, channel, v.seqno, v.amount, v.expiry, signed.signature)
+            after = self.store.set_voucher(db, channel, v.seqno, v.amount, v.expiry, signed.signature)
+            if bill_up_to and after.total < v.amount:
+                after = self.store.set_total(db, channel, at_least=v.amount)
         pending = self._uncovered.get(channel)
         while pending and pending[0][1] <= v.amount:
             pending.popleft()
-        return v.amount - row.amount
+        return v.amount - row.amount, after
 
-    def reconcile(self, channel: bytes, client_seqno: int, client_amount: int) -> int:
-        """At a client's (re)attach: answers billed beyond the client's newest voucher never
-        reached it (the connection broke between our commit and its end), so they are written
-        off rather than charged. Returns the amount written off. Raises ``Rollback`` when the
-        client holds a newer voucher than our database."""
+    def reconcile(self, channel: bytes, newest: SignedVoucher | None, now: int) -> Reconciled:
+        """At a client's (re)attach, bring our books in line with the client's; ``newest`` is
+        the newest voucher it signed on this channel (None: none yet).
+
+        - A voucher newer than ours was lost in flight (we stopped after the client sent it and
+          before we committed it): it is accepted after the checks every voucher gets, and
+          ``VoucherError`` when it fails them. A client's word proves nothing about our
+          database, so a newer voucher is never taken for a rollback; the chain and the workers'
+          payouts, which this proxy signed, are what reveal one.
+        - Answers billed beyond the client's newest voucher never reached it (the connection
+          broke between our commit and their end), so they are written off rather than charged.
+        """
         row = self.store.channel(channel)
         if row is None:
-            return 0
-        if client_seqno > row.seqno or client_amount > row.amount:
-            raise Rollback(
-                f"client channel {channel.hex()[:16]}…: the client holds voucher #{client_seqno} "
-                f"({client_amount} nanoTON), our database only #{row.seqno} ({row.amount})"
-            )
+            return Reconciled()
+        recovered = unbilled = 0
+        if newest is not None and newest.voucher.seqno > row.seqno:
+            billed = row.total
+            recovered, row = self._accept(newest, now, bill_up_to=True)
+            unbilled = max(0, newest.voucher.amount - billed)
         excess = row.total - row.amount
         if excess <= 0:
-            return 0
+            return Reconciled(recovered=recovered, unbilled=unbilled)
         never_delivered = [rid for rid, _ in self._rebuild(row)]
         with self.store.transaction() as db:
             self.store.set_total(db, channel)
@@ -165,7 +189,7 @@ class ProxyAccounts:
                 (excess,),
             )
         self._uncovered[channel] = deque()
-        return excess
+        return Reconciled(recovered=recovered, unbilled=unbilled, written_off=excess)
 
     def client(self, channel: bytes) -> ChannelRow | None:
         return self.store.channel(channel)

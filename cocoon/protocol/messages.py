@@ -133,8 +133,12 @@ class PayAccount(_Message, tag="pay_account", frozen=True):
 
     stream_id: StreamId
     wallet: AccountId
-    last_seqno: Annotated[int, Meta(ge=0, le=2**63 - 1)] = 0  # my newest voucher, to detect rollbacks
+    # my newest voucher on this channel (seqno 0: none): one the proxy never received is accepted
+    # from here, and what it billed beyond it never reached me
+    last_seqno: Annotated[int, Meta(ge=0, le=2**63 - 1)] = 0
     last_amount: Nano = 0
+    last_expiry: Annotated[int, Meta(ge=0, le=2**32 - 1)] = 0
+    last_signature: Annotated[bytes, Meta(max_length=64)] = b""
 
 
 class PayTerms(_Message, tag="pay_terms", frozen=True):

@@ -25,12 +25,24 @@ from cocoon.keys import public_bytes
 from cocoon.payments.accounts import Charge, ProxyAccounts, Rollback
 from cocoon.payments.prices import prices_of, split, usage_cost
 from cocoon.payments.store import PaymentStore
-from cocoon.payments.vouchers import TAG_CLIENT_VOUCHER, SignedVoucher, commit_cell, sign_cell
+from cocoon.payments.vouchers import TAG_CLIENT_VOUCHER, SignedVoucher, VoucherError, commit_cell, sign_cell
 from cocoon.payments.vouchers import Voucher as VoucherData
 from cocoon.protocol.messages import PayAccount, PayTerms, Voucher
 from cocoon.seal.usage import UsageRecord
 
 log = logging.getLogger("cocoon.proxy")
+
+
+def client_voucher(channel: bytes, request: PayAccount) -> SignedVoucher | None:
+    """The newest voucher a client says it signed on ``channel``, as its ``PayAccount`` carries
+    it; None when it signed none. ``VoucherError`` when the fields cannot make a voucher."""
+    if request.last_seqno == 0:
+        return None
+    try:
+        data = VoucherData(TAG_CLIENT_VOUCHER, channel, request.last_seqno, request.last_amount, request.last_expiry)
+    except ValueError as exc:
+        raise VoucherError("malformed", str(exc)) from exc
+    return SignedVoucher(data, request.last_signature)
 
 
 @dataclass
@@ -119,10 +131,24 @@ class ProxyPayments:
         if state.seqno > row.seqno:
             raise Rollback(f"client channel {cid.hex()[:16]}… redeemed voucher #{state.seqno}; we know #{row.seqno}")
         if first:
-            written_off = self.accounts.reconcile(cid, request.last_seqno, request.last_amount)
-            if written_off:
+            now = int(time.time())
+            try:
+                done = self.accounts.reconcile(cid, client_voucher(cid, request), now)
+            except VoucherError as exc:
+                # a claim that does not verify is worth nothing (it may name another of the
+                # client's channels): the books are reconciled as if it had named none
+                log.warning("client channel %s…: ignored the newest voucher it names: %s", cid.hex()[:16], exc)
+                done = self.accounts.reconcile(cid, None, now)
+            if done.recovered:
+                log.info("client channel %s…: a voucher lost in flight covers %d nanoTON more",
+                         cid.hex()[:16], done.recovered)  # fmt: skip
+            if done.unbilled:
+                log.warning("client channel %s…: the client paid %d nanoTON beyond what this database billed; "
+                            "if it was restored from a copy, the workers' payouts will show it",
+                            cid.hex()[:16], done.unbilled)  # fmt: skip
+            if done.written_off:
                 log.warning("client channel %s…: %d nanoTON billed but never delivered; not charged",
-                            cid.hex()[:16], written_off)  # fmt: skip
+                            cid.hex()[:16], done.written_off)  # fmt: skip
             row = self.accounts.client(cid) or row
         self.clients[cid] = ClientChannel(channel, state)
         return PayTerms(

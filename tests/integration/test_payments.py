@@ -242,6 +242,45 @@ def test_a_proxy_killed_mid_stream_loses_no_voucher_and_charges_nothing_twice(ch
         net.stop()
 
 
+def test_a_voucher_lost_in_flight_is_recovered_when_the_client_reattaches(chain: Chain, tmp_path: Path) -> None:
+    # The double loses its first voucher on the way, as if the proxy had stopped before it came.
+    net = Network(tmp_path / "net", workers=1, chain=chain, client_module="tests.integration.voucher_losing_client")
+    try:
+        ask(net, "Hello", stream=False)
+        error = refused(net)  # the answer is not covered at the proxy
+        assert error.status_code == 402 and "not covered by a voucher" in error.message
+        net.nodes["proxy"].stop()
+        net.start_proxy()  # the client reattaches, naming its newest voucher
+        net.wait_workers(1)
+        wait_until(lambda: _served(net), what="the restarted proxy to serve")
+        proxy = net.nodes["proxy"]
+        assert proxy.alive() and "refusing to run" not in proxy.log
+        assert "a voucher lost in flight covers" in proxy.log
+        (client,) = rows(net.root / "client-payments.db", "client")
+        wait_until(lambda: rows(net.root / "proxy-payments.db", "proxy_in")[0]["seqno"] == client["seqno"], what="v")
+        (proxy_in,) = rows(net.root / "proxy-payments.db", "proxy_in")
+        assert proxy_in["amount"] == proxy_in["total"] == client["amount"] == client["total"]
+    finally:
+        net.stop()
+
+
+def test_a_client_claiming_a_newer_voucher_it_cannot_show_does_not_stop_the_proxy(chain: Chain, tmp_path: Path) -> None:
+    net = Network(tmp_path / "net", workers=1, chain=chain, client_module="tests.integration.rollback_claiming_client")
+    try:
+        ask(net, "Hello", stream=False)  # the first attach names no channel the proxy knows yet
+        net.nodes["proxy"].stop()
+        net.start_proxy()  # the client reattaches to a channel the proxy knows, claiming voucher #10^9
+        net.wait_workers(1)
+        wait_until(lambda: _served(net), what="the restarted proxy to serve")
+        proxy = net.nodes["proxy"]
+        assert proxy.alive() and "refusing to run" not in proxy.log
+        assert "ignored the newest voucher it names" in proxy.log
+        (proxy_in,) = rows(net.root / "proxy-payments.db", "proxy_in")
+        assert 0 < proxy_in["seqno"] < 10**9
+    finally:
+        net.stop()
+
+
 def test_a_proxy_database_restored_from_an_old_copy_is_refused(chain: Chain, tmp_path: Path) -> None:
     net = Network(tmp_path / "net", workers=1, chain=chain)
     db = net.root / "proxy-payments.db"
