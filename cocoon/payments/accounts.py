@@ -125,7 +125,9 @@ class ProxyAccounts:
         return Charge(cost, commission, signed)
 
     def accept_voucher(self, signed: SignedVoucher, now: int) -> int:
-        """Store a client's voucher once it checks out; the amount it newly covers."""
+        """Take a client's voucher once it checks out; the amount it newly covers. It is
+        written with the next transaction (``PaymentStore.stage_voucher``): call
+        ``store.flush`` soon after, when no charge comes first."""
         return self._accept(signed, now)[0]
 
     def _accept(self, signed: SignedVoucher, now: int, *, bill_up_to: bool = False) -> tuple[int, ChannelRow]:
@@ -146,10 +148,14 @@ class ProxyAccounts:
             min_validity=MIN_VALIDITY,
         )
         v = signed.voucher
-        with self.store.transaction() as db:
-            after = self.store.set_voucher(db, channel, v.seqno, v.amount, v.expiry, signed.signature)
-            if bill_up_to and after.total < v.amount:
+        if bill_up_to and row.total < v.amount:
+            with self.store.transaction() as db:
+                self.store.set_voucher(db, channel, v.seqno, v.amount, v.expiry, signed.signature)
                 after = self.store.set_total(db, channel, at_least=v.amount)
+        else:
+            # written with the next charge (or the payee's ``flush``): if we die first, the
+            # client names it again at its next attach (``reconcile``)
+            after = self.store.stage_voucher(channel, v.seqno, v.amount, v.expiry, signed.signature)
         pending = self._uncovered.get(channel)
         while pending and pending[0][1] <= v.amount:
             pending.popleft()

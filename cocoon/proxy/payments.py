@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass
 
@@ -31,6 +32,11 @@ from cocoon.protocol.messages import PayAccount, PayTerms, Voucher
 from cocoon.seal.usage import UsageRecord
 
 log = logging.getLogger("cocoon.proxy")
+
+# A client's voucher is written with the next charge, or this many seconds after it came when no
+# charge comes first: under load that saves a commit per paid answer, and a voucher lost with
+# the process is named again by its client at the next attach.
+VOUCHER_FLUSH_DELAY = 0.1
 
 
 def client_voucher(channel: bytes, request: PayAccount) -> SignedVoucher | None:
@@ -88,6 +94,7 @@ class ProxyPayments:
         self.workers: dict[bytes, WorkerChannel] = {}  # worker key → its channel
         self._committed_seq = -1
         self._last_commit = 0.0
+        self._flush: asyncio.TimerHandle | None = None
 
     def update_registry(self, registry: RegistryState) -> None:
         self.registry = registry
@@ -203,7 +210,18 @@ class ProxyPayments:
             VoucherData(TAG_CLIENT_VOUCHER, message.channel, message.seqno, message.amount, message.expiry),
             message.signature,
         )
-        return self.accounts.accept_voucher(signed, int(time.time()))
+        added = self.accounts.accept_voucher(signed, int(time.time()))
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(VOUCHER_FLUSH_DELAY, self._flush_vouchers)
+        return added
+
+    def _flush_vouchers(self) -> None:
+        """Write the client vouchers that no charge has written since they came."""
+        self._flush = None
+        try:
+            self.store.flush()
+        except sqlite3.Error:  # they stay staged, for the next transaction
+            log.exception("cannot write the client vouchers")
 
     def payout_message(self, charge: Charge) -> Voucher:
         v = charge.payout.voucher
@@ -265,6 +283,7 @@ class ProxyPayments:
     async def settle(self, *, force: bool = False) -> None:
         """One round: redeem client vouchers past the threshold (all when ``force``), refresh
         client channels, keep worker channels funded, commit the state sequence number."""
+        self.store.flush()  # the state committed on chain includes every voucher received
         for cid, client in list(self.clients.items()):
             row = self.accounts.client(cid)
             try:
@@ -284,6 +303,8 @@ class ProxyPayments:
         await self.commit(force=force)
 
     async def aclose(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()  # the store writes what is staged as it closes
         for entry in self.workers.values():
             if entry.funding is not None:
                 entry.funding.cancel()

@@ -210,3 +210,19 @@ def test_the_worker_keeps_only_valid_newer_payouts(tmp_path: Path, keys: dict[st
     with pytest.raises(VoucherError):
         worker.accept(other_proxy, public_bytes(keys["client"]), NOW)
     assert worker.earned() == 90
+
+
+def test_a_client_voucher_is_written_with_the_next_charge(
+    books: tuple[ProxyAccounts, ClientAccounts], keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    proxy, client = books
+    bill(proxy, keys, b"a" * 16, 100)
+    seq = proxy.store.state_seq
+    assert proxy.accept_voucher(client.pay(CLIENT_CHANNEL, b"a" * 16, 100, NOW), NOW) == 100
+    assert proxy.store.staged == 1 and proxy.store.state_seq == seq  # no commit of its own
+    assert proxy.refusal(CLIENT_CHANNEL, awaiting=set(), stake=10**9, available=10**10) == ""
+    bill(proxy, keys, b"b" * 16, 40)
+    assert proxy.store.staged == 0 and proxy.store.state_seq == seq + 1  # one commit for both
+    reopened = PaymentStore(proxy.store.path)
+    row = reopened.channel(CLIENT_CHANNEL)
+    assert row is not None and (row.seqno, row.amount, row.total) == (1, 100, 140)

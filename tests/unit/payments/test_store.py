@@ -1,4 +1,5 @@
-"""The payment store's cached channel rows never differ from the database."""
+"""The payment store's cached channel rows never differ from the database, and staged vouchers
+are seen at once and written with the next transaction."""
 
 from __future__ import annotations
 
@@ -70,3 +71,49 @@ def test_an_unchanged_redeemed_amount_is_not_a_change_of_state(tmp_path: Path) -
     assert store.channel(CHANNEL).redeemed == 40  # type: ignore[union-attr]
     store.set_redeemed(CHANNEL, 41)
     assert store.state_seq == seq + 1
+
+
+def on_disk(path: Path) -> tuple[int, int, int] | None:
+    """(seqno, amount, total) of the channel as another connection reads it."""
+    with contextlib.closing(PaymentStore(path)) as other:
+        row = other.channel(CHANNEL)
+        return (row.seqno, row.amount, row.total) if row else None
+
+
+def test_a_staged_voucher_is_seen_at_once_and_written_by_the_next_transaction(tmp_path: Path) -> None:
+    store = PaymentStore(tmp_path / "p.db")
+    store.add_channel(CHANNEL, "proxy_in", PEER)
+    staged = store.stage_voucher(CHANNEL, 1, 50, 99, bytes([7]) * 64)
+    assert (staged.seqno, staged.amount, staged.expiry, staged.signature) == (1, 50, 99, bytes([7]) * 64)
+    assert store.channel(CHANNEL) == staged
+    assert store.channels("proxy_in") == [staged]
+    assert store.staged == 1 and on_disk(tmp_path / "p.db") == (0, 0, 0)
+    with store.transaction() as db:
+        changed = store.add_total(db, CHANNEL, 70)  # a charge: it sees the voucher, and writes it
+    assert (changed.seqno, changed.amount, changed.total) == (1, 50, 70)
+    assert store.staged == 0 and on_disk(tmp_path / "p.db") == (1, 50, 70)
+    assert store.channel(CHANNEL) == changed
+
+
+def test_a_staged_voucher_outlives_a_failed_transaction(tmp_path: Path) -> None:
+    store = PaymentStore(tmp_path / "p.db")
+    store.add_channel(CHANNEL, "proxy_in", PEER)
+    with store.transaction() as db:
+        store.record_request(db, b"r" * 16, CHANNEL, 5, 5, None, 0)
+    store.stage_voucher(CHANNEL, 1, 50, 99, bytes(64))
+    with pytest.raises(DuplicateRequest), store.transaction() as db:
+        store.record_request(db, b"r" * 16, CHANNEL, 5, 5, None, 0)
+    assert store.staged == 1 and store.channel(CHANNEL).amount == 50  # type: ignore[union-attr]
+    assert on_disk(tmp_path / "p.db") == (0, 0, 0)
+    store.flush()
+    assert store.staged == 0 and on_disk(tmp_path / "p.db") == (1, 50, 0)
+
+
+def test_closing_the_store_writes_what_is_staged(tmp_path: Path) -> None:
+    store = PaymentStore(tmp_path / "p.db")
+    store.add_channel(CHANNEL, "proxy_in", PEER)
+    store.stage_voucher(CHANNEL, 2, 80, 99, bytes(64))
+    with pytest.raises(KeyError):
+        store.stage_voucher(bytes([9]) * 32, 1, 1, 99, bytes(64))  # no such channel
+    store.close()
+    assert on_disk(tmp_path / "p.db") == (2, 80, 0)
