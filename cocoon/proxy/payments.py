@@ -37,6 +37,7 @@ log = logging.getLogger("cocoon.proxy")
 # charge comes first: under load that saves a commit per paid answer, and a voucher lost with
 # the process is named again by its client at the next attach.
 VOUCHER_FLUSH_DELAY = 0.1
+REFRESH_CONCURRENCY = 32  # client channels read from the chain at once in a settlement round
 
 
 def client_voucher(channel: bytes, request: PayAccount) -> SignedVoucher | None:
@@ -284,23 +285,36 @@ class ProxyPayments:
         """One round: redeem client vouchers past the threshold (all when ``force``), refresh
         client channels, keep worker channels funded, commit the state sequence number."""
         self.store.flush()  # the state committed on chain includes every voucher received
-        for cid, client in list(self.clients.items()):
+        for cid, client in list(self.clients.items()):  # one after another: one wallet sends
             row = self.accounts.client(cid)
-            try:
-                if row is not None and row.seqno and row.unredeemed > 0:
-                    if force or row.unredeemed >= self.redeem_threshold:
-                        if client.state.seqno < row.seqno:
-                            voucher = VoucherData(TAG_CLIENT_VOUCHER, cid, row.seqno, row.amount, row.expiry)
-                            await client.channel.redeem(self.wallet, row.signature, voucher.cell())
-                            log.info("redeemed %d nanoTON from client channel %s…", row.unredeemed, cid.hex()[:16])
-                client.state = await client.channel.state()
-                self.store.set_redeemed(cid, client.state.redeemed)
-            except ChainError as exc:
-                log.warning("settling client channel %s…: %s", cid.hex()[:16], exc)
+            if row is None or not row.seqno or row.unredeemed <= 0 or client.state.seqno >= row.seqno:
+                continue
+            if force or row.unredeemed >= self.redeem_threshold:
+                voucher = VoucherData(TAG_CLIENT_VOUCHER, cid, row.seqno, row.amount, row.expiry)
+                try:
+                    await client.channel.redeem(self.wallet, row.signature, voucher.cell())
+                except ChainError as exc:
+                    log.warning("redeeming client channel %s…: %s", cid.hex()[:16], exc)
+                    continue
+                log.info("redeemed %d nanoTON from client channel %s…", row.unredeemed, cid.hex()[:16])
+        # Reading the channels is independent: many at once, so that a round over many clients
+        # on a distant liteserver does not outlast its interval.
+        limit = asyncio.Semaphore(REFRESH_CONCURRENCY)
+        await asyncio.gather(*(self._refresh(cid, client, limit) for cid, client in list(self.clients.items())))
         for entry in list(self.workers.values()):
             if entry.funding is None or entry.funding.done():
                 await self._fund(entry)
         await self.commit(force=force)
+
+    async def _refresh(self, cid: bytes, client: ClientChannel, limit: asyncio.Semaphore) -> None:
+        """The client channel's state as the chain shows it now, and what it has redeemed."""
+        async with limit:
+            try:
+                client.state = await client.channel.state()
+            except ChainError as exc:
+                log.warning("reading client channel %s…: %s", cid.hex()[:16], exc)
+                return
+        self.store.set_redeemed(cid, client.state.redeemed)
 
     async def aclose(self) -> None:
         if self._flush is not None:
