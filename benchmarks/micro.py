@@ -215,8 +215,8 @@ def signatures(m: Micro, tmp: Path) -> None:
     signed = voucher.sign(key)
     signed.verify(worker_key)
 
-    # accept_voucher: the checks, then one SQLite transaction (WAL, synchronous=NORMAL); each
-    # call takes the next of a series of vouchers signed beforehand
+    # accept_voucher: the checks; the voucher is staged, and written by the next charge's commit
+    # (``PaymentStore.stage_voucher``); each call takes the next of a series signed beforehand
     store = PaymentStore(tmp / "accept.db")
     accounts = ProxyAccounts(store, Ed25519PrivateKey.generate())
     accounts.open_client(channel, worker_key)
@@ -236,7 +236,7 @@ def signatures(m: Micro, tmp: Path) -> None:
             Case("voucher: sign (hash of its fields + Ed25519)", lambda: voucher.sign(key), 500, baseline=sign_base),
             Case("voucher: verify", lambda: signed.verify(worker_key), 300, baseline=verify_base),
             Case("voucher: ProxyAccounts.accept_voucher", lambda: accounts.accept_voucher(next(vouchers), now), calls,
-                 baseline=verify_base, note="check + one SQLite commit, synchronous=normal"),
+                 baseline=verify_base, note="checks; staged, written by the next charge's commit"),
         ])  # fmt: skip
     finally:
         store.close()
