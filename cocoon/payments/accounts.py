@@ -176,6 +176,8 @@ class ProxyAccounts:
         row = self.store.channel(channel)
         if row is None:
             return Reconciled()
+        if newest is not None and newest.voucher.channel != channel:
+            raise VoucherError("wrong_channel", "the voucher names another channel")
         recovered = unbilled = 0
         if newest is not None and newest.voucher.seqno > row.seqno:
             billed = row.total

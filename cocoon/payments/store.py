@@ -1,8 +1,11 @@
 """Durable payment state in SQLite (WAL): counters and the newest voucher of every channel.
 
 Every change that matters is one transaction, committed before the answer it pays for is
-released, so a crash loses neither a voucher nor a count. ``state_seq`` increases with every
-such commit; the proxy publishes it on chain to detect a database restored from an old copy.
+released, so a crash loses no count. The exception is the vouchers a proxy's clients send: the
+proxy stages them (``stage_voucher``) and the next transaction writes them, so a crash can lose
+the newest of a channel; its client names it again at its next attach. ``state_seq`` increases
+with every commit; the proxy publishes it on chain to detect a database restored from an old
+copy.
 """
 
 from __future__ import annotations

@@ -147,6 +147,7 @@ class ProxyPayments:
                 # client's channels): the books are reconciled as if it had named none
                 log.warning("client channel %s…: ignored the newest voucher it names: %s", cid.hex()[:16], exc)
                 done = self.accounts.reconcile(cid, None, now)
+            self._flush_soon()  # a recovered voucher is staged like any other
             if done.recovered:
                 log.info("client channel %s…: a voucher lost in flight covers %d nanoTON more",
                          cid.hex()[:16], done.recovered)  # fmt: skip
@@ -212,9 +213,14 @@ class ProxyPayments:
             message.signature,
         )
         added = self.accounts.accept_voucher(signed, int(time.time()))
-        if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(VOUCHER_FLUSH_DELAY, self._flush_vouchers)
+        self._flush_soon()
         return added
+
+    def _flush_soon(self) -> None:
+        """Write the staged client vouchers ``VOUCHER_FLUSH_DELAY`` from now, unless a charge
+        writes them first."""
+        if self._flush is None and self.store.staged:
+            self._flush = asyncio.get_running_loop().call_later(VOUCHER_FLUSH_DELAY, self._flush_vouchers)
 
     def _flush_vouchers(self) -> None:
         """Write the client vouchers that no charge has written since they came."""
@@ -284,12 +290,14 @@ class ProxyPayments:
     async def settle(self, *, force: bool = False) -> None:
         """One round: redeem client vouchers past the threshold (all when ``force``), refresh
         client channels, keep worker channels funded, commit the state sequence number."""
-        self.store.flush()  # the state committed on chain includes every voucher received
         for cid, client in list(self.clients.items()):  # one after another: one wallet sends
             row = self.accounts.client(cid)
             if row is None or not row.seqno or row.unredeemed <= 0 or client.state.seqno >= row.seqno:
                 continue
             if force or row.unredeemed >= self.redeem_threshold:
+                # Vouchers came during the redeems before this one: what goes on chain must be in
+                # the database first, or a restart would take the chain's newer seqno for a rollback.
+                self.store.flush()
                 voucher = VoucherData(TAG_CLIENT_VOUCHER, cid, row.seqno, row.amount, row.expiry)
                 try:
                     await client.channel.redeem(self.wallet, row.signature, voucher.cell())
@@ -311,10 +319,11 @@ class ProxyPayments:
         async with limit:
             try:
                 client.state = await client.channel.state()
+                self.store.set_redeemed(cid, client.state.redeemed)
             except ChainError as exc:
                 log.warning("reading client channel %s…: %s", cid.hex()[:16], exc)
-                return
-        self.store.set_redeemed(cid, client.state.redeemed)
+            except Exception:  # one channel must not end the round for the others
+                log.exception("reading client channel %s…", cid.hex()[:16])
 
     async def aclose(self) -> None:
         if self._flush is not None:
@@ -322,11 +331,14 @@ class ProxyPayments:
         for entry in self.workers.values():
             if entry.funding is not None:
                 entry.funding.cancel()
-        await self.ledger.aclose()
-        self.store.close()
+        try:
+            self.store.close()
+        finally:
+            await self.ledger.aclose()
 
     async def commit(self, *, force: bool = False) -> None:
         """Publish our state sequence number on chain (in a worker channel we fund)."""
+        self.store.flush()  # the state published includes every voucher received
         seq = self.store.state_seq
         now = time.monotonic()
         if seq == self._committed_seq or (not force and now - self._last_commit < self.commit_interval):

@@ -267,14 +267,14 @@ def test_a_voucher_lost_in_flight_is_recovered_when_the_client_reattaches(chain:
 def test_a_client_claiming_a_newer_voucher_it_cannot_show_does_not_stop_the_proxy(chain: Chain, tmp_path: Path) -> None:
     net = Network(tmp_path / "net", workers=1, chain=chain, client_module="tests.integration.rollback_claiming_client")
     try:
-        ask(net, "Hello", stream=False)  # the first attach names no channel the proxy knows yet
+        ask(net, "Hello", stream=False)  # the claim is ignored at the first attach already
         net.nodes["proxy"].stop()
-        net.start_proxy()  # the client reattaches to a channel the proxy knows, claiming voucher #10^9
+        net.start_proxy()  # and at the reattach, to a channel with vouchers in the proxy's books
         net.wait_workers(1)
         wait_until(lambda: _served(net), what="the restarted proxy to serve")
         proxy = net.nodes["proxy"]
         assert proxy.alive() and "refusing to run" not in proxy.log
-        assert "ignored the newest voucher it names" in proxy.log
+        assert proxy.log.count("ignored the newest voucher it names") >= 2  # the log spans both runs
         (proxy_in,) = rows(net.root / "proxy-payments.db", "proxy_in")
         assert 0 < proxy_in["seqno"] < 10**9
     finally:

@@ -176,6 +176,8 @@ def test_a_newer_voucher_that_does_not_verify_changes_nothing_and_is_no_rollback
     proxy, _ = books
     bill(proxy, keys, b"a" * 16, 100)
     forged = Voucher(TAG_CLIENT_VOUCHER, CLIENT_CHANNEL, 3, 500, NOW + 10**7).sign(keys["proxy"])
+    # a real voucher of the same client, on another of its channels with this proxy
+    proxy.open_client(b"\x07" * 32, public_bytes(keys["client"]))
     other_channel = Voucher(TAG_CLIENT_VOUCHER, b"\x07" * 32, 3, 100, NOW + 10**7).sign(keys["client"])
     expired = Voucher(TAG_CLIENT_VOUCHER, CLIENT_CHANNEL, 3, 100, NOW + 60).sign(keys["client"])
     before = proxy.client(CLIENT_CHANNEL)
@@ -226,3 +228,19 @@ def test_a_client_voucher_is_written_with_the_next_charge(
     reopened = PaymentStore(proxy.store.path)
     row = reopened.channel(CLIENT_CHANNEL)
     assert row is not None and (row.seqno, row.amount, row.total) == (1, 100, 140)
+
+
+def test_a_staged_voucher_lost_with_the_proxy_is_recovered_at_reattach(
+    tmp_path: Path, books: tuple[ProxyAccounts, ClientAccounts], keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    proxy, client = books
+    bill(proxy, keys, b"a" * 16, 100)
+    paid = client.pay(CLIENT_CHANNEL, b"a" * 16, 100, NOW)
+    proxy.accept_voucher(paid, NOW)  # staged; then the process dies without writing it
+    restarted = ProxyAccounts(PaymentStore(proxy.store.path), keys["proxy"])
+    row = restarted.open_client(CLIENT_CHANNEL, public_bytes(keys["client"]))
+    assert (row.seqno, row.amount, row.total) == (0, 0, 100)
+    assert restarted.reconcile(CLIENT_CHANNEL, paid, NOW) == Reconciled(recovered=100)
+    restarted.store.close()
+    row = PaymentStore(proxy.store.path).channel(CLIENT_CHANNEL)
+    assert row is not None and (row.seqno, row.amount, row.total) == (1, 100, 100)

@@ -1,5 +1,6 @@
-"""A settlement round of the proxy reads its client channels from the chain many at once, and
-one that cannot be read does not stop the others."""
+"""The proxy's payments at the asyncio edge: a settlement round reads the client channels from the
+chain many at once (one that cannot be read does not stop the others), and a client's voucher
+is written soon after it came even when no charge follows."""
 
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cocoon.chain.channels import ChannelState
 from cocoon.chain.errors import ChainError
 from cocoon.chain.registry import RegistryState
+from cocoon.keys import public_bytes
 from cocoon.payments.store import PaymentStore
-from cocoon.proxy.payments import REFRESH_CONCURRENCY, ClientChannel, ProxyPayments
+from cocoon.payments.vouchers import TAG_CLIENT_VOUCHER
+from cocoon.payments.vouchers import Voucher as VoucherData
+from cocoon.protocol.messages import Voucher
+from cocoon.proxy.payments import REFRESH_CONCURRENCY, VOUCHER_FLUSH_DELAY, ClientChannel, ProxyPayments
 from cocoon.up_chain import UP_PARAMS
 
 READ_SECONDS = 0.05
@@ -81,3 +86,28 @@ def test_a_round_reads_many_client_channels_at_once(tmp_path: Path) -> None:
         assert payments.clients[cid].state.exists is (i != 5)  # the unreadable one keeps its old view
         row = payments.store.channel(cid)
         assert row is not None and row.redeemed == (0 if i == 5 else i)
+
+
+def test_a_client_voucher_is_written_soon_when_no_charge_follows(tmp_path: Path) -> None:
+    payments = proxy_payments(PaymentStore(tmp_path / "proxy.db"))
+    client_key = Ed25519PrivateKey.generate()
+    cid = bytes([3]) * 32
+    payments.accounts.open_client(cid, public_bytes(client_key))
+    signed = VoucherData(TAG_CLIENT_VOUCHER, cid, 1, 100, 2**32 - 1).sign(client_key)
+    message = Voucher(channel=cid, seqno=1, amount=100, expiry=2**32 - 1, signature=signed.signature)
+
+    def on_disk() -> int:
+        other = PaymentStore(tmp_path / "proxy.db")
+        try:
+            row = other.channel(cid)
+            return row.seqno if row else -1
+        finally:
+            other.close()
+
+    async def main() -> tuple[int, int, int, int]:
+        assert payments.accept_voucher(message) == 100
+        staged, before = payments.store.staged, on_disk()
+        await asyncio.sleep(VOUCHER_FLUSH_DELAY * 3)
+        return staged, before, payments.store.staged, on_disk()
+
+    assert asyncio.run(main()) == (1, 0, 0, 1)
