@@ -167,3 +167,44 @@ def prices_of(params: RootPrices) -> PriceParams:
         reasoning_mult=params.reasoning_mult,
         commission_bps=params.commission_bps,
     )
+
+
+PRICE_GRACE = 60.0  # seconds after a price change during which the lower of old and new is billed
+
+
+class BillingPrices:
+    """The prices a proxy bills with (pure: the caller passes the time).
+
+    A client pays no more than its own figure, from the registry as it last read it and the
+    worker list it sealed the request for, both up to a polling interval or a list's age
+    behind the proxy's. So for ``grace`` seconds after the registry's prices or a worker's
+    price coefficient change, the proxy bills the lowest of the old and new figures: whichever
+    the client saw, it is then never billed more than it pays, and no answer is left uncovered
+    by a voucher (which would make the proxy refuse the client's next request).
+    """
+
+    def __init__(self, prices: PriceParams, grace: float = PRICE_GRACE) -> None:
+        self.prices = prices
+        self.grace = grace
+        self._previous: PriceParams | None = None
+        self._previous_until = 0.0
+        # worker key → (price coefficient, the one before it, until when the older one counts)
+        self._workers: dict[bytes, tuple[int, int, float]] = {}
+
+    def set_prices(self, prices: PriceParams, now: float) -> None:
+        if prices != self.prices:
+            self._previous, self._previous_until = self.prices, now + self.grace
+            self.prices = prices
+
+    def cost(self, usage: TokenUsage, worker_key: bytes, price_milli: int, now: float) -> int:
+        """The answer's cost: the lowest over the prices and coefficients still in their grace."""
+        known = self._workers.get(worker_key)
+        if known is None:
+            known = self._workers[worker_key] = (price_milli, price_milli, 0.0)
+        elif known[0] != price_milli:
+            known = self._workers[worker_key] = (price_milli, known[0], now + self.grace)
+        coefficients = {price_milli, known[1]} if now < known[2] else {price_milli}
+        tables = [self.prices]
+        if self._previous is not None and now < self._previous_until:
+            tables.append(self._previous)
+        return min(usage_cost(table, usage, coefficient) for table in tables for coefficient in coefficients)

@@ -24,7 +24,7 @@ from cocoon.chain.registry import RegistryState
 from cocoon.chain.wallet import Wallet
 from cocoon.keys import public_bytes
 from cocoon.payments.accounts import Charge, ProxyAccounts, Rollback
-from cocoon.payments.prices import prices_of, split, usage_cost
+from cocoon.payments.prices import BillingPrices, PriceParams, prices_of, split
 from cocoon.payments.store import PaymentStore
 from cocoon.payments.vouchers import TAG_CLIENT_VOUCHER, SignedVoucher, VoucherError, commit_cell, sign_cell
 from cocoon.payments.vouchers import Voucher as VoucherData
@@ -87,7 +87,7 @@ class ProxyPayments:
         self.store = store
         self.accounts = ProxyAccounts(store, key)
         self.registry = registry
-        self.prices = prices_of(registry.params)
+        self.billing = BillingPrices(prices_of(registry.params))
         self.redeem_threshold = redeem_threshold
         self.worker_deposit = worker_deposit
         self.commit_interval = commit_interval
@@ -97,9 +97,14 @@ class ProxyPayments:
         self._last_commit = 0.0
         self._flush: asyncio.TimerHandle | None = None
 
+    @property
+    def prices(self) -> PriceParams:
+        """The registry's prices as this proxy last read them."""
+        return self.billing.prices
+
     def update_registry(self, registry: RegistryState) -> None:
         self.registry = registry
-        self.prices = prices_of(registry.params)
+        self.billing.set_prices(prices_of(registry.params), time.monotonic())
 
     # --- start: refuse a database older than the chain ---
 
@@ -195,7 +200,8 @@ class ProxyPayments:
         worker = self.workers.get(worker_key)
         if worker is None:
             return None
-        cost = usage_cost(self.prices, record, price_milli)
+        # the lower of old and new prices for a while after a change: clients learn of it later
+        cost = self.billing.cost(record, worker_key, price_milli, time.monotonic())
         commission, _ = split(cost, self.prices.commission_bps)
         return self.accounts.charge(
             request_id=record.request_id,

@@ -305,6 +305,45 @@ def test_a_proxy_database_restored_from_an_old_copy_is_refused(chain: Chain, tmp
         net.stop()
 
 
+def test_a_price_rise_is_billed_only_once_clients_can_have_seen_it(chain: Chain, tmp_path: Path) -> None:
+    # The client reads the registry once a minute, the proxy every half second: for a while
+    # after the rise, the client still prices answers at the old rate and pays no more.
+    net = Network(tmp_path / "net", workers=1, chain=chain, client={"registry_poll": 60.0})
+
+    async def double_the_price() -> None:
+        ledger = SandboxLedger(chain.url)
+        admin = RegistryAdmin(
+            Wallet(ledger, load_or_create_identity(wallet_key(net.root, "owner"))), parse_address(net.root_address)
+        )
+        try:
+            dear = c.RootParams(**{**UP_PARAMS.__dict__, "price_per_token": 2 * PRICES.price_per_token})
+            await admin.set_params(dear)
+        finally:
+            await ledger.aclose()
+
+    try:
+        ask(net, "Hello", stream=False)
+        asyncio.run(double_the_price())
+        net.nodes["proxy"].wait_for_log("is at version", timeout=10)
+        ask(net, "Hello again", stream=False)
+        ask(net, "And again", stream=False)  # refused (402) if the last answer was billed above its voucher
+        paid = receipts(net)
+        assert len(paid) == 3
+        for r in paid:  # billed, and paid, at the old price
+            expected = request_cost(
+                PRICES,
+                prompt_tokens=r["prompt_tokens"],
+                cached_tokens=r["cached_tokens"],
+                completion_tokens=r["completion_tokens"],
+                reasoning_tokens=r["reasoning_tokens"],
+                price_milli=1000,
+            )
+            assert r["cost_nanoton"] == expected > 0
+        assert "the proxy billed" not in net.nodes["client"].log  # never more than the client's figure
+    finally:
+        net.stop()
+
+
 def test_a_worker_the_registry_no_longer_allows_is_disconnected(chain: Chain, tmp_path: Path) -> None:
     from cocoon.attest.sim import SimMeasurements
 

@@ -1,4 +1,5 @@
-"""Integer request prices: the formula, the single floor, the commission split."""
+"""Integer request prices: the formula, the single floor, the commission split, and what a proxy
+bills while a price change reaches its clients."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from hypothesis import strategies as st
 
 from cocoon.payments.prices import (
     COEFFICIENT_SCALE,
+    PRICE_GRACE,
     TOKEN_KINDS,
+    BillingPrices,
     PriceParams,
     TokenKind,
     price_per_million,
@@ -312,3 +315,42 @@ def test_price_per_million_matches_request_cost(p: PriceParams, kind: TokenKind,
         "reasoning": tokens(reasoning=million),
     }[kind]
     assert price_per_million(p, kind, price_milli) == cost(p, usage, price_milli)
+
+
+ANSWER = Usage(prompt_tokens=10, completion_tokens=20)
+WORKER = b"\x0a" * 32
+DEAR = PriceParams(**{**UNIT.__dict__, "price_per_token": 2})
+
+
+def test_a_price_rise_is_billed_once_its_grace_is_over() -> None:
+    billing = BillingPrices(UNIT)
+    assert billing.cost(ANSWER, WORKER, 1000, now=0.0) == 30
+    billing.set_prices(DEAR, now=100.0)
+    assert billing.prices == DEAR
+    assert billing.cost(ANSWER, WORKER, 1000, now=100.0) == 30  # clients may not have read it yet
+    assert billing.cost(ANSWER, WORKER, 1000, now=100.0 + PRICE_GRACE - 1) == 30
+    assert billing.cost(ANSWER, WORKER, 1000, now=100.0 + PRICE_GRACE) == 60
+
+
+def test_a_price_cut_is_billed_at_once() -> None:
+    billing = BillingPrices(DEAR)
+    billing.set_prices(UNIT, now=100.0)
+    assert billing.cost(ANSWER, WORKER, 1000, now=100.0) == 30
+
+
+def test_a_new_worker_coefficient_is_billed_only_after_the_grace() -> None:
+    billing = BillingPrices(UNIT, grace=10.0)
+    assert billing.cost(ANSWER, WORKER, 2000, now=0.0) == 60  # first sight: its coefficient as it is
+    assert billing.cost(ANSWER, WORKER, 3000, now=5.0) == 60  # raised: the old one for a while
+    assert billing.cost(ANSWER, b"\x0b" * 32, 3000, now=5.0) == 90  # another worker: its own
+    assert billing.cost(ANSWER, WORKER, 3000, now=15.0) == 90
+    assert billing.cost(ANSWER, WORKER, 1000, now=16.0) == 30  # lowered: at once
+
+
+def test_during_a_grace_the_lowest_figure_any_client_may_hold_is_billed() -> None:
+    billing = BillingPrices(UNIT, grace=10.0)
+    billing.cost(ANSWER, WORKER, 1000, now=0.0)
+    billing.set_prices(DEAR, now=1.0)
+    # a client may hold the old or the new registry prices, and the old or the new coefficient
+    figures = [usage_cost(p, ANSWER, c) for p in (UNIT, DEAR) for c in (1000, 2000)]
+    assert billing.cost(ANSWER, WORKER, 2000, now=2.0) == min(figures) == 30
