@@ -203,8 +203,10 @@ class BillingPrices:
             known = self._workers[worker_key] = (price_milli, price_milli, 0.0)
         elif known[0] != price_milli:
             known = self._workers[worker_key] = (price_milli, known[0], now + self.grace)
-        coefficients = {price_milli, known[1]} if now < known[2] else {price_milli}
         tables = [self.prices]
         if self._previous is not None and now < self._previous_until:
             tables.append(self._previous)
+        if now >= known[2] and len(tables) == 1:  # no change in its grace: the common case
+            return usage_cost(self.prices, usage, price_milli)
+        coefficients = {price_milli, known[1]} if now < known[2] else {price_milli}
         return min(usage_cost(table, usage, coefficient) for table in tables for coefficient in coefficients)

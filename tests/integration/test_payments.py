@@ -7,7 +7,7 @@ import asyncio
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,32 @@ def wait_until(check: Any, timeout: float = 20.0, what: str = "") -> None:
         time.sleep(0.1)
 
 
+def at_list_price(receipt: dict[str, Any]) -> int:
+    """A receipt's cost by the formula, at the registry's first prices and coefficient ×1."""
+    return request_cost(
+        PRICES,
+        prompt_tokens=receipt["prompt_tokens"],
+        cached_tokens=receipt["cached_tokens"],
+        completion_tokens=receipt["completion_tokens"],
+        reasoning_tokens=receipt["reasoning_tokens"],
+        price_milli=1000,
+    )
+
+
+def change_registry(chain: Chain, net: Network, change: Callable[[RegistryAdmin], Awaitable[None]]) -> None:
+    """One change to the network's registry, sent from its owner's wallet."""
+
+    async def send() -> None:
+        ledger = SandboxLedger(chain.url)
+        owner = Wallet(ledger, load_or_create_identity(wallet_key(net.root, "owner")))
+        try:
+            await change(RegistryAdmin(owner, parse_address(net.root_address)))
+        finally:
+            await ledger.aclose()
+
+    asyncio.run(send())
+
+
 def test_every_token_is_paid_exactly_once_and_the_shares_add_up(chain: Chain, tmp_path: Path) -> None:
     settle = {"settle_on_exit": True}
     net = Network(tmp_path / "net", workers=2, chain=chain, proxy=settle, worker=settle)
@@ -101,14 +127,7 @@ def test_every_token_is_paid_exactly_once_and_the_shares_add_up(chain: Chain, tm
         assert len(paid) == 4
         costs = []
         for r in paid:  # each cost follows from the worker-signed usage record, at coefficient ×1
-            expected = request_cost(
-                PRICES,
-                prompt_tokens=r["prompt_tokens"],
-                cached_tokens=r["cached_tokens"],
-                completion_tokens=r["completion_tokens"],
-                reasoning_tokens=r["reasoning_tokens"],
-                price_milli=1000,
-            )
+            expected = at_list_price(r)
             assert r["cost_nanoton"] == expected > 0
             costs.append(expected)
         total = sum(costs)
@@ -309,36 +328,17 @@ def test_a_price_rise_is_billed_only_once_clients_can_have_seen_it(chain: Chain,
     # The client reads the registry once a minute, the proxy every half second: for a while
     # after the rise, the client still prices answers at the old rate and pays no more.
     net = Network(tmp_path / "net", workers=1, chain=chain, client={"registry_poll": 60.0})
-
-    async def double_the_price() -> None:
-        ledger = SandboxLedger(chain.url)
-        admin = RegistryAdmin(
-            Wallet(ledger, load_or_create_identity(wallet_key(net.root, "owner"))), parse_address(net.root_address)
-        )
-        try:
-            dear = c.RootParams(**{**UP_PARAMS.__dict__, "price_per_token": 2 * PRICES.price_per_token})
-            await admin.set_params(dear)
-        finally:
-            await ledger.aclose()
-
+    dear = c.RootParams(**{**UP_PARAMS.__dict__, "price_per_token": 2 * PRICES.price_per_token})
     try:
         ask(net, "Hello", stream=False)
-        asyncio.run(double_the_price())
+        change_registry(chain, net, lambda admin: admin.set_params(dear))
         net.nodes["proxy"].wait_for_log("is at version", timeout=10)
         ask(net, "Hello again", stream=False)
         ask(net, "And again", stream=False)  # refused (402) if the last answer was billed above its voucher
         paid = receipts(net)
         assert len(paid) == 3
         for r in paid:  # billed, and paid, at the old price
-            expected = request_cost(
-                PRICES,
-                prompt_tokens=r["prompt_tokens"],
-                cached_tokens=r["cached_tokens"],
-                completion_tokens=r["completion_tokens"],
-                reasoning_tokens=r["reasoning_tokens"],
-                price_milli=1000,
-            )
-            assert r["cost_nanoton"] == expected > 0
+            assert r["cost_nanoton"] == at_list_price(r) > 0
         assert "the proxy billed" not in net.nodes["client"].log  # never more than the client's figure
     finally:
         net.stop()
@@ -349,23 +349,13 @@ def test_a_worker_the_registry_no_longer_allows_is_disconnected(chain: Chain, tm
 
     net = Network(tmp_path / "net", workers=2, chain=chain, worker={"reconnect_max": 1.0})
 
-    async def remove_worker_image() -> None:
-        ledger = SandboxLedger(chain.url)
-        admin = RegistryAdmin(
-            Wallet(ledger, load_or_create_identity(wallet_key(net.root, "owner"))), parse_address(net.root_address)
-        )
-        try:
-            await admin.remove_image(c.ROLE_WORKER, SimMeasurements().image_hash)
-        finally:
-            await ledger.aclose()
-
     def workers_listed() -> int:
         data = httpx.get(net.url + "/models", timeout=2).json()["data"]
         return sum(m["workers"] for m in data if m["id"] == MODEL)
 
     try:
         assert workers_listed() == 2
-        asyncio.run(remove_worker_image())
+        change_registry(chain, net, lambda admin: admin.remove_image(c.ROLE_WORKER, SimMeasurements().image_hash))
         wait_until(lambda: workers_listed() == 0, timeout=5, what="the workers to be disconnected")
         assert "no longer allowed by the registry" in net.nodes["proxy"].log
         time.sleep(2.0)  # they redial, and are refused at the handshake now
@@ -380,19 +370,9 @@ def test_removing_the_model_from_the_registry_disconnects_its_workers(chain: Cha
     from cocoon.engine.llama_cpp import embedded_model_path
 
     net = Network(tmp_path / "net", workers=1, chain=chain, worker={"reconnect_max": 1.0})
-
-    async def remove_model() -> None:
-        ledger = SandboxLedger(chain.url)
-        admin = RegistryAdmin(
-            Wallet(ledger, load_or_create_identity(wallet_key(net.root, "owner"))), parse_address(net.root_address)
-        )
-        try:
-            await admin.remove_model(model_hash(embedded_model_path(), cache=net.root.parent / "model-hashes.json"))
-        finally:
-            await ledger.aclose()
-
+    removed = model_hash(embedded_model_path(), cache=net.root.parent / "model-hashes.json")
     try:
-        asyncio.run(remove_model())
+        change_registry(chain, net, lambda admin: admin.remove_model(removed))
         net.nodes["proxy"].wait_for_log("no longer allowed by the registry", timeout=5)
         assert "model_not_allowed" in net.nodes["proxy"].log or "is not allowed" in net.nodes["proxy"].log
         error = refused_any(net)
