@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import time
 
 import msgspec
 import pytest
@@ -21,7 +22,9 @@ from cocoon.attest.verifier import EvidenceVerifier
 from cocoon.keys import public_bytes
 from tests.unit.attest.conftest import unix, vector
 
-NOW = unix("2026-11-25T12:00:00Z")
+# The real clock: the simulated authority (conftest) is made now, its certificates valid from a
+# day before; a fixed date here made every simulated check fail as "expired" a day after it.
+NOW = int(time.time())
 KEY = public_bytes(Ed25519PrivateKey.generate())
 MODEL = hashlib.sha256(b"weights").digest()
 
