@@ -204,7 +204,8 @@ def machine() -> dict[str, Any]:
             continue
     return {
         "cpu": cpu,
-        "cores": os.cpu_count(),
+        # the CPUs this run may use (a run pinned to some of a machine's cores counts those)
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "system": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "versions": versions,
