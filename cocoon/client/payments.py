@@ -72,9 +72,13 @@ class ClientPayments:
     def last_voucher(self, proxy_key: bytes) -> ChannelRow | None:
         """Our channel with this proxy that carries our newest voucher to it (None: no voucher
         yet). The proxy accepts the voucher if it never received it, and writes off what it
-        billed beyond it."""
-        rows = [row for row in self.store.channels("client") if row.peer_key == proxy_key and row.seqno > 0]
-        return max(rows, key=lambda r: r.seqno) if rows else None
+        billed beyond it. With several channels to one proxy key (its wallet or the registry's
+        close delay changed), the newest voucher is on the channel we paid last, not the one
+        with the highest seqno: naming an older channel's voucher would leave a voucher lost on
+        the current one unrecovered."""
+        channel = self.store.last_paid_channel("client", proxy_key)
+        row = self.store.channel(channel) if channel is not None else None
+        return row if row is not None and row.seqno > 0 else None
 
     def check_terms(self, proxy_key: bytes, terms: PayTerms) -> ProxyChannel:
         """The channel the proxy names must be the one our parameters derive."""

@@ -204,6 +204,17 @@ class PaymentStore:
             self._rows[channel] = found
         return found
 
+    def last_paid_channel(self, role: str, peer_key: bytes) -> bytes | None:
+        """Of our channels in ``role`` with ``peer_key``, the one whose request was recorded last
+        (None: no request yet). A payer signs each voucher with its request, so this is the
+        channel of its newest voucher to that peer, whatever the seqnos of older channels."""
+        found = self._db.execute(
+            "SELECT r.channel FROM requests r JOIN channels c ON c.channel = r.channel"
+            " WHERE c.role = ? AND c.peer_key = ? ORDER BY r.rowid DESC LIMIT 1",
+            (role, peer_key),
+        ).fetchone()
+        return bytes(found[0]) if found else None
+
     def channels(self, role: str) -> list[ChannelRow]:
         rows = self._db.execute("SELECT * FROM channels WHERE role = ? ORDER BY channel", (role,)).fetchall()
         return [self._with_staged(ChannelRow(*row)) for row in rows]

@@ -50,3 +50,21 @@ async def test_the_client_pays_its_own_price_and_never_more(payments: ClientPaym
     assert cost == 2000 and voucher.amount == 4000
     cost, voucher = payments.pay(CHANNEL, record(b"c" * 16), 1000, billed=1500)  # billed less: that
     assert cost == 1500 and voucher.amount == 5500 and voucher.seqno == 3
+
+
+def test_the_newest_voucher_named_at_attach_is_on_the_channel_paid_last(payments: ClientPayments) -> None:
+    """Two channels to one proxy key (its wallet changed): the voucher to name is the one signed
+    last, although the older channel's seqno is higher."""
+    proxy_key = b"\x03" * 32
+    assert payments.last_voucher(proxy_key) is None
+    for i in range(3):
+        payments.pay(CHANNEL, record(bytes([i]) * 16), 1000)
+    newer = b"\x08" * 32
+    payments.accounts.open(newer, proxy_key)
+    payments.accounts.open(b"\x09" * 32, b"\x04" * 32)  # another proxy's channel: never named
+    payments.pay(b"\x09" * 32, record(b"x" * 16), 1000)
+    assert (row := payments.last_voucher(proxy_key)) is not None and (row.channel, row.seqno) == (CHANNEL, 3)
+    payments.pay(newer, record(b"n" * 16), 1000)
+    assert (row := payments.last_voucher(proxy_key)) is not None and (row.channel, row.seqno) == (newer, 1)
+    payments.pay(CHANNEL, record(b"o" * 16), 1000)
+    assert (row := payments.last_voucher(proxy_key)) is not None and (row.channel, row.seqno) == (CHANNEL, 4)
