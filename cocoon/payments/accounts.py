@@ -23,6 +23,7 @@ from cocoon.payments.vouchers import (
 
 VOUCHER_VALIDITY = 30 * 86400  # seconds a voucher stays redeemable
 MIN_VALIDITY = 86400  # a payee refuses a voucher it could not redeem for at least this long
+WRITTEN_OFF_KEY = "written_off:"  # + a client channel's hex id: what reattaches wrote off there
 
 
 def latest_voucher(row: ChannelRow, tag: int) -> SignedVoucher | None:
@@ -63,6 +64,8 @@ class ProxyAccounts:
         # per client channel: billed answers not yet covered by a voucher, as
         # (request id, cumulative total after it), oldest first
         self._uncovered: dict[bytes, deque[tuple[bytes, int]]] = {}
+        # per client channel: nanoTON written off at its reattaches, ever (``reconcile``)
+        self._written_off: dict[bytes, int] = {}
 
     def open_client(self, channel: bytes, client_key: bytes) -> ChannelRow:
         row = self.store.channel(channel)
@@ -72,6 +75,7 @@ class ProxyAccounts:
             raise VoucherError("wrong_channel", "this channel belongs to another party")
         if channel not in self._uncovered:
             self._uncovered[channel] = self._rebuild(row)
+            self._written_off[channel] = self.store.meta(WRITTEN_OFF_KEY + channel.hex())
         return row
 
     def _rebuild(self, row: ChannelRow) -> deque[tuple[bytes, int]]:
@@ -95,6 +99,15 @@ class ProxyAccounts:
             return f"the channel's deposit is used up ({row.total} of {available} nanoTON billed): top up"
         if row.unpaid > 0 and row.unpaid >= stake:
             return f"{row.unpaid} nanoTON of answers are unpaid, at or above the stake of {stake}: sign a voucher"
+        # What reattaches wrote off counts against the stake for good: else a client that drops
+        # every connection before the answer's end and reattaches would never pay at all.
+        written_off = self._written_off.get(channel, 0)
+        if written_off and row.unpaid + written_off >= stake:
+            return (
+                f"{written_off} nanoTON of answers whose end never reached this client were written off "
+                f"(and {row.unpaid} are unpaid), at or above the stake of {stake}: "
+                "raise the stake or open a new channel"
+            )
         uncovered = [rid for rid, _ in self._uncovered.get(channel, ()) if rid not in awaiting]
         if uncovered:
             return f"{len(uncovered)} delivered answer(s) are not covered by a voucher"
@@ -172,6 +185,8 @@ class ProxyAccounts:
           payouts, which this proxy signed, are what reveal one.
         - Answers billed beyond the client's newest voucher never reached it (the connection
           broke between our commit and their end), so they are written off rather than charged.
+          We cannot tell a broken connection from a client that broke it on purpose, so what a
+          channel had written off counts against its stake from then on (``refusal``).
         """
         row = self.store.channel(channel)
         if row is None:
@@ -191,12 +206,14 @@ class ProxyAccounts:
             self.store.set_total(db, channel)
             # kept (so the id is never billed again) at cost 0
             db.executemany("UPDATE requests SET cost = 0 WHERE request_id = ?", [(rid,) for rid in never_delivered])
-            db.execute(
-                "INSERT INTO meta(key, value) VALUES('written_off', ?)"
-                " ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
-                (excess,),
-            )
+            for key in ("written_off", WRITTEN_OFF_KEY + channel.hex()):
+                db.execute(
+                    "INSERT INTO meta(key, value) VALUES(?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+                    (key, excess),
+                )
         self._uncovered[channel] = deque()
+        self._written_off[channel] = self._written_off.get(channel, 0) + excess
         return Reconciled(recovered=recovered, unbilled=unbilled, written_off=excess)
 
     def client(self, channel: bytes) -> ChannelRow | None:

@@ -119,6 +119,7 @@ class Network:
         pin_proxy: bool = True,
     ) -> None:
         self.proxy_module = proxy_module
+        self.client_module = client_module
         self.chain = chain
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
@@ -171,7 +172,7 @@ class Network:
         self.start_proxy()
         for i in range(1, workers + 1):
             self.start_worker(i)
-        self.nodes["client"] = Node("client", ["client", "--config", str(self.config)], root, module=client_module)
+        self.start_client()
         self.url = f"http://127.0.0.1:{self.client_port}/v1"
         if wait:
             self.wait_workers(workers)
@@ -180,6 +181,11 @@ class Network:
         env = {"COCOON_TEST_RECORD": str(self.root / "proxy.record")}
         node = Node("proxy", ["proxy", "--config", str(self.config)], self.root, env=env, module=self.proxy_module)
         self.nodes["proxy"] = node
+        return node
+
+    def start_client(self) -> Node:
+        node = Node("client", ["client", "--config", str(self.config)], self.root, module=self.client_module)
+        self.nodes["client"] = node
         return node
 
     def start_worker(self, i: int, extra: Iterable[str] = (), fault: str = "") -> Node:

@@ -231,6 +231,37 @@ def test_a_client_that_stops_signing_vouchers_is_cut_off_within_one_request(chai
         net.stop()
 
 
+def test_a_client_that_never_pays_and_reattaches_gets_answers_written_off_only_up_to_its_stake(
+    chain: Chain, tmp_path: Path
+) -> None:
+    # Each reattach writes off what the client was billed beyond its newest voucher (the proxy
+    # cannot tell a broken connection from a client that breaks off before every answer's end).
+    # 0.01 TON per token: one short answer costs a third to a half of a TON; the stake is 1 TON.
+    dear = c.RootParams(**{**UP_PARAMS.__dict__, "price_per_token": 10**7})
+    net = Network(
+        tmp_path / "net", workers=1, chain=chain, chain_params=dear, client_module="tests.integration.unpaying_client"
+    )
+    try:
+        free = 0
+        while _served(net):
+            free += 1
+            assert free <= 4, "the written-off answers never reached the stake"
+            net.nodes["client"].stop()
+            net.start_client()  # a new connection: the proxy writes off the unpaid answer
+            net.wait_workers(1)
+        error = refused(net)
+        assert error.status_code == 402 and "written off" in error.message and "stake" in error.message
+        conn = sqlite3.connect(f"file:{net.root / 'proxy-payments.db'}?mode=ro", uri=True)
+        try:
+            (written_off,) = conn.execute("SELECT value FROM meta WHERE key = 'written_off'").fetchone()
+        finally:
+            conn.close()
+        # answers of about half a TON each, written off until they reached the 1 TON stake
+        assert free >= 2 and c.TON <= written_off < c.TON + written_off / free + 1
+    finally:
+        net.stop()
+
+
 def test_a_proxy_killed_mid_stream_loses_no_voucher_and_charges_nothing_twice(chain: Chain, tmp_path: Path) -> None:
     net = Network(tmp_path / "net", workers=1, chain=chain, worker={"reconnect_max": 1.0})
     try:

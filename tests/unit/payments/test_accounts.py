@@ -244,3 +244,32 @@ def test_a_staged_voucher_lost_with_the_proxy_is_recovered_at_reattach(
     restarted.store.close()
     row = PaymentStore(proxy.store.path).channel(CLIENT_CHANNEL)
     assert row is not None and (row.seqno, row.amount, row.total) == (1, 100, 100)
+
+
+def test_what_reattaches_wrote_off_counts_against_the_stake_for_good(
+    tmp_path: Path, books: tuple[ProxyAccounts, ClientAccounts], keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    """A client that breaks every connection before the answer's end gets each answer written
+    off; once those reach its stake, it is refused, also by a restarted proxy."""
+    proxy, _ = books
+    bill(proxy, keys, b"a" * 16, 40)
+    assert proxy.reconcile(CLIENT_CHANNEL, None, NOW) == Reconciled(written_off=40)
+    assert proxy.refusal(CLIENT_CHANNEL, awaiting=set(), stake=100, available=10**10) == ""
+    bill(proxy, keys, b"b" * 16, 50)
+    assert proxy.refusal(CLIENT_CHANNEL, awaiting={b"b" * 16}, stake=100, available=10**10) == ""  # 90 < 100
+    assert proxy.reconcile(CLIENT_CHANNEL, None, NOW) == Reconciled(written_off=50)
+    assert proxy.refusal(CLIENT_CHANNEL, awaiting=set(), stake=100, available=10**10) == ""  # 90 < 100
+    bill(proxy, keys, b"c" * 16, 20)  # in flight: 90 written off and 20 unpaid reach the stake
+    reason = proxy.refusal(CLIENT_CHANNEL, awaiting={b"c" * 16}, stake=100, available=10**10)
+    assert "90 nanoTON" in reason and "written off" in reason and "20 are unpaid" in reason
+    assert proxy.reconcile(CLIENT_CHANNEL, None, NOW) == Reconciled(written_off=20)
+    reason = proxy.refusal(CLIENT_CHANNEL, awaiting=set(), stake=100, available=10**10)
+    assert "110 nanoTON" in reason and "stake of 100" in reason
+    assert proxy.refusal(CLIENT_CHANNEL, awaiting=set(), stake=1000, available=10**10) == ""  # a higher stake
+    proxy.store.close()
+    restarted = ProxyAccounts(PaymentStore(tmp_path / "proxy.db"), keys["proxy"])
+    restarted.open_client(CLIENT_CHANNEL, public_bytes(keys["client"]))
+    assert "written off" in restarted.refusal(CLIENT_CHANNEL, awaiting=set(), stake=100, available=10**10)
+    other = b"\x05" * 32  # another client channel starts with nothing written off
+    restarted.open_client(other, public_bytes(keys["client"]))
+    assert restarted.refusal(other, awaiting=set(), stake=100, available=10**10) == ""
