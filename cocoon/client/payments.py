@@ -76,7 +76,7 @@ class ClientPayments:
         close delay changed), the newest voucher is on the channel we paid last, not the one
         with the highest seqno: naming an older channel's voucher would leave a voucher lost on
         the current one unrecovered."""
-        channel = self.store.last_paid_channel("client", proxy_key)
+        channel = self.store.last_paid_channel(proxy_key)
         row = self.store.channel(channel) if channel is not None else None
         return row if row is not None and row.seqno > 0 else None
 

@@ -24,6 +24,10 @@ from cocoon.payments.vouchers import (
 VOUCHER_VALIDITY = 30 * 86400  # seconds a voucher stays redeemable
 MIN_VALIDITY = 86400  # a payee refuses a voucher it could not redeem for at least this long
 WRITTEN_OFF_KEY = "written_off:"  # + a client channel's hex id: what reattaches wrote off there
+# What reattaches wrote off may exceed a channel's stake by this share of what its client paid:
+# an honest client's rare write-offs (a broken connection, a proxy's crash) never add up to a
+# refusal, while one that never pays gets at most its stake.
+WRITE_OFF_ALLOWANCE = 0.01
 
 
 def latest_voucher(row: ChannelRow, tag: int) -> SignedVoucher | None:
@@ -75,8 +79,14 @@ class ProxyAccounts:
             raise VoucherError("wrong_channel", "this channel belongs to another party")
         if channel not in self._uncovered:
             self._uncovered[channel] = self._rebuild(row)
-            self._written_off[channel] = self.store.meta(WRITTEN_OFF_KEY + channel.hex())
         return row
+
+    def written_off(self, channel: bytes) -> int:
+        """nanoTON written off on this client channel at its reattaches, ever."""
+        found = self._written_off.get(channel)
+        if found is None:
+            found = self._written_off[channel] = self.store.meta(WRITTEN_OFF_KEY + channel.hex())
+        return found
 
     def _rebuild(self, row: ChannelRow) -> deque[tuple[bytes, int]]:
         total = 0
@@ -101,13 +111,17 @@ class ProxyAccounts:
             return f"{row.unpaid} nanoTON of answers are unpaid, at or above the stake of {stake}: sign a voucher"
         # What reattaches wrote off counts against the stake for good: else a client that drops
         # every connection before the answer's end and reattaches would never pay at all.
-        written_off = self._written_off.get(channel, 0)
-        if written_off and row.unpaid + written_off >= stake:
-            return (
+        written_off = self.written_off(channel)
+        limit = stake + int(row.amount * WRITE_OFF_ALLOWANCE)
+        if written_off and row.unpaid + written_off >= limit:
+            what = (
                 f"{written_off} nanoTON of answers whose end never reached this client were written off "
-                f"(and {row.unpaid} are unpaid), at or above the stake of {stake}: "
-                "raise the stake or open a new channel"
+                f"and {row.unpaid} are unpaid, at or above the stake of {stake} plus "
+                f"{WRITE_OFF_ALLOWANCE:.0%} of the {row.amount} paid"
             )
+            if written_off < limit:
+                return f"{what}: sign a voucher"
+            return f"{what}: raise the channel's stake (cocoon wallet topup --stake)"
         uncovered = [rid for rid, _ in self._uncovered.get(channel, ()) if rid not in awaiting]
         if uncovered:
             return f"{len(uncovered)} delivered answer(s) are not covered by a voucher"
@@ -202,18 +216,15 @@ class ProxyAccounts:
         if excess <= 0:
             return Reconciled(recovered=recovered, unbilled=unbilled)
         never_delivered = [rid for rid, _ in self._rebuild(row)]
+        before = self.written_off(channel)
         with self.store.transaction() as db:
             self.store.set_total(db, channel)
             # kept (so the id is never billed again) at cost 0
             db.executemany("UPDATE requests SET cost = 0 WHERE request_id = ?", [(rid,) for rid in never_delivered])
-            for key in ("written_off", WRITTEN_OFF_KEY + channel.hex()):
-                db.execute(
-                    "INSERT INTO meta(key, value) VALUES(?, ?)"
-                    " ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
-                    (key, excess),
-                )
+            self.store.add_meta(db, "written_off", excess)
+            self.store.add_meta(db, WRITTEN_OFF_KEY + channel.hex(), excess)
         self._uncovered[channel] = deque()
-        self._written_off[channel] = self._written_off.get(channel, 0) + excess
+        self._written_off[channel] = before + excess
         return Reconciled(recovered=recovered, unbilled=unbilled, written_off=excess)
 
     def client(self, channel: bytes) -> ChannelRow | None:

@@ -112,9 +112,7 @@ class PaymentStore:
             for channel, (seqno, amount, expiry, signature) in self._staged.items():
                 self.set_voucher(self._db, channel, seqno, amount, expiry, signature)
             yield self._db
-            self._db.execute(
-                "INSERT INTO meta(key, value) VALUES('state_seq', 1) ON CONFLICT(key) DO UPDATE SET value = value + 1"
-            )
+            self.add_meta(self._db, "state_seq", 1)
             self._db.execute("COMMIT")
         except BaseException:
             self._changed.clear()
@@ -169,6 +167,14 @@ class PaymentStore:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return int(row[0]) if row else default
 
+    @staticmethod
+    def add_meta(db: sqlite3.Connection, key: str, delta: int) -> None:
+        """Add ``delta`` to a counter, inside the caller's transaction."""
+        db.execute(
+            "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+            (key, delta),
+        )
+
     def set_meta(self, key: str, value: int) -> None:
         self._db.execute(
             "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -204,16 +210,17 @@ class PaymentStore:
             self._rows[channel] = found
         return found
 
-    def last_paid_channel(self, role: str, peer_key: bytes) -> bytes | None:
-        """Of our channels in ``role`` with ``peer_key``, the one whose request was recorded last
-        (None: no request yet). A payer signs each voucher with its request, so this is the
-        channel of its newest voucher to that peer, whatever the seqnos of older channels."""
+    def last_paid_channel(self, proxy_key: bytes) -> bytes | None:
+        """A client's books: of our channels to the proxy with ``proxy_key``, the one whose
+        request was recorded last (None: no request yet). The client signs each voucher with
+        its request, so this is the channel of its newest voucher to that proxy, whatever the
+        seqnos of older channels."""
         found = self._db.execute(
             "SELECT r.channel FROM requests r JOIN channels c ON c.channel = r.channel"
-            " WHERE c.role = ? AND c.peer_key = ? ORDER BY r.rowid DESC LIMIT 1",
-            (role, peer_key),
+            " WHERE c.role = 'client' AND c.peer_key = ? ORDER BY r.rowid DESC LIMIT 1",
+            (proxy_key,),
         ).fetchone()
-        return bytes(found[0]) if found else None
+        return found[0] if found else None
 
     def channels(self, role: str) -> list[ChannelRow]:
         rows = self._db.execute("SELECT * FROM channels WHERE role = ? ORDER BY channel", (role,)).fetchall()

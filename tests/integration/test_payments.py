@@ -4,6 +4,7 @@ contracts on the local chain service (TON sandbox in Node)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import shutil
 import sqlite3
 import time
@@ -242,24 +243,29 @@ def test_a_client_that_never_pays_and_reattaches_gets_answers_written_off_only_u
         tmp_path / "net", workers=1, chain=chain, chain_params=dear, client_module="tests.integration.unpaying_client"
     )
     try:
-        free = 0
+        written_off = [0]  # on the client's channel, after each reattach
         while _served(net):
-            free += 1
-            assert free <= 4, "the written-off answers never reached the stake"
+            assert len(written_off) <= 4, "the written-off answers never reached the stake"
             net.nodes["client"].stop()
             net.start_client()  # a new connection: the proxy writes off the unpaid answer
-            net.wait_workers(1)
+            net.wait_workers(1)  # the client lists workers once it has attached
+            written_off.append(_written_off(net))
         error = refused(net)
         assert error.status_code == 402 and "written off" in error.message and "stake" in error.message
-        conn = sqlite3.connect(f"file:{net.root / 'proxy-payments.db'}?mode=ro", uri=True)
-        try:
-            (written_off,) = conn.execute("SELECT value FROM meta WHERE key = 'written_off'").fetchone()
-        finally:
-            conn.close()
-        # answers of about half a TON each, written off until they reached the 1 TON stake
-        assert free >= 2 and c.TON <= written_off < c.TON + written_off / free + 1
+        # served while what was written off stayed below the 1 TON stake, refused once it reached it
+        assert len(written_off) >= 3 and written_off[-2] < c.TON <= written_off[-1]
+        assert all(a < b for a, b in itertools.pairwise(written_off))
     finally:
         net.stop()
+
+
+def _written_off(net: Network) -> int:
+    conn = sqlite3.connect(f"file:{net.root / 'proxy-payments.db'}?mode=ro", uri=True)
+    try:
+        (value,) = conn.execute("SELECT value FROM meta WHERE key LIKE 'written_off:%'").fetchone()
+    finally:
+        conn.close()
+    return int(value)
 
 
 def test_a_proxy_killed_mid_stream_loses_no_voucher_and_charges_nothing_twice(chain: Chain, tmp_path: Path) -> None:
