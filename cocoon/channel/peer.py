@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from cocoon.channel.verify import PeerIdentity
-from cocoon.protocol.connection import Connection, ConnectionClosed
+from cocoon.protocol.connection import Connection, ConnectionClosed, Phase
 from cocoon.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from cocoon.protocol.messages import (
     RESPONDER_MESSAGES,
@@ -201,6 +201,7 @@ class Peer:
         self._corked: list[bytes] = []  # frames to write at the end of this turn of the loop
         self._corked_size = 0
         self._last_write = 0.0  # loop time of the last write
+        self._closer: asyncio.Task[None] | None = None
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -219,6 +220,10 @@ class Peer:
                 raise
             return False
         self._write(data)
+        if self.conn.phase is Phase.CLOSED and self._closer is None:
+            # a connection-level error ends the connection: nothing else may follow it
+            reason = message.message if isinstance(message, Error) else "closed"
+            self._closer = self._loop.create_task(self.aclose(f"sent error: {reason}"))
         return True
 
     def send_at_once(self, message: Message) -> bool:
@@ -267,7 +272,18 @@ class Peer:
         if self._corked_size >= CORK_LIMIT or (self._corked and self._loop.time() - self._last_write >= IDLE_WRITE):
             self._uncork()
         try:
-            await self.writer.drain()
+            if not self.writer.transport.get_write_buffer_size():
+                await self.writer.drain()  # all written: returns at once, and pays for no timer
+                return
+            # A peer that reads nothing while it still pings would hold whatever waits here (a
+            # relay, and the worker slot it holds) for as long as it likes: it is dead to us.
+            async with asyncio.timeout(self.conn.dead_after):
+                await self.writer.drain()
+        except TimeoutError:
+            self.close_reason = f"the peer read nothing for {self.conn.dead_after:.0f} s"
+            log.warning("closing connection to %s: %s", self.label, self.close_reason)
+            self.writer.transport.abort()
+            raise PeerGone(self.close_reason) from None
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             raise PeerGone(str(exc)) from exc
 
@@ -275,6 +291,8 @@ class Peer:
         """Open a stream with the message ``make(stream_id)``."""
         if self.closed:
             raise PeerGone(self.close_reason or "connection closed")
+        if self.conn.goodbye_received or self.conn.phase is not Phase.OPEN:
+            raise PeerGone("the peer said goodbye" if self.conn.goodbye_received else "connection closed")
         message = make(self.conn.next_stream_id())
         stream = Stream(self, message.stream_id)
         self._streams[stream.id] = stream
@@ -299,6 +317,8 @@ class Peer:
                         self.close_reason = "peer closed the connection"
                         return
                     self._dispatch(event, handler)
+                    if self.conn.phase is Phase.CLOSED:  # the peer sent a connection error
+                        return
                 if not data:
                     self.close_reason = "peer closed the connection"
                     return
@@ -328,7 +348,8 @@ class Peer:
                 stream.queue.put_nowait(message)
             return
         if isinstance(message, Ping):
-            self.send_nowait(Pong(nonce=message.nonce))
+            if not self.backed_up:  # a peer that pings but never reads must not fill our memory
+                self.send_nowait(Pong(nonce=message.nonce))
         elif isinstance(message, Pong):
             pass
         elif isinstance(message, STREAM_OPENING):

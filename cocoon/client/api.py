@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -58,7 +58,7 @@ def upstream_error_response(exc: UpstreamError) -> JSONResponse:
 
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
@@ -111,7 +111,7 @@ async def _unless_disconnected(call: Call | None, work: Awaitable[T], watcher: a
         waiting = False
         watcher.remove_done_callback(caller_left)
     if call is not None:
-        await call.stream.cancel("caller disconnected")
+        await call.abort("caller disconnected")
     return None
 
 
@@ -123,6 +123,8 @@ def build_app(service: ClientService, *, max_body_bytes: int) -> Starlette:
             return error_response(
                 413, error_body(f"Request body exceeds {max_body_bytes} bytes", "invalid_request_error")
             )
+        except ClientDisconnect:  # the caller left while sending its body: nobody to answer
+            return Response(status_code=499)
         try:
             parsed = parse_request(kind, body)
         except InvalidRequest as exc:
@@ -181,7 +183,7 @@ def build_app(service: ClientService, *, max_body_bytes: int) -> Starlette:
     async def receipts(request: Request) -> Response:
         """The worker-signed usage records of recent requests, newest first."""
         limit = request.query_params.get("limit", "100")
-        if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+        if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 1000:
             return error_response(400, error_body("limit must be 1 to 1000", "invalid_request_error", "limit"))
         return JSONResponse({"object": "list", "data": service.receipts.recent(int(limit))})
 

@@ -29,6 +29,7 @@ from cocoon.openai.errors import from_code
 from cocoon.openai.schemas import Kind, Request, include_usage, max_tokens_of
 from cocoon.protocol.errors import ErrorCode
 from cocoon.protocol.messages import (
+    MAX_AWAITING,
     Data,
     End,
     Error,
@@ -132,8 +133,7 @@ class Call:
                 try:
                     message = await self.stream.receive(max(0.0, min(self.idle_timeout, left)))
                 except TimeoutError:
-                    self.finished()
-                    await self.stream.cancel("timeout")
+                    await self.abort("timeout")
                     why = "the request took too long" if left <= self.idle_timeout else "no answer from the network"
                     raise UpstreamError(ErrorCode.TIMEOUT, f"{why}; gave up") from None
             opened = await self._open(message)
@@ -165,8 +165,7 @@ class Call:
                 self.pay(record, message.cost)
                 self.receipts.add(record, message.receipt, self.request.model, self.cost)
         except SealingFailed as exc:
-            self.finished()
-            await self.stream.cancel("sealing failed")
+            await self.abort("sealing failed")
             raise UpstreamError(exc.code, str(exc)) from exc
         return message
 
@@ -185,11 +184,19 @@ class Call:
         if self.link is not None:
             self.link.awaiting.discard(self.sealing.request_id)
 
+    async def abort(self, reason: str) -> None:
+        """Give the request up: it no longer awaits its end (every later ``Open`` names the
+        requests still awaited, and the proxy refuses more than 1,024 of them), and the proxy
+        stops it."""
+        self.finished()
+        if not self.stream.closed:
+            await self.stream.cancel(reason)
+
     def _rewrite(self, payload: bytes) -> dict[str, Any]:
         """One answer chunk (a JSON object) as a dict, with our id, time and model name."""
         try:
             chunk = msgspec.json.decode(payload)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # nested too deeply is invalid too
             raise UpstreamError(ErrorCode.PROTOCOL_ERROR, "the worker sent an invalid chunk") from None
         if not isinstance(chunk, dict):
             raise UpstreamError(ErrorCode.PROTOCOL_ERROR, "the worker sent an invalid chunk")
@@ -203,7 +210,7 @@ class Call:
         fields are checked JSON but kept as raw text: only the top level is rebuilt."""
         try:
             chunk = _decode_fields(payload)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # nested too deeply is invalid too
             raise UpstreamError(ErrorCode.PROTOCOL_ERROR, "the worker sent an invalid chunk") from None
         chunk["id"] = self._id_raw
         chunk["created"] = self._created_raw
@@ -221,17 +228,21 @@ class Call:
         self._first_answered()  # the caller gets nothing before the whole answer
         body: dict[str, Any] | None = None
         message = first
-        while True:
-            if isinstance(message, Data):
-                # one answer chunk may hold several (see docs/protocol.md); the last one counts
-                body = self._rewrite(message.payload.rsplit(b"\n", 1)[-1])
-            elif isinstance(message, End):
-                if body is None:
-                    raise UpstreamError(ErrorCode.PROTOCOL_ERROR, "the worker sent no answer")
-                self.usage = message.usage
-                body["usage"] = usage_body(message.usage)
-                return body
-            message = await self.receive()
+        try:
+            while True:
+                if isinstance(message, Data):
+                    # one answer chunk may hold several (see docs/protocol.md); the last one counts
+                    body = self._rewrite(message.payload.rsplit(b"\n", 1)[-1])
+                elif isinstance(message, End):
+                    if body is None:
+                        raise UpstreamError(ErrorCode.PROTOCOL_ERROR, "the worker sent no answer")
+                    self.usage = message.usage
+                    body["usage"] = usage_body(message.usage)
+                    return body
+                message = await self.receive()
+        except UpstreamError:
+            await self.abort("bad answer")
+            raise
 
     async def events(self, first: Message) -> AsyncIterator[bytes]:
         """The SSE stream, one event per answer chunk; an error after the first chunk becomes an
@@ -283,9 +294,7 @@ class Call:
             yield b"".join(ready)
         finally:
             self._first_answered()
-            self.finished()
-            if not self.stream.closed:
-                await self.stream.cancel("client went away")
+            await self.abort("client went away")
 
 
 def _offer(offer: WorkerOffer, prices: Prices) -> dict[str, Any]:
@@ -318,6 +327,10 @@ def _offer(offer: WorkerOffer, prices: Prices) -> dict[str, Any]:
 
 FAILOVER = frozenset({ErrorCode.CONNECTION_LOST, ErrorCode.NO_WORKER, ErrorCode.WORKER_LOST})
 """Errors before the first answer chunk after which another proxy may serve the request."""
+NOT_THE_PROXYS_FAULT = frozenset(
+    {ErrorCode.BAD_REQUEST, ErrorCode.TOO_LARGE, ErrorCode.UNKNOWN_MODEL, ErrorCode.PAYMENT_REQUIRED}
+)
+"""Refusals that say nothing about the proxy's health: they do not move traffic to another."""
 RELIST = frozenset({ErrorCode.NO_WORKER})
 """Errors from the proxy after which the request is sealed again for a fresh worker list
 (none of its candidates is connected any more)."""
@@ -479,7 +492,8 @@ class ClientService:
                     self._forget_workers(link, request.model)
                     continue
                 self._refresh_stale_lists()
-                link.record(False)
+                if exc.code not in NOT_THE_PROXYS_FAULT:
+                    link.record(False)
                 tried.add(id(link))
                 others = any(other.connected and id(other) not in tried for other in self.pool.links)
                 if exc.code not in FAILOVER or not others:
@@ -489,7 +503,7 @@ class ClientService:
             except asyncio.CancelledError:
                 self._refresh_stale_lists()
                 if call is not None:
-                    await call.stream.cancel("caller disconnected")
+                    await call.abort("caller disconnected")
                 raise
             link.record(True, self.clock() - started)
             call.after_first_answer = self._refresh_stale_lists
@@ -507,7 +521,10 @@ class ClientService:
             raise UpstreamError(ErrorCode.PAYMENT_REQUIRED, str(exc)) from exc
 
     async def start(self, kind: Kind, request: Request, body: bytes, link: ProxyLink) -> Call:
-        cap = round(request.max_price * 1000) if request.max_price is not None else self.max_price_milli
+        if len(link.awaiting) >= MAX_AWAITING:  # every Open names them all, and the proxy takes so many
+            raise UpstreamError(ErrorCode.SATURATED, f"{MAX_AWAITING} requests are in flight on this proxy connection")
+        # a cap in thousandths, never 0 (which means "any price"), however small the request's
+        cap = max(1, round(request.max_price * 1000)) if request.max_price is not None else self.max_price_milli
         routing = request.routing or self.routing
         chosen = (await self.candidates(request.model, cap, routing, link))[: self.max_candidates]
         try:

@@ -29,7 +29,7 @@ Seed = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 User = Annotated[str, Meta(max_length=512)]
 JsonObject = dict[str, Any]
 Routing = Literal["balanced", "cheapest", "fastest"]
-MaxPrice = Annotated[float, Meta(ge=0, le=1_000_000)]  # highest worker price coefficient
+MaxPrice = Annotated[float, Meta(gt=0, le=1_000_000)]  # highest worker price coefficient (none: the configured cap)
 
 
 class StreamOptions(Struct, forbid_unknown_fields=True):

@@ -108,6 +108,9 @@ class Goodbye(_Message, tag="goodbye", frozen=True):
 # --- streams ------------------------------------------------------------------------------------
 
 
+MAX_AWAITING = 1024  # requests one client connection may have waiting for their end
+
+
 class Open(_Message, tag="open", frozen=True):
     """Opener → responder: one inference request. The proxy routes on the clear fields only;
     ``body`` is the sealed request (``cocoon.seal.request``), which it cannot open."""
@@ -124,7 +127,7 @@ class Open(_Message, tag="open", frozen=True):
     routing: Annotated[str, Meta(max_length=16)] = ""  # "balanced" (default), "cheapest" or "fastest"
     # requests of this client still waiting for their end: with payments on, every other answer
     # it was given must be covered by a voucher before this one is served
-    awaiting: Annotated[list[RequestId], Meta(max_length=1024)] = []
+    awaiting: Annotated[list[RequestId], Meta(max_length=MAX_AWAITING)] = []
 
 
 class PayAccount(_Message, tag="pay_account", frozen=True):

@@ -115,7 +115,9 @@ class Proxy:
         self._connections: set[asyncio.Task[None]] = set()
         self.server: asyncio.Server | None = None
         self.payments: ProxyPayments | None = None
-        self._client_channels: dict[int, bytes] = {}  # client connection → its payment channel
+        # client connection → its payment channel; keyed by the Peer itself, since an id() can
+        # be reused by the next connection once this one is gone
+        self._client_channels: dict[Peer, bytes] = {}
         self._background: list[asyncio.Task[None]] = []
         self.stopped = asyncio.Event()  # set when the proxy must stop (a rollback was detected)
         self._closing = False
@@ -323,9 +325,19 @@ class Proxy:
     ) -> WorkerEntry:
         """Among workers with room and in good standing, the better of two random ones."""
         now = time.time()
-        entries = [e for e in self.router.eligible(model, exclude, only) if self.reputation.stats(e.key).eligible(now)]
-        if not entries:
-            raise RouteError(ErrorCode.NO_WORKER, f"every worker for model {model!r} is suspended")
+        # suspended workers are left out before the room check: an idle suspended worker must
+        # not hide that the good ones are busy (SATURATED: the request waits for a slot)
+        suspended = frozenset(
+            w.worker_id
+            for w in self.router.workers.values()
+            if w.offer.model == model and not self.reputation.stats(w.key).eligible(now)
+        )
+        try:
+            entries = self.router.eligible(model, exclude | suspended, only)
+        except RouteError as exc:
+            if exc.code is ErrorCode.NO_WORKER and suspended:
+                raise RouteError(ErrorCode.NO_WORKER, f"every worker for model {model!r} is suspended") from None
+            raise
         stats = [self.reputation.stats(e.key) for e in entries]
         return entries[choose(entries, stats, preference, self._rng)]
 
@@ -372,7 +384,7 @@ class Proxy:
                 if peer_id == id(peer):
                     task.cancel()
             self._buckets.pop(id(peer), None)
-            self._client_channels.pop(id(peer), None)
+            self._client_channels.pop(peer, None)
             log.info("%s disconnected: %s", peer.label, peer.close_reason)
 
     def admit(self, client: Peer, message: Open) -> Error | None:
@@ -399,7 +411,7 @@ class Proxy:
         if self.payments is not None:
             if self.payments.store.request_billed(message.request_id):
                 return Error(stream_id=sid, code=ErrorCode.BAD_REQUEST, message="this request id was already served")
-            refusal = self.payments.refusal(self._client_channels.get(id(client)), message.awaiting)
+            refusal = self.payments.refusal(self._client_channels.get(client), message.awaiting)
             if refusal:
                 return Error(stream_id=sid, code=ErrorCode.PAYMENT_REQUIRED, message=refusal)
         return None
@@ -416,7 +428,7 @@ class Proxy:
         if self.payments is None:
             await _send_quietly(client, Error(stream_id=sid, code=ErrorCode.BAD_REQUEST, message="no payments here"))
             return
-        first = id(client) not in self._client_channels
+        first = client not in self._client_channels
         try:
             terms = await self.payments.attach(client.identity.public_key, message, first)
         except Rollback as exc:
@@ -426,12 +438,14 @@ class Proxy:
         except (ChainError, VoucherError) as exc:
             await _send_quietly(client, Error(stream_id=sid, code=ErrorCode.PAYMENT_REQUIRED, message=str(exc)))
             return
-        self._client_channels[id(client)] = terms.channel
+        if client.closed:  # it left while the chain was read: its books were already closed
+            return
+        self._client_channels[client] = terms.channel
         with contextlib.suppress(PeerGone):
             await client.send(terms)
 
     def accept_voucher(self, client: Peer, message: Voucher) -> None:
-        if self.payments is None or self._client_channels.get(id(client)) != message.channel:
+        if self.payments is None or self._client_channels.get(client) != message.channel:
             log.warning("%s sent a voucher for a channel it did not attach", client.label)
             return
         try:
@@ -470,6 +484,7 @@ class Proxy:
         )
         preference = request.routing if request.routing in PREFERENCES else "balanced"
         outcome = Attempt.RETRY
+        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout  # across retries
         for _ in range(MAX_ATTEMPTS):
             try:
                 entry = await self._acquire(request.model, frozenset(tried), only, preference)
@@ -480,7 +495,7 @@ class Proxy:
                 return
             tried.add(entry.worker_id)
             try:
-                outcome = await self._relay_to(client, request, entry)
+                outcome = await self._relay_to(client, request, entry, deadline)
             finally:
                 self.router.release(entry)
                 await self._notify_slot()
@@ -493,9 +508,10 @@ class Proxy:
             error = Error(stream_id=sid, code=ErrorCode.WORKER_LOST, message="every candidate worker failed")
         await _send_quietly(client, error)
 
-    async def _relay_to(self, client: Peer, request: Open, entry: WorkerEntry) -> Attempt:
-        """Relay one attempt. RETRY when the worker failed before its first chunk (nothing was
-        sent to the client, so another worker may answer); DONE otherwise."""
+    async def _relay_to(self, client: Peer, request: Open, entry: WorkerEntry, deadline: float) -> Attempt:
+        """Relay one attempt, until ``deadline`` (loop time) at the latest. RETRY when the worker
+        failed before its first chunk (nothing was sent to the client, so another worker may
+        answer); DONE otherwise."""
         sid = request.stream_id
         worker = self.worker_peers.get(entry.worker_id)
         if worker is None:
@@ -522,7 +538,6 @@ class Proxy:
         relayed = 0
         first_chunk = 0.0
         last_chunk = started
-        deadline = started + settings.request_timeout
 
         def forward(message: Data) -> bool:
             """Pass a chunk on from the worker's read loop while the client keeps up; False
@@ -542,7 +557,12 @@ class Proxy:
             while True:
                 message = upstream.receive_nowait()
                 while message is None:
-                    limit = settings.inter_token_timeout if relayed else settings.first_token_timeout
+                    if relayed:
+                        limit = settings.inter_token_timeout
+                    elif request.stream:
+                        limit = settings.first_token_timeout
+                    else:  # a whole answer comes as one chunk: its generation is the wait
+                        limit = settings.request_timeout
                     until = min(last_chunk + limit, deadline)
                     try:
                         message = await upstream.receive(timeout=max(0.0, until - loop.time()))
@@ -596,7 +616,11 @@ class Proxy:
                     if message.code == ErrorCode.SATURATED and not relayed:
                         return Attempt.BUSY
                     if message.code not in CLIENT_FAULTS:
-                        self.reputation.failure(entry.key, time.time())
+                        if message.code != ErrorCode.SEAL_ERROR:
+                            self.reputation.failure(entry.key, time.time())
+                        # else: a request the worker cannot open may be the client's doing (sealed
+                        # for a key the worker no longer has, or garbage sent on purpose to get
+                        # workers suspended): the next candidate tries it, this one is not blamed
                         if not relayed:
                             return Attempt.RETRY
                     if message.code == ErrorCode.CONNECTION_LOST:
@@ -624,7 +648,7 @@ class Proxy:
     def _bill(self, client: Peer, worker: Peer, record: UsageRecord, price_milli: int) -> int:
         """Charge the client and credit the worker (committed before the end is released);
         the worker gets its new payout voucher. The cost, or 0 without payments."""
-        channel = self._client_channels.get(id(client))
+        channel = self._client_channels.get(client)
         if self.payments is None or channel is None:
             return 0
         try:

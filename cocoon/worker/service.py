@@ -243,11 +243,19 @@ class Worker:
             if sealed.kind != message.kind or sealed.request_id != message.request_id:
                 raise SealError("mismatch", "the clear routing fields do not match the sealed request")
             request = parse_request(sealed.kind, body)
+            # the answer's shape follows the sealed request: a proxy that flipped the clear flag
+            # would turn a whole answer into its last chunk (or one event) that the client pays for
+            if bool(request.stream) != message.stream:
+                raise SealError("mismatch", "the clear stream flag does not match the sealed request")
         except SealError as exc:
             await self._send(peer, Error(stream_id=sid, code=ErrorCode.SEAL_ERROR, message=str(exc)[:1000]))
             return
         except InvalidRequest as exc:
-            await self._send(peer, Error(stream_id=sid, code=ErrorCode.BAD_REQUEST, message=str(exc)[:1000]))
+            # the error travels in the clear through the proxy: name the field, never its value
+            where = f" (field {exc.param})" if exc.param else ""
+            await self._send(
+                peer, Error(stream_id=sid, code=ErrorCode.BAD_REQUEST, message=f"the request is not valid{where}")
+            )
             return
         sealer = ChunkSealer(secret, sealed.request_id)
         engine_request = EngineRequest(kind=message.kind, params=engine_params(request), stream=message.stream)

@@ -2,7 +2,9 @@
 
 ``COCOON_TEST_FAULT`` selects the fault: ``slow:SECONDS`` (sleep that long per token),
 ``fail_first`` (fail before the first chunk, every time), ``stall`` (send one chunk, then hang),
-``full`` (answer every request "at capacity", as a worker kept busy by other proxies does).
+``full`` (answer every request "at capacity", as a worker kept busy by other proxies does),
+``seal_error`` (answer every request that it cannot open it, as for a request sealed for a key
+the worker no longer has, or garbage).
 Run as ``python -m tests.integration.faulty_worker worker --config …``.
 """
 
@@ -60,16 +62,20 @@ def make_faulty_engine(settings: WorkerSettings) -> Engine:
 
 cocoon.run.make_engine = make_faulty_engine
 
-if FAULT == "full":
+if FAULT in ("full", "seal_error"):
     from cocoon.channel.peer import Peer
     from cocoon.protocol.errors import ErrorCode
     from cocoon.protocol.messages import Error, StreamRequest
     from cocoon.worker.service import Worker
 
-    def always_full(self: Worker, peer: Peer, message: StreamRequest) -> None:
-        peer.send_nowait(Error(stream_id=message.stream_id, code=ErrorCode.SATURATED, message="worker at capacity"))
+    def always_refuse(self: Worker, peer: Peer, message: StreamRequest) -> None:
+        if FAULT == "full":
+            error = Error(stream_id=message.stream_id, code=ErrorCode.SATURATED, message="worker at capacity")
+        else:
+            error = Error(stream_id=message.stream_id, code=ErrorCode.SEAL_ERROR, message="cannot open the request")
+        peer.send_nowait(error)
 
-    Worker.stream_opened = always_full  # type: ignore[method-assign]
+    Worker.stream_opened = always_refuse  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     main()

@@ -401,3 +401,33 @@ def test_a_worker_full_with_other_proxies_work_gives_429_and_keeps_its_standing(
         assert listed["state"] == "available" and listed["errors"] == 0
     finally:
         net.stop()
+
+
+def test_a_request_the_worker_cannot_open_is_not_held_against_it(tmp_path: Path) -> None:
+    # Anyone can send a request no worker can open (garbage, or sealed for a stale key): were that
+    # a worker failure, any client could get honest workers suspended.
+    net = Network(tmp_path, workers=0)
+    try:
+        net.start_worker(1, fault="seal_error")
+        net.wait_workers(1)
+        with client_of(net, timeout=30) as client:
+            for _ in range(4):  # more than it takes to suspend a failing worker
+                with pytest.raises(openai.APIStatusError):
+                    client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2)
+        (listed,) = httpx.get(net.url + "/market", timeout=10).json()["models"][0]["workers"]
+        assert listed["state"] == "available" and listed["errors"] == 0
+    finally:
+        net.stop()
+
+
+def test_a_whole_answer_may_take_longer_than_the_first_token_timeout(tmp_path: Path) -> None:
+    # A non-streamed answer arrives as one chunk: the wait for it is its whole generation.
+    net = Network(tmp_path, workers=0, proxy={"first_token_timeout": 1.0})
+    try:
+        net.start_worker(1, fault="slow:0.4")  # 0.4 s per token of the whole answer
+        net.wait_workers(1)
+        with client_of(net, timeout=60) as client:
+            answer = client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=6)
+            assert answer.usage is not None and answer.usage.completion_tokens >= 3  # over 1 s
+    finally:
+        net.stop()

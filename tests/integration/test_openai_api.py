@@ -198,6 +198,8 @@ def test_raw_http_errors(network: Network) -> None:
         assert "exceeds" in big.json()["error"]["message"]
         assert http.get("/nowhere").status_code == 404
         assert http.get("/chat/completions").status_code == 405
+        # digits that are not ASCII digits are a 400, not a crash
+        assert http.get("/cocoon/receipts", params={"limit": "\u00b2"}).status_code == 400
         # the network still answers afterwards
         ok = http.post("/chat/completions", json={"model": MODEL, "messages": HELLO, "max_tokens": 3})
         assert ok.status_code == 200

@@ -30,7 +30,7 @@ class CallDouble:
         self.stream = self
         self.cancelled: list[str] = []
 
-    async def cancel(self, reason: str) -> None:
+    async def abort(self, reason: str) -> None:
         self.cancelled.append(reason)
 
 
@@ -140,3 +140,40 @@ async def test_a_server_stopping_while_the_work_cleans_up_after_the_caller_still
     handler.cancel()  # the server stopping
     with pytest.raises(asyncio.CancelledError):
         await handler
+
+
+class LinkDouble:
+    """Test double of a proxy link: the request ids whose end is awaited."""
+
+    def __init__(self) -> None:
+        self.awaiting: set[bytes] = set()
+
+
+async def test_a_caller_that_leaves_a_non_streamed_request_no_longer_awaits_its_end() -> None:
+    """Every later request names the ones still awaited, and the proxy refuses more than 1,024:
+    a request its caller gave up must leave the set, and the proxy must be told to stop it."""
+    from cocoon.channel.peer import Peer, Stream
+    from cocoon.client.sealing import Receipts
+    from cocoon.client.service import Call
+    from cocoon.openai.schemas import parse_request
+    from cocoon.protocol.messages import Cancel, Data
+    from tests.unit.seal.test_receipts import Setup
+    from tests.unit.test_peer_relay import FakePeer
+
+    setup = Setup(max_tokens=None)
+    peer = FakePeer()
+    stream = Stream(cast(Peer, peer), 1)
+    peer._streams = {1: stream}
+    link = LinkDouble()
+    request = parse_request("chat", b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}')
+    call = Call("chat", request, stream, 5.0, 10.0, setup.call, Receipts(), link=cast(Any, link))
+    link.awaiting.add(setup.call.request_id)
+    caller = CallerDouble()
+    watcher = asyncio.create_task(_disconnected(caller.receive))
+    first = Data(stream_id=1, payload=b'{"id": "x", "object": "chat.completion", "choices": []}')
+    work = asyncio.create_task(_unless_disconnected(call, call.response(first), watcher))
+    await asyncio.sleep(0.01)  # waiting for the rest of the answer
+    caller.leave.set()
+    assert await asyncio.wait_for(work, 5) is None
+    assert link.awaiting == set()
+    assert any(isinstance(m, Cancel) for m in peer.sent)

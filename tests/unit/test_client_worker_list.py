@@ -27,6 +27,7 @@ class LinkDouble:
 
     def __init__(self) -> None:
         self.outcomes: list[bool] = []
+        self.awaiting: set[bytes] = set()
 
     def record(self, ok: bool, latency: float = 0.0) -> None:
         self.outcomes.append(ok)
@@ -45,6 +46,9 @@ class CallDouble:
         return self
 
     async def cancel(self, reason: str) -> None:
+        self.cancelled.append(reason)
+
+    async def abort(self, reason: str) -> None:
         self.cancelled.append(reason)
 
     async def first(self) -> str:
@@ -162,3 +166,36 @@ async def test_a_request_sealed_again_for_a_fresh_list_asks_for_no_other(
     assert asked == [MODEL]  # the fresh list, before the request was sealed again
     cast(Any, call).after_first_answer()
     assert refreshed == []  # and no background refresh beside it: the list is fresh
+
+
+async def test_only_failures_of_the_proxy_count_against_it(
+    service: tuple[ClientService, list[str], list[float]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong model name or a refused payment says nothing about the proxy's health: counted as
+    its failures, they would move all later traffic to another proxy."""
+    client, _, _ = service
+    link = cast(LinkDouble, client.pool.links[0])
+    for code in (ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_MODEL, ErrorCode.TOO_LARGE, ErrorCode.PAYMENT_REQUIRED):
+        answering(client, monkeypatch, CallDouble(error=code))
+        with pytest.raises(UpstreamError):
+            await client.begin("chat", REQUEST, b"{}")
+    assert link.outcomes == []
+    answering(client, monkeypatch, CallDouble(error=ErrorCode.WORKER_LOST))
+    with pytest.raises(UpstreamError):
+        await client.begin("chat", REQUEST, b"{}")
+    assert link.outcomes == [False]
+
+
+async def test_a_connection_with_as_many_requests_in_flight_as_an_open_may_name_takes_no_more(
+    service: tuple[ClientService, list[str], list[float]],
+) -> None:
+    """Every ``Open`` names the requests still awaiting their end, and the proxy drops a
+    connection whose ``Open`` names more than it takes: the next request is a 429 instead."""
+    from cocoon.protocol.messages import MAX_AWAITING
+
+    client, _, _ = service
+    link = cast(ProxyLink, client.pool.links[0])
+    link.awaiting.update(i.to_bytes(16, "big") for i in range(MAX_AWAITING))
+    with pytest.raises(UpstreamError) as caught:
+        await client.start("chat", REQUEST, b"{}", link)
+    assert caught.value.code == ErrorCode.SATURATED

@@ -238,3 +238,17 @@ def test_network_fields_do_not_reach_the_engine() -> None:
     request = parse_request("chat", body)
     assert request.routing == "fastest" and request.max_price == 1.5
     assert "routing" not in engine_params(request) and "max_price" not in engine_params(request)
+
+
+def test_a_requests_price_cap_is_positive() -> None:
+    """0 would mean "any price" downstream; the request's cap is a positive coefficient."""
+    from cocoon.openai.schemas import InvalidRequest, parse_request
+
+    for value in ("0", "-1"):
+        with pytest.raises(InvalidRequest) as caught:
+            parse_request(
+                "chat", b'{"model":"m","messages":[{"role":"user","content":"x"}],"max_price":%s}' % value.encode()
+            )
+        assert caught.value.param == "max_price"
+    small = parse_request("chat", b'{"model":"m","messages":[{"role":"user","content":"x"}],"max_price":0.0001}')
+    assert small.max_price == 0.0001

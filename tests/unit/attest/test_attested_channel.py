@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import ssl
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -17,6 +18,9 @@ from cocoon.channel.attested import AttestedVerifier
 from cocoon.channel.connect import HandshakeFailed, accept, dial
 from cocoon.channel.tls import certificate_evidence, make_certificate, server_context
 from cocoon.keys import public_bytes
+from cocoon.protocol.connection import Connection, Side
+from cocoon.protocol.errors import ErrorCode
+from cocoon.protocol.messages import Challenge, Error
 
 
 def evidence_for(authority: SimAuthority, role: str, key: Ed25519PrivateKey) -> bytes:
@@ -139,3 +143,46 @@ def test_clients_are_not_attested(role: str, authority: SimAuthority) -> None:
     verifier = AttestedVerifier(EvidenceVerifier(development_policy(), sim_root_der=authority.root_der), accept={role})
     identity = verifier(role, bytes(32), b"", "test")
     assert identity.attestation is None
+
+
+def test_a_dialer_that_answers_the_challenge_with_an_error_fails_the_handshake_cleanly(
+    authority: SimAuthority,
+) -> None:
+    """A connection error instead of the hello: the listener's ``accept`` says why, instead of
+    failing an assertion."""
+    proxy_key = Ed25519PrivateKey.generate()
+
+    async def run() -> str:
+        verifier = EvidenceVerifier(development_policy(), sim_root_der=authority.root_der)
+        ctx, cert_der = server_context(proxy_key, evidence_for(authority, "proxy", proxy_key))
+        outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                worker_only = AttestedVerifier(verifier, accept={"worker"})
+                await accept(reader, writer, cert_der=cert_der, role="proxy", verifier=worker_only)
+                outcome.set_result("accepted")
+            except HandshakeFailed as exc:
+                outcome.set_result(f"failed: {exc}")
+            except Exception as exc:  # what the fix prevents: an unexpected error escaping accept
+                outcome.set_result(f"escaped: {type(exc).__name__}")
+
+        server = await asyncio.start_server(on_connection, "127.0.0.1", 0, ssl=ctx)
+        port = server.sockets[0].getsockname()[1]
+        client_ctx = ssl.create_default_context()
+        client_ctx.check_hostname = False
+        client_ctx.verify_mode = ssl.CERT_NONE
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx)
+        conn = Connection(Side.DIALER, now=0.0)
+        while (event := conn.next_event()) is None:
+            conn.receive_data(await reader.read(65536), 0.0)
+        assert isinstance(event, Challenge)
+        writer.write(conn.send(Error(stream_id=0, code=ErrorCode.BAD_REQUEST, message="changed my mind")))
+        result = await asyncio.wait_for(outcome, 10)
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return result
+
+    result = asyncio.run(run())
+    assert result.startswith("failed: ") and "changed my mind" in result

@@ -1,0 +1,58 @@
+"""A client's payment channel belongs to its connection only while that connection lives."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+from cocoon.channel.peer import Peer
+from cocoon.channel.verify import PeerIdentity
+from cocoon.protocol.messages import PayAccount, PayTerms
+from cocoon.proxy.payments import ProxyPayments
+from cocoon.proxy.service import Proxy
+
+CHANNEL = b"\x07" * 32
+
+
+class SlowPayments:
+    """Test double for the proxy's payments: the chain read in ``attach`` waits for ``gate``."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+
+    async def attach(self, client_key: bytes, request: PayAccount, first: bool) -> PayTerms:
+        await self.gate.wait()
+        return PayTerms(stream_id=request.stream_id, root=b"r" * 32, proxy_wallet=b"w" * 32, close_delay=3600,
+                        channel=CHANNEL, min_stake=1, exists=True, balance=10, stake=1, redeemed=0, charged=0,
+                        paid=0, seqno=0)  # fmt: skip
+
+
+class ClosingClient:
+    """A client connection that can go away mid-attach."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.identity = PeerIdentity("client", b"c" * 32)
+        self.sent: list[Any] = []
+
+    async def send(self, message: Any) -> None:
+        self.sent.append(message)
+
+
+async def test_a_client_gone_while_its_channel_was_read_keeps_no_channel() -> None:
+    proxy = Proxy.__new__(Proxy)  # only the attach path is exercised: no settings, no listener
+    payments = SlowPayments()
+    proxy.payments = cast(ProxyPayments, payments)
+    proxy._client_channels = {}
+    client = ClosingClient()
+    attach = asyncio.create_task(proxy._attach(cast(Peer, client), PayAccount(stream_id=1, wallet=b"a" * 32)))
+    await asyncio.sleep(0.01)
+    client.closed = True  # the connection ended, and its books were cleaned up, meanwhile
+    payments.gate.set()
+    await attach
+    # else a later connection could find this channel (before, under a reused id()) and be billed to it
+    assert proxy._client_channels == {} and client.sent == []
+    live = ClosingClient()
+    attach = asyncio.create_task(proxy._attach(cast(Peer, live), PayAccount(stream_id=1, wallet=b"a" * 32)))
+    await attach
+    assert proxy._client_channels == {cast(Peer, live): CHANNEL} and isinstance(live.sent[0], PayTerms)
