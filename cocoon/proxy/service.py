@@ -67,6 +67,7 @@ MAX_ATTEMPTS = 3  # a request whose worker fails before its first chunk is retri
 SAVE_EVERY = 10.0  # seconds between saves of the reputation file
 # errors caused by the request, not by the worker: they neither count against it nor retry
 CLIENT_FAULTS = frozenset({ErrorCode.BAD_REQUEST, ErrorCode.TOO_LARGE, ErrorCode.UNKNOWN_MODEL})
+MAX_BUCKETS = 10_000  # clients' rate buckets kept before the refilled ones are forgotten
 
 
 class Attempt(enum.Enum):
@@ -111,7 +112,10 @@ class Proxy:
         self._slot_freed = asyncio.Condition()
         self._waiting: dict[str, int] = {}  # per model: requests waiting for a slot
         self._relays: dict[tuple[int, int], asyncio.Task[None]] = {}
-        self._buckets: dict[int, tuple[float, float]] = {}  # client → (tokens, last refill): rate limits
+        # per client key, not per connection (a client may open several): its relays running,
+        # and its rate bucket (tokens, last refill), kept across its reconnects
+        self._client_relays: dict[bytes, int] = {}
+        self._buckets: dict[bytes, tuple[float, float]] = {}
         self._connections: set[asyncio.Task[None]] = set()
         self.server: asyncio.Server | None = None
         self.payments: ProxyPayments | None = None
@@ -383,7 +387,6 @@ class Proxy:
             for (peer_id, _), task in list(self._relays.items()):
                 if peer_id == id(peer):
                     task.cancel()
-            self._buckets.pop(id(peer), None)
             self._client_channels.pop(peer, None)
             log.info("%s disconnected: %s", peer.label, peer.close_reason)
 
@@ -395,19 +398,23 @@ class Proxy:
             return Error(
                 stream_id=sid, code=ErrorCode.BAD_REQUEST, message=f"max_tokens above {settings.max_tokens_cap}"
             )
-        if settings.client_streams and sum(1 for c, _ in self._relays if c == id(client)) >= settings.client_streams:
+        client_key = client.identity.public_key
+        if settings.client_streams and self._client_relays.get(client_key, 0) >= settings.client_streams:
             return Error(
                 stream_id=sid, code=ErrorCode.SATURATED, message="too many concurrent requests from this client"
             )
         if settings.client_rate:
             now = asyncio.get_running_loop().time()
             burst = max(1.0, settings.client_rate)
-            tokens, last = self._buckets.get(id(client), (burst, now))
+            if len(self._buckets) > MAX_BUCKETS:  # forget the clients whose bucket has refilled
+                full_after = burst / settings.client_rate
+                self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}
+            tokens, last = self._buckets.get(client_key, (burst, now))
             tokens = min(burst, tokens + (now - last) * settings.client_rate)
             if tokens < 1.0:
-                self._buckets[id(client)] = (tokens, now)
+                self._buckets[client_key] = (tokens, now)
                 return Error(stream_id=sid, code=ErrorCode.SATURATED, message="request rate limit reached")
-            self._buckets[id(client)] = (tokens - 1.0, now)
+            self._buckets[client_key] = (tokens - 1.0, now)
         if self.payments is not None:
             if self.payments.store.request_billed(message.request_id):
                 return Error(stream_id=sid, code=ErrorCode.BAD_REQUEST, message="this request id was already served")
@@ -461,9 +468,19 @@ class Proxy:
             client.send_nowait(refusal)
             return
         key = (id(client), message.stream_id)
+        client_key = client.identity.public_key
         task = asyncio.create_task(self._relay(client, message))
         self._relays[key] = task
-        task.add_done_callback(lambda _: self._relays.pop(key, None))
+        self._client_relays[client_key] = self._client_relays.get(client_key, 0) + 1
+        task.add_done_callback(lambda _: self._relay_done(key, client_key))
+
+    def _relay_done(self, key: tuple[int, int], client_key: bytes) -> None:
+        self._relays.pop(key, None)
+        left = self._client_relays.get(client_key, 1) - 1
+        if left > 0:
+            self._client_relays[client_key] = left
+        else:
+            self._client_relays.pop(client_key, None)
 
     def cancel_relay(self, client: Peer, stream_id: int) -> None:
         task = self._relays.pop((id(client), stream_id), None)

@@ -306,6 +306,12 @@ class Worker:
             await self._send(peer, Error(stream_id=sid, code=ErrorCode.ENGINE_ERROR, message=str(exc)[:1000]))
         except PeerGone:
             pass
+        except Exception as exc:  # noqa: BLE001 - a bug must fail this request now, not leave the proxy waiting
+            # the type only: an exception's text may quote the request or the answer
+            log.error("request %d failed in the worker: %s", sid, type(exc).__name__)
+            if ready and not self._send_chunks(peer, sid, sealer, ready):
+                return
+            await self._send(peer, Error(stream_id=sid, code=ErrorCode.INTERNAL, message="the worker failed"))
         finally:
             await events.aclose()  # type: ignore[attr-defined]
 

@@ -151,3 +151,13 @@ async def test_ready_chunks_go_out_before_an_engine_error() -> None:
     await worker._serve(cast(Peer, peer), message)
     assert answer_chunks(peer, opener()) == [[chunk(0), chunk(1)]]
     assert isinstance(peer.sent[-1], Error) and peer.sent[-1].code == ErrorCode.ENGINE_ERROR
+
+
+async def test_an_unexpected_failure_ends_the_request_with_an_error_at_once() -> None:
+    """Not only the engine's own errors: anything that goes wrong fails the request there and
+    then, with what was ready sent first, instead of leaving the proxy to wait out its timeout."""
+    worker, peer, message, opener = setup(ScriptedEngine([(chunk(0), False), KeyError("secret prompt")]))
+    await worker._serve(cast(Peer, peer), message)
+    assert answer_chunks(peer, opener()) == [[chunk(0)]]
+    error = peer.sent[-1]
+    assert isinstance(error, Error) and error.code == ErrorCode.INTERNAL and "secret" not in error.message
