@@ -25,6 +25,8 @@ from cocoon.attest.policy import Policy
 from cocoon.attest.sim import verify_sim_quote
 from cocoon.attest.tdx import INTEL_QE_VENDOR_ID, TEE_TDX, parse_quote
 
+REVERIFY_BEFORE = 120  # seconds: a cached verdict this close to expiry is made anew (at most half its TTL)
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -76,7 +78,10 @@ class EvidenceVerifier:
         """Verify ``raw`` evidence for a peer in ``role`` holding ``channel_key``."""
         digest = hashlib.sha256(raw).digest()
         verdict = self._cache.get(digest)
-        if verdict is None or now >= verdict.expires_at:
+        # a verdict about to expire is made anew rather than reused: a peer that reconnects to
+        # renew its trust before the old one runs out then gets a fresh lifetime
+        renew_before = min(REVERIFY_BEFORE, self.policy.max_cache_seconds / 2)
+        if verdict is None or now >= verdict.expires_at - renew_before:
             self._cache.pop(digest, None)
             verdict = self._verify(decode_evidence(raw), role, now)
             self._cache[digest] = verdict

@@ -68,6 +68,8 @@ SAVE_EVERY = 10.0  # seconds between saves of the reputation file
 # errors caused by the request, not by the worker: they neither count against it nor retry
 CLIENT_FAULTS = frozenset({ErrorCode.BAD_REQUEST, ErrorCode.TOO_LARGE, ErrorCode.UNKNOWN_MODEL})
 MAX_BUCKETS = 10_000  # clients' rate buckets kept before the refilled ones are forgotten
+EXPIRY_NOTICE = 60.0  # seconds before a worker's evidence expires that it gets no new requests
+MIN_NOTICE_LIFETIME = 2.0  # a connection trusted for less is let run out without a redial
 
 
 class Attempt(enum.Enum):
@@ -312,13 +314,28 @@ class Proxy:
     async def _serve_worker(self, peer: Peer) -> None:
         handler = _WorkerHandler(self)
         self.worker_peers[id(peer)] = peer
+        expiring: asyncio.TimerHandle | None = None
+        lifetime = peer.identity.expires_at - time.time() if peer.identity.expires_at is not None else 0.0
+        if lifetime > MIN_NOTICE_LIFETIME:  # (shorter: evidence at its very end, that no redial renews)
+            # The connection ends when the worker's evidence expires (``Peer``): stop routing to
+            # it a little before, and ask it to redial, so that no request is cut at expiry.
+            notice = min(EXPIRY_NOTICE, lifetime / 4)
+            expiring = asyncio.get_running_loop().call_later(max(0.0, lifetime - notice), self._expiring, peer)
         try:
             await peer.serve(handler)
         finally:
+            if expiring is not None:
+                expiring.cancel()
             self.worker_peers.pop(id(peer), None)
             self.router.remove(id(peer))
             log.info("%s disconnected: %s", peer.label, peer.close_reason)
             await self._notify_slot()
+
+    def _expiring(self, peer: Peer) -> None:
+        log.info("%s: its attestation expires soon; no new requests, asked to redial", peer.label)
+        self.router.drain(id(peer))
+        with contextlib.suppress(PeerGone, LocalProtocolError):
+            peer.send_nowait(Goodbye(reason="your attestation expires soon: redial with fresh evidence"))
 
     async def _notify_slot(self) -> None:
         async with self._slot_freed:

@@ -45,6 +45,7 @@ from cocoon.worker.payments import WorkerPayments
 log = logging.getLogger("cocoon.worker")
 
 STABLE_AFTER = 10.0  # a connection that lasted this long resets the backoff
+IDLE_POLL = 0.05  # seconds between checks whether a connection told goodbye has requests left
 MAX_COALESCED_CHUNKS = 16  # engine chunks that were ready together, sealed as one answer chunk at most
 MAX_COALESCED_BYTES = 16 * 1024  # and their encoded size at most (a larger chunk still goes alone)
 
@@ -58,6 +59,8 @@ class Worker:
         self.key = key
         self.attestation = attestation
         self.active: dict[tuple[int, int], asyncio.Task[None]] = {}
+        self._closing: set[asyncio.Task[None]] = set()  # connections closing once their requests end
+        self._goodbyes: dict[int, asyncio.Event] = {}  # per connection: set when the proxy said goodbye
         self.connected: dict[str, Peer] = {}
         self._json = msgspec.json.Encoder()
         self.payments: WorkerPayments | None = None
@@ -175,20 +178,37 @@ class Worker:
                 log.info("connected to proxy %s", pin.address)
                 self.connected[pin.address] = peer
                 self._write_ready()
-                try:
-                    await peer.send(self.announce(peer.identity.public_key))
-                    await peer.serve(self)
-                except PeerGone:
-                    pass
-                finally:
-                    self.connected.pop(pin.address, None)
-                    self._write_ready()
-                    self._cancel_all(peer)
+                goodbye = self._goodbyes[id(peer)] = asyncio.Event()
+                serving = asyncio.create_task(self._serve_proxy(pin.address, peer))
+                said_goodbye = asyncio.create_task(goodbye.wait())
+                await asyncio.wait({serving, said_goodbye}, return_when=asyncio.FIRST_COMPLETED)
+                said_goodbye.cancel()
+                if not serving.done():
+                    # The proxy takes no more requests on this connection: it finishes those it
+                    # has and closes (``_close_when_idle``) while a fresh one is dialed now, so
+                    # that the proxy never goes without this worker.
+                    self._closing.add(serving)
+                    serving.add_done_callback(self._closing.discard)
+                    delay = self.settings.reconnect_min
+                    continue
                 log.warning("lost proxy %s (%s); redialing in %.1f s", pin.address, peer.close_reason, delay)
                 if time.monotonic() - started > STABLE_AFTER:
                     delay = self.settings.reconnect_min
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self.settings.reconnect_max)
+
+    async def _serve_proxy(self, address: str, peer: Peer) -> None:
+        try:
+            await peer.send(self.announce(peer.identity.public_key))
+            await peer.serve(self)
+        except PeerGone:
+            pass
+        finally:
+            self._goodbyes.pop(id(peer), None)
+            if self.connected.get(address) is peer:  # not yet replaced by a fresh connection
+                del self.connected[address]
+            self._write_ready()
+            self._cancel_all(peer)
 
     # --- PeerHandler ------------------------------------------------------------------------
 
@@ -223,7 +243,20 @@ class Worker:
                 return
             log.debug("proxy %s: payout voucher #%d adds %d nanoTON", peer.label, message.seqno, added)
         elif isinstance(message, Goodbye):
-            log.info("proxy %s is going away: %s", peer.label, message.reason)
+            # The proxy takes no more requests on this connection (it stops, or our attestation
+            # is about to expire in its eyes): finish what runs, then close; the proxy loop has
+            # dialed a fresh connection, with fresh evidence, meanwhile.
+            log.info("proxy %s said goodbye: %s; closing once its requests are done", peer.label, message.reason)
+            if goodbye := self._goodbyes.get(id(peer)):
+                goodbye.set()  # the proxy loop dials a fresh connection meanwhile
+            task = asyncio.create_task(self._close_when_idle(peer))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def _close_when_idle(self, peer: Peer) -> None:
+        while not peer.closed and any(peer_id == id(peer) for peer_id, _ in self.active):
+            await asyncio.sleep(IDLE_POLL)
+        await peer.aclose("the proxy said goodbye")
 
     def _cancel_all(self, peer: Peer) -> None:
         for (peer_id, _), task in list(self.active.items()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -99,3 +100,33 @@ def test_attest_show_command() -> None:
     assert "body_type: td15" in readable.stdout
     garbage = _attest("show", __file__)
     assert garbage.returncode == 2 and garbage.stderr.startswith("cocoon: ")
+
+
+def test_no_request_is_cut_when_a_workers_attestation_expires(tmp_path: Path) -> None:
+    # The proxy trusts a worker's evidence for 6 s here (3600 by default): the connection must
+    # end then. Before it does, the proxy routes no new request there and asks the worker to
+    # redial with fresh evidence, which it does once its requests are done.
+    policy = tmp_path / "policy.toml"
+    policy.write_text('mode = "development"\ntees = ["sim"]\nmax_cache_seconds = 6\n'
+                      '[proxy]\nimage_hashes = "*"\nmodel_hashes = "*"\n'
+                      '[worker]\nimage_hashes = "*"\nmodel_hashes = "*"\n')  # fmt: skip
+    net = Network(tmp_path / "net", workers=0, proxy={"policy": str(policy)}, worker={"reconnect_max": 1.0})
+    try:
+        net.start_worker(1, fault="slow:0.1")  # about a second per answer below
+        net.wait_workers(1)
+        deadline = time.monotonic() + 16  # past two expiries
+        answered = 0
+        with httpx.Client(base_url=net.url, timeout=30) as http:
+            while time.monotonic() < deadline:
+                body = {"model": MODEL, "messages": LONG, "max_tokens": 8, "stream": True}
+                with http.stream("POST", "/chat/completions", json=body) as answer:
+                    assert answer.status_code == 200, answer.read()
+                    text = "".join(answer.iter_text())
+                assert "[DONE]" in text and '"error"' not in text, text[-300:]
+                answered += 1
+        assert answered >= 8
+        proxy, worker = net.nodes["proxy"].log, net.nodes["worker-1"].log
+        assert proxy.count("attestation expires soon") >= 2 and "attestation expired" not in proxy
+        assert worker.count("connected to proxy") >= 3
+    finally:
+        net.stop()

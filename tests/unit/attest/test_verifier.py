@@ -264,3 +264,14 @@ def test_cache_entry_never_outlives_policy_ttl(authority: SimAuthority) -> None:
     verifier = dev_verifier(authority, max_cache_seconds=60)
     verdict = verifier.verify(sim_evidence(authority), role="worker", channel_key=KEY, now=NOW)
     assert verdict.expires_at == NOW + 60
+
+
+def test_a_verdict_near_its_expiry_is_made_anew(authority: SimAuthority) -> None:
+    """A peer reconnecting to renew its trust shortly before the old verdict runs out must get a
+    fresh lifetime, not the cached verdict's end."""
+    verifier = dev_verifier(authority, max_cache_seconds=60)
+    raw = sim_evidence(authority)
+    first = verifier.verify(raw, role="worker", channel_key=KEY, now=NOW)
+    assert verifier.verify(raw, role="worker", channel_key=KEY, now=NOW + 20) is first  # cached
+    renewed = verifier.verify(raw, role="worker", channel_key=KEY, now=NOW + 45)  # within half the TTL of its end
+    assert renewed is not first and renewed.expires_at == NOW + 45 + 60
