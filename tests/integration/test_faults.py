@@ -387,33 +387,27 @@ def test_two_hundred_concurrent_streams_complete_or_get_429(tmp_path: Path) -> N
         net.stop()
 
 
-def test_a_worker_full_with_other_proxies_work_gives_429_and_keeps_its_standing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("fault", "refused", "says"),
+    [
+        ("full", openai.RateLimitError, "at capacity"),  # kept busy by other proxies: a 429
+        # a request no worker can open (garbage, or sealed for a stale key): anyone can send one,
+        # and were it a worker failure, any client could get honest workers suspended
+        ("seal_error", openai.APIStatusError, ""),
+    ],
+)
+def test_a_worker_that_refuses_through_no_fault_of_its_own_keeps_its_standing(
+    tmp_path: Path, fault: str, refused: type[openai.APIStatusError], says: str
+) -> None:
     net = Network(tmp_path, workers=0)
     try:
-        net.start_worker(1, fault="full")
+        net.start_worker(1, fault=fault)
         net.wait_workers(1)
         with client_of(net, timeout=30) as client:
             for _ in range(4):  # more than it takes to suspend a failing worker
-                with pytest.raises(openai.RateLimitError) as excinfo:
+                with pytest.raises(refused) as excinfo:
                     client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2)
-                assert "at capacity" in str(excinfo.value.message)
-        (listed,) = httpx.get(net.url + "/market", timeout=10).json()["models"][0]["workers"]
-        assert listed["state"] == "available" and listed["errors"] == 0
-    finally:
-        net.stop()
-
-
-def test_a_request_the_worker_cannot_open_is_not_held_against_it(tmp_path: Path) -> None:
-    # Anyone can send a request no worker can open (garbage, or sealed for a stale key): were that
-    # a worker failure, any client could get honest workers suspended.
-    net = Network(tmp_path, workers=0)
-    try:
-        net.start_worker(1, fault="seal_error")
-        net.wait_workers(1)
-        with client_of(net, timeout=30) as client:
-            for _ in range(4):  # more than it takes to suspend a failing worker
-                with pytest.raises(openai.APIStatusError):
-                    client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2)
+                assert says in str(excinfo.value.message)
         (listed,) = httpx.get(net.url + "/market", timeout=10).json()["models"][0]["workers"]
         assert listed["state"] == "available" and listed["errors"] == 0
     finally:
