@@ -202,6 +202,7 @@ class Peer:
         self._corked_size = 0
         self._last_write = 0.0  # loop time of the last write
         self._closer: asyncio.Task[None] | None = None
+        self.write_timeout = conn.dead_after  # a backlog that does not shrink for this long: dead peer
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -223,7 +224,8 @@ class Peer:
         if self.conn.phase is Phase.CLOSED and self._closer is None:
             # a connection-level error ends the connection: nothing else may follow it
             reason = message.message if isinstance(message, Error) else "closed"
-            self._closer = self._loop.create_task(self.aclose(f"sent error: {reason}"))
+            self.close_reason = self.close_reason or f"sent error: {reason}"
+            self._closer = self._loop.create_task(self.aclose(self.close_reason))
         return True
 
     def send_at_once(self, message: Message) -> bool:
@@ -271,21 +273,30 @@ class Peer:
         token, measured on 2 vCPUs)."""
         if self._corked_size >= CORK_LIMIT or (self._corked and self._loop.time() - self._last_write >= IDLE_WRITE):
             self._uncork()
+        transport = self.writer.transport
         try:
-            if not self.writer.transport.get_write_buffer_size():
+            if not transport.get_write_buffer_size():
                 await self.writer.drain()  # all written: returns at once, and pays for no timer
                 return
-            # A peer that reads nothing while it still pings would hold whatever waits here (a
-            # relay, and the worker slot it holds) for as long as it likes: it is dead to us.
-            async with asyncio.timeout(self.conn.dead_after):
-                await self.writer.drain()
-        except TimeoutError:
-            self.close_reason = f"the peer read nothing for {self.conn.dead_after:.0f} s"
-            log.warning("closing connection to %s: %s", self.label, self.close_reason)
-            self.writer.transport.abort()
-            raise PeerGone(self.close_reason) from None
+            # A peer that takes nothing while it still pings would hold whatever waits here (a
+            # relay, and the worker slot it holds) for as long as it likes: it is dead to us once
+            # a whole ``write_timeout`` passes without the backlog shrinking (a slow link that
+            # takes something is not).
+            while True:
+                before = transport.get_write_buffer_size()
+                try:
+                    async with asyncio.timeout(self.write_timeout):
+                        await self.writer.drain()
+                    return
+                except TimeoutError:
+                    if transport.get_write_buffer_size() >= before:
+                        break
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             raise PeerGone(str(exc)) from exc
+        self.close_reason = f"the peer took nothing of our writes for {self.write_timeout:.0f} s"
+        log.warning("closing connection to %s: %s", self.label, self.close_reason)
+        transport.abort()
+        raise PeerGone(self.close_reason)
 
     async def open(self, make: Callable[[int], StreamRequest]) -> Stream:
         """Open a stream with the message ``make(stream_id)``."""

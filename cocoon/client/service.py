@@ -297,6 +297,14 @@ class Call:
             await self.abort("client went away")
 
 
+def _awaiting(link: ProxyLink) -> list[bytes]:
+    """The requests on ``link`` still awaiting their end, as an ``Open`` names them; a 429 when
+    there are as many as an ``Open`` may name (the proxy drops a connection that names more)."""
+    if len(link.awaiting) >= MAX_AWAITING:
+        raise UpstreamError(ErrorCode.SATURATED, f"{MAX_AWAITING} requests are in flight on this proxy connection")
+    return sorted(link.awaiting)
+
+
 def _offer(offer: WorkerOffer, prices: Prices) -> dict[str, Any]:
     coefficient = offer.price_milli / 1000
 
@@ -521,8 +529,7 @@ class ClientService:
             raise UpstreamError(ErrorCode.PAYMENT_REQUIRED, str(exc)) from exc
 
     async def start(self, kind: Kind, request: Request, body: bytes, link: ProxyLink) -> Call:
-        if len(link.awaiting) >= MAX_AWAITING:  # every Open names them all, and the proxy takes so many
-            raise UpstreamError(ErrorCode.SATURATED, f"{MAX_AWAITING} requests are in flight on this proxy connection")
+        _awaiting(link)  # refused before sealing when the connection is full (and again as sent)
         # a cap in thousandths, never 0 (which means "any price"), however small the request's
         cap = max(1, round(request.max_price * 1000)) if request.max_price is not None else self.max_price_milli
         routing = request.routing or self.routing
@@ -545,7 +552,7 @@ class ClientService:
                     candidates=[c.worker_id for c in chosen],
                     max_price_milli=cap,
                     routing=routing,
-                    awaiting=sorted(link.awaiting),
+                    awaiting=_awaiting(link),
                 )
             )
         except PeerGone as exc:

@@ -111,6 +111,7 @@ class Proxy:
         self.reputation = Reputation(reputation_file)
         self._rng = random.Random()
         self.worker_peers: dict[int, Peer] = {}
+        self._renewing: set[int] = set()  # worker connections asked to redial before their evidence expires
         self._slot_freed = asyncio.Condition()
         self._waiting: dict[str, int] = {}  # per model: requests waiting for a slot
         self._relays: dict[tuple[int, int], asyncio.Task[None]] = {}
@@ -118,6 +119,7 @@ class Proxy:
         # and its rate bucket (tokens, last refill), kept across its reconnects
         self._client_relays: dict[bytes, int] = {}
         self._buckets: dict[bytes, tuple[float, float]] = {}
+        self._buckets_pruned = 0.0
         self._connections: set[asyncio.Task[None]] = set()
         self.server: asyncio.Server | None = None
         self.payments: ProxyPayments | None = None
@@ -326,16 +328,28 @@ class Proxy:
         finally:
             if expiring is not None:
                 expiring.cancel()
+            self._renewing.discard(id(peer))
             self.worker_peers.pop(id(peer), None)
             self.router.remove(id(peer))
             log.info("%s disconnected: %s", peer.label, peer.close_reason)
             await self._notify_slot()
 
     def _expiring(self, peer: Peer) -> None:
-        log.info("%s: its attestation expires soon; no new requests, asked to redial", peer.label)
-        self.router.drain(id(peer))
+        """Ask a worker whose evidence expires soon to redial. Its old connection keeps taking
+        requests until the fresh one has announced (``renewed``): drained at once, it would
+        leave the model without this worker for the redial, and requests would get 503."""
+        log.info("%s: its attestation expires soon; asked to redial", peer.label)
+        self._renewing.add(id(peer))
         with contextlib.suppress(PeerGone, LocalProtocolError):
             peer.send_nowait(Goodbye(reason="your attestation expires soon: redial with fresh evidence"))
+
+    def renewed(self, peer: Peer) -> None:
+        """A worker announced on ``peer``: its older connections asked to redial take no more
+        requests (they finish theirs and close)."""
+        key = peer.identity.public_key
+        for worker_id, other in self.worker_peers.items():
+            if worker_id in self._renewing and other is not peer and other.identity.public_key == key:
+                self.router.drain(worker_id)
 
     async def _notify_slot(self) -> None:
         async with self._slot_freed:
@@ -423,9 +437,11 @@ class Proxy:
         if settings.client_rate:
             now = asyncio.get_running_loop().time()
             burst = max(1.0, settings.client_rate)
-            if len(self._buckets) > MAX_BUCKETS:  # forget the clients whose bucket has refilled
-                full_after = burst / settings.client_rate
+            full_after = burst / settings.client_rate
+            if len(self._buckets) > MAX_BUCKETS and now - self._buckets_pruned >= full_after:
+                # forget the clients whose bucket has refilled (at most once per refill time)
                 self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}
+                self._buckets_pruned = now
             tokens, last = self._buckets.get(client_key, (burst, now))
             tokens = min(burst, tokens + (now - last) * settings.client_rate)
             if tokens < 1.0:
@@ -804,6 +820,7 @@ class _WorkerHandler:
                     self.proxy._rollback(exc)
                     return
             self.proxy.router.announce(id(peer), peer.label, message, peer.identity.public_key.hex())
+            self.proxy.renewed(peer)
             log.info(
                 "%s serves %s on %s, capacity %d, price ×%.3f",
                 peer.label,

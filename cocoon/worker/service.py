@@ -46,6 +46,7 @@ log = logging.getLogger("cocoon.worker")
 
 STABLE_AFTER = 10.0  # a connection that lasted this long resets the backoff
 IDLE_POLL = 0.05  # seconds between checks whether a connection told goodbye has requests left
+CLOSE_GRACE = 1.0  # seconds such a connection stays open after its last request
 MAX_COALESCED_CHUNKS = 16  # engine chunks that were ready together, sealed as one answer chunk at most
 MAX_COALESCED_BYTES = 16 * 1024  # and their encoded size at most (a larger chunk still goes alone)
 
@@ -131,7 +132,7 @@ class Worker:
         try:
             await asyncio.gather(*loops)
         finally:
-            for task in loops:
+            for task in [*loops, *self._closing]:  # (connections told goodbye, still draining)
                 task.cancel()
             for peer in list(self.connected.values()):
                 with contextlib.suppress(Exception):
@@ -181,19 +182,27 @@ class Worker:
                 goodbye = self._goodbyes[id(peer)] = asyncio.Event()
                 serving = asyncio.create_task(self._serve_proxy(pin.address, peer))
                 said_goodbye = asyncio.create_task(goodbye.wait())
-                await asyncio.wait({serving, said_goodbye}, return_when=asyncio.FIRST_COMPLETED)
-                said_goodbye.cancel()
+                try:
+                    await asyncio.wait({serving, said_goodbye}, return_when=asyncio.FIRST_COMPLETED)
+                except asyncio.CancelledError:
+                    serving.cancel()
+                    raise
+                finally:
+                    said_goodbye.cancel()
+                stable = time.monotonic() - started > STABLE_AFTER
+                if stable:
+                    delay = self.settings.reconnect_min
                 if not serving.done():
                     # The proxy takes no more requests on this connection: it finishes those it
-                    # has and closes (``_close_when_idle``) while a fresh one is dialed now, so
-                    # that the proxy never goes without this worker.
+                    # has and closes (``_close_when_idle``) while a fresh one is dialed, so that
+                    # the proxy never goes without this worker (at once, unless the connection
+                    # was short-lived: a proxy saying goodbye at every connection gets backoff).
                     self._closing.add(serving)
                     serving.add_done_callback(self._closing.discard)
-                    delay = self.settings.reconnect_min
-                    continue
-                log.warning("lost proxy %s (%s); redialing in %.1f s", pin.address, peer.close_reason, delay)
-                if time.monotonic() - started > STABLE_AFTER:
-                    delay = self.settings.reconnect_min
+                    if stable:
+                        continue
+                else:
+                    log.warning("lost proxy %s (%s); redialing in %.1f s", pin.address, peer.close_reason, delay)
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self.settings.reconnect_max)
 
@@ -256,6 +265,7 @@ class Worker:
     async def _close_when_idle(self, peer: Peer) -> None:
         while not peer.closed and any(peer_id == id(peer) for peer_id, _ in self.active):
             await asyncio.sleep(IDLE_POLL)
+        await asyncio.sleep(CLOSE_GRACE)  # the payout voucher for the last answer is on its way
         await peer.aclose("the proxy said goodbye")
 
     def _cancel_all(self, peer: Peer) -> None:

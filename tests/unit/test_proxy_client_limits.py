@@ -33,6 +33,7 @@ def limited(settings: ProxySettings) -> tuple[Proxy, asyncio.Event]:
     proxy._relays = {}
     proxy._client_relays = {}
     proxy._buckets = {}
+    proxy._buckets_pruned = 0.0
     gate = asyncio.Event()
 
     async def held_relay(client: Peer, message: Open) -> None:  # a request in flight until the gate opens
