@@ -185,9 +185,12 @@ class WorkerOffer(Struct, frozen=True, forbid_unknown_fields=False, omit_default
     banned: bool = False  # it signed usage that did not match its answer
 
 
+MAX_WORKER_OFFERS = 256  # workers one list names at most (the least loaded)
+
+
 class WorkerList(_Message, tag="worker_list", frozen=True):
     stream_id: StreamId
-    workers: Annotated[list[WorkerOffer], Meta(max_length=256)]
+    workers: Annotated[list[WorkerOffer], Meta(max_length=MAX_WORKER_OFFERS)]
 
 
 class ListModels(_Message, tag="list_models", frozen=True):

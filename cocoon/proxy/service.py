@@ -34,7 +34,9 @@ from cocoon.payments.accounts import Rollback
 from cocoon.payments.store import DuplicateRequest, PaymentStore
 from cocoon.payments.vouchers import VoucherError
 from cocoon.protocol.errors import ErrorCode, LocalProtocolError
+from cocoon.protocol.framing import DEFAULT_MAX_FRAME
 from cocoon.protocol.messages import (
+    MAX_WORKER_OFFERS,
     Announce,
     Cancel,
     Data,
@@ -69,6 +71,8 @@ SAVE_EVERY = 10.0  # seconds between saves of the reputation file
 CLIENT_FAULTS = frozenset({ErrorCode.BAD_REQUEST, ErrorCode.TOO_LARGE, ErrorCode.UNKNOWN_MODEL})
 MAX_BUCKETS = 10_000  # clients' rate buckets kept before the refilled ones are forgotten
 EXPIRY_NOTICE = 60.0  # seconds before a worker's evidence expires that it gets no new requests
+WORKER_LIST_BUDGET = DEFAULT_MAX_FRAME - 64 * 1024  # bytes of offers in one worker list
+OFFER_OVERHEAD = 512  # bytes an offer takes besides its evidence, at most
 MIN_NOTICE_LIFETIME = 2.0  # a connection trusted for less is let run out without a redial
 
 
@@ -746,7 +750,11 @@ class Proxy:
             client.send_nowait(Error(stream_id=message.stream_id, code=exc.code, message=str(exc)))
             return
         now = time.time()
-        offers = [
+        # the least loaded first, as many as one message may carry: a longer list, or one past
+        # the frame limit with its evidence, would make the client drop this connection
+        offers: list[WorkerOffer] = []
+        size = 0
+        for offer in (
             WorkerOffer(
                 worker_id=peer.identity.public_key,
                 evidence=peer.identity.evidence,
@@ -764,7 +772,11 @@ class Proxy:
             for entry in entries
             if (peer := self.worker_peers.get(entry.worker_id)) is not None
             and (stats := self.reputation.stats(entry.key)) is not None
-        ]
+        ):
+            size += len(offer.evidence) + OFFER_OVERHEAD
+            if len(offers) == MAX_WORKER_OFFERS or size > WORKER_LIST_BUDGET:
+                break
+            offers.append(offer)
         client.send_nowait(WorkerList(stream_id=message.stream_id, workers=offers))
 
 
