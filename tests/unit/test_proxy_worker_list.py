@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 from cocoon.channel.peer import Peer
 from cocoon.channel.verify import PeerIdentity
@@ -12,17 +12,7 @@ from cocoon.proxy.reputation import Reputation
 from cocoon.proxy.router import Router
 from cocoon.proxy.service import Proxy
 from tests.unit.test_peer_relay import open_connections
-
-
-class ClientConnection:
-    """Test double of a client's connection: what the proxy sends on it."""
-
-    def __init__(self) -> None:
-        self.sent: list[Any] = []
-
-    def send_nowait(self, message: Any) -> bool:
-        self.sent.append(message)
-        return True
+from tests.unit.test_proxy_client_limits import ClientConnection
 
 
 class WorkerConnection:
@@ -42,7 +32,7 @@ def listed(tmp_path: Path, workers: int, evidence: bytes) -> WorkerList:
         proxy.worker_peers[i] = cast(Peer, WorkerConnection(i, evidence))
     for i in range(workers // 2):  # the first half busy: they come last
         proxy.router.acquire(proxy.router.workers[i])
-    client = ClientConnection()
+    client = ClientConnection(b"c" * 32)
     proxy.list_workers(cast(Peer, client), ListWorkers(stream_id=1, model="m"))
     (answer,) = client.sent
     assert isinstance(answer, WorkerList)
