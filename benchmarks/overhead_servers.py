@@ -38,6 +38,7 @@ class Trace:
     times: list[float] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)
     engine_first: float | None = None  # (e): seconds from the worker handing it to its engine to the first chunk
+    engine_wait: float | None = None  # (e), several streams: its engine busy with others while it waited
 
     def add(self, content: str, now: float) -> None:
         self.times.append(now)

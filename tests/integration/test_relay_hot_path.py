@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from benchmarks.overhead import ENGINE_DONE
 from tests.integration.network import MODEL, Network
 
 pytestmark = pytest.mark.integration
@@ -89,5 +90,8 @@ def test_coalesced_chunks_reach_the_caller_as_one_event_per_token(tmp_path: Path
         done = r"100 completion tokens in [\d.]+ s, engine's first chunk after [\d.]+ ms, (\d+) sealed chunks"
         sealed = [int(n) for n in re.findall(done, net.nodes["worker-1"].log)]
         assert sealed and sealed[0] < 50
+        # the overhead benchmark reads when the engine took and finished each request
+        runs = ENGINE_DONE.findall(net.nodes["worker-1"].log)
+        assert len(runs) >= 2 and all(float(start) < float(end) for _, start, end in runs)
     finally:
         net.stop()
