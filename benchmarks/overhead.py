@@ -20,8 +20,10 @@ from the engine and given to (b) explicitly):
   master key, no database. Its access log must show every request.
 - (e) Cocoon: our client → proxy → worker as separate processes (``tests.integration.network``)
   with attestation, sealing and payments (the local chain service) on; one worker of
-  ``capacity`` 1, so one instance, like (b); concurrent requests wait in the proxy's queue (its
-  ``queue_timeout`` raised so that they may). Settlement and registry polls run at their
+  ``capacity`` 1, so one instance, like (b); of concurrent requests, one waits in the worker for
+  the instance (its default ``queue`` of 1, so that it starts the moment the instance frees, as
+  behind (b)'s lock) and the others in the proxy's queue (its ``queue_timeout`` raised so that
+  they may). Settlement and registry polls run at their
   production intervals (5 s, 10 s), not the tests' 0.5 s.
 
 Every request is a streamed chat completion with greedy decoding (temperature 0) and a fixed

@@ -116,7 +116,11 @@ class WorkerSettings(_Attested, kw_only=True):
     engine_model: str = ""
     engine_api_key: str = ""
     model_hash: Annotated[str, Meta(pattern=r"^([0-9a-f]{64})?$")] = ""  # openai_http: SHA-256 of the weights
-    capacity: Annotated[int, Meta(ge=1, le=4096)] = 2
+    capacity: Annotated[int, Meta(ge=1, le=4096)] = 2  # requests the engine runs at once
+    # requests taken beyond ``capacity`` that wait in the worker for the engine: one that is
+    # waiting here starts the moment a slot frees, instead of a round trip through the proxy later
+    queue: Annotated[int, Meta(ge=0, le=4096)] = 1
+    queue_timeout: Annotated[float, Meta(ge=0, le=3600)] = 5.0  # past it, a waiting request is refused (saturated)
     price_coefficient: Annotated[float, Meta(ge=0, le=1_000_000)] = 1.0
     threads: Annotated[int, Meta(ge=0, le=1024)] = 0
     n_ctx: Annotated[int, Meta(ge=256, le=1_048_576)] = 2048

@@ -3,6 +3,12 @@
 Workers dial out (so they work behind NAT) and redial with exponential backoff and jitter.
 Capacity is shared by all proxies. Logs carry request ids, sizes and token counts, never text.
 
+The engine runs ``capacity`` requests at once; up to ``queue`` more are taken and wait here,
+unsealed, for a free slot (``queue_timeout`` at most, then they are refused as saturated, and the
+proxy tries another worker). A slot that frees then starts the next request at once: queued at
+the proxy instead, it would wait for the answer's end to reach the proxy and the next request to
+come back (milliseconds on one machine; a round trip between data centres).
+
 Answer chunks leave as soon as the engine yields them. When the engine had several ready at
 once (it outpaced the network), they are sealed together into one answer chunk and one frame,
 up to a bound; no chunk ever waits for a later one.
@@ -30,7 +36,7 @@ from cocoon.channel.peer import Peer, PeerGone
 from cocoon.config import ConfigError, PeerPin, WorkerSettings, connection_options, split_address
 from cocoon.engine.base import Chunk, Engine, EngineError, EngineRequest, Finished
 from cocoon.keys import parse_public_key, public_bytes
-from cocoon.openai.schemas import InvalidRequest, engine_params, parse_request
+from cocoon.openai.schemas import InvalidRequest, Request, engine_params, parse_request
 from cocoon.payments.store import PaymentStore
 from cocoon.payments.vouchers import VoucherError
 from cocoon.protocol.errors import ErrorCode
@@ -49,6 +55,7 @@ IDLE_POLL = 0.05  # seconds between checks whether a connection told goodbye has
 CLOSE_GRACE = 1.0  # seconds such a connection stays open after its last request
 MAX_COALESCED_CHUNKS = 16  # engine chunks that were ready together, sealed as one answer chunk at most
 MAX_COALESCED_BYTES = 16 * 1024  # and their encoded size at most (a larger chunk still goes alone)
+MAX_TAKEN = 4096  # requests in the worker at once, running and queued (an announce names no more)
 
 
 class Worker:
@@ -65,17 +72,23 @@ class Worker:
         self.connected: dict[str, Peer] = {}
         self._json = msgspec.json.Encoder()
         self.payments: WorkerPayments | None = None
+        self._slots = asyncio.Semaphore(settings.capacity)  # the engine's; requests beyond them wait
 
     def announce(self, proxy_key: bytes = b"") -> Announce:
         return Announce(
             model=self.settings.model,
             engine=self.engine.name,
-            capacity=self.settings.capacity,
+            capacity=self.taken,
             price_milli=round(self.settings.price_coefficient * 1000),
             max_tokens=self.engine.max_tokens,
             wallet=self.payments.wallet_id if self.payments else b"",
             paid_seqno=self.payments.paid_seqno(proxy_key) if self.payments else 0,
         )
+
+    @property
+    def taken(self) -> int:
+        """How many requests this worker takes at once: its engine's slots and its queue."""
+        return min(MAX_TAKEN, self.settings.capacity + self.settings.queue)
 
     async def start_payments(self) -> RegistryWatcher:
         """With a chain: the registry decides which proxy images this worker accepts, and the
@@ -227,7 +240,7 @@ class Worker:
                 Error(stream_id=message.stream_id, code=ErrorCode.BAD_REQUEST, message="workers only serve requests")
             )
             return
-        if len(self.active) >= self.settings.capacity:
+        if len(self.active) >= self.taken:
             peer.send_nowait(Error(stream_id=message.stream_id, code=ErrorCode.SATURATED, message="worker at capacity"))
             return
         key = (id(peer), message.stream_id)
@@ -300,7 +313,30 @@ class Worker:
                 peer, Error(stream_id=sid, code=ErrorCode.BAD_REQUEST, message=f"the request is not valid{where}")
             )
             return
-        sealer = ChunkSealer(secret, sealed.request_id)
+        try:
+            async with asyncio.timeout(self.settings.queue_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            await self._send(peer, Error(stream_id=sid, code=ErrorCode.SATURATED, message="the worker's queue is full"))
+            return
+        try:
+            await self._run(peer, message, sealed.request_id, request, secret, started, started_ms)
+        finally:
+            self._slots.release()
+
+    async def _run(
+        self,
+        peer: Peer,
+        message: Open,
+        request_id: bytes,
+        request: Request,
+        secret: bytes,
+        started: float,
+        started_ms: int,
+    ) -> None:
+        """Run an opened request on the engine, which has a slot for it."""
+        sid = message.stream_id
+        sealer = ChunkSealer(secret, request_id)
         engine_request = EngineRequest(kind=message.kind, params=engine_params(request), stream=message.stream)
         events = self.engine.generate(engine_request)
         engine_started = time.monotonic()
@@ -327,7 +363,7 @@ class Worker:
                     if ready and not self._send_chunks(peer, sid, sealer, ready):
                         return
                     ready.clear()
-                    receipt = self._receipt(message, sealed.request_id, event, started_ms)
+                    receipt = self._receipt(message, request_id, event, started_ms)
                     # the receipt travels twice: sealed as the final chunk, and in the clear
                     await self._send(peer, Data(stream_id=sid, payload=sealer.seal(receipt, final=True)))
                     usage, reason = event.usage, event.finish_reason

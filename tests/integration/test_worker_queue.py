@@ -1,0 +1,73 @@
+"""A worker takes ``queue`` requests beyond its engine's slots; they wait in the worker, unsealed,
+and start as soon as a slot frees, or are refused as saturated after ``queue_timeout``."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from benchmarks.overhead import ENGINE_DONE
+from tests.integration.network import MODEL, Network
+
+pytestmark = pytest.mark.integration
+
+MESSAGES: Any = [{"role": "user", "content": "Count for me."}]
+PACED = {"engine": "benchmark", "bench_tokens_per_second": 40.0}  # 20 tokens: half a second
+NO_PROXY_QUEUE = {"queue_timeout": 0.0}  # the proxy refuses what no worker takes at once
+
+
+async def answers(url: str, count: int) -> list[str | int]:
+    """``count`` streamed requests at once: each one's text, or its HTTP error status."""
+
+    async def one(api: openai.AsyncOpenAI) -> str | int:
+        try:
+            stream = await api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=20, stream=True)
+            return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        except openai.APIStatusError as exc:
+            return exc.status_code
+
+    async with openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=30) as api:
+        return list(await asyncio.gather(*(one(api) for _ in range(count))))
+
+
+def test_a_request_beyond_the_engines_slots_waits_in_the_worker_and_starts_when_one_frees(tmp_path: Path) -> None:
+    net = Network(tmp_path, workers=1, capacity=1, worker={**PACED, "queue": 1}, proxy=NO_PROXY_QUEUE)
+    try:
+        results = asyncio.run(answers(net.url, 3))
+        text = "".join(f" w{j}" for j in range(20))
+        # one runs, one waits in the worker; the third finds both taken (429 from the proxy)
+        assert sorted(results, key=str) == sorted([text, text, 429], key=str)
+        runs = [(float(start), float(end)) for _, start, end in ENGINE_DONE.findall(net.nodes["worker-1"].log)]
+        (_, first_end), (second_start, _) = sorted(runs)[-2:]
+        assert second_start >= first_end  # one at a time on the engine's one slot
+        assert re.search(r"capacity 2\b", net.nodes["proxy"].log)  # announced: the slot and the queue
+    finally:
+        net.stop()
+
+
+def test_a_request_that_waits_in_the_worker_past_its_queue_timeout_is_refused_as_saturated(tmp_path: Path) -> None:
+    worker = {**PACED, "queue": 1, "queue_timeout": 0.1}
+    net = Network(tmp_path, workers=1, capacity=1, worker=worker, proxy=NO_PROXY_QUEUE)
+    try:
+        results = asyncio.run(answers(net.url, 2))
+        assert sorted(results, key=str) == sorted(["".join(f" w{j}" for j in range(20)), 429], key=str)
+        # busy is not broken: the worker keeps its standing
+        (listed,) = httpx.get(net.url + "/market", timeout=10).json()["models"][0]["workers"]
+        assert listed["state"] == "available" and listed["errors"] == 0 and listed["timeouts"] == 0
+    finally:
+        net.stop()
+
+
+def test_without_a_queue_the_worker_takes_only_what_its_engine_runs(tmp_path: Path) -> None:
+    net = Network(tmp_path, workers=1, capacity=1, worker={**PACED, "queue": 0}, proxy=NO_PROXY_QUEUE)
+    try:
+        results = asyncio.run(answers(net.url, 2))
+        assert sorted(results, key=str) == sorted(["".join(f" w{j}" for j in range(20)), 429], key=str)
+    finally:
+        net.stop()
