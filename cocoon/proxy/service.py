@@ -69,6 +69,22 @@ MAX_ATTEMPTS = 3  # a request whose worker fails before its first chunk is retri
 SAVE_EVERY = 10.0  # seconds between saves of the reputation file
 # errors caused by the request, not by the worker: they neither count against it nor retry
 CLIENT_FAULTS = frozenset({ErrorCode.BAD_REQUEST, ErrorCode.TOO_LARGE, ErrorCode.UNKNOWN_MODEL})
+# what a worker may end a request with. Any other code, one this version does not know (from a
+# newer or a broken worker) or one that is the proxy's or the client's to say (payment_required
+# would make the client top up its channel, no_worker make it seal the request anew), is the
+# worker breaking the protocol: counted against it and relayed as protocol_error, never as is.
+# (connection_lost is what this side's stream gets when the worker's connection ends.)
+WORKER_CODES = CLIENT_FAULTS | {
+    ErrorCode.SATURATED,
+    ErrorCode.SEAL_ERROR,
+    ErrorCode.ENGINE_ERROR,
+    ErrorCode.INTERNAL,
+    ErrorCode.TIMEOUT,
+    ErrorCode.CANCELLED,
+    ErrorCode.SHUTTING_DOWN,
+    ErrorCode.PROTOCOL_ERROR,
+    ErrorCode.CONNECTION_LOST,
+}
 MAX_BUCKETS = 10_000  # clients' rate buckets kept before the refilled ones are forgotten
 EXPIRY_NOTICE = 60.0  # seconds before a worker's evidence expires that it gets no new requests
 WORKER_LIST_BUDGET = DEFAULT_MAX_FRAME - 64 * 1024  # bytes of offers in one worker list
@@ -667,6 +683,14 @@ class Proxy:
                     )
                     return Attempt.DONE
                 elif isinstance(message, Error):
+                    if message.code not in WORKER_CODES:
+                        code = message.code[:64]
+                        log.warning("request %d: worker %s sent error code %r, not a worker's", sid, entry.label, code)
+                        message = Error(
+                            stream_id=sid,
+                            code=ErrorCode.PROTOCOL_ERROR,
+                            message=f"the worker failed with an error code it may not send ({code!r})",
+                        )
                     if message.code == ErrorCode.SATURATED and not relayed:
                         return Attempt.BUSY
                     if message.code not in CLIENT_FAULTS:

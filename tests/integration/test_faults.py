@@ -425,3 +425,25 @@ def test_a_whole_answer_may_take_longer_than_the_first_token_timeout(tmp_path: P
             assert answer.usage is not None and answer.usage.completion_tokens >= 3  # over 1 s
     finally:
         net.stop()
+
+
+def test_an_unknown_error_code_from_a_worker_is_a_502_and_counts_against_it(tmp_path: Path) -> None:
+    # the worker fails after its first chunk (no retry then) with a code no version knows
+    net = Network(tmp_path, workers=0)
+    try:
+        net.start_worker(1, fault="unknown_code")
+        net.wait_workers(1)
+        with client_of(net, timeout=30) as client:
+            with pytest.raises(openai.InternalServerError) as whole:
+                client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=5)
+            assert whole.value.status_code == 502 and whole.value.code == "protocol_error"
+            assert "from_a_newer_worker" in whole.value.message
+            stream = client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=5, stream=True)
+            with pytest.raises(openai.APIError) as streamed:
+                for _ in stream:
+                    pass
+            assert streamed.value.code == "protocol_error"
+        (listed,) = httpx.get(net.url + "/market", timeout=10).json()["models"][0]["workers"]
+        assert listed["errors"] == 2
+    finally:
+        net.stop()
