@@ -588,23 +588,36 @@ class Proxy:
             return Attempt.RETRY
         loop = asyncio.get_running_loop()
         started = loop.time()
+        settings = self.settings
+        # the wait for the first answer includes handing the request over: a worker whose
+        # connection takes no writes (it stopped reading, yet still pings) would otherwise hold
+        # the request, and its slot, until the backlog is declared dead, or for ever while it
+        # takes a trickle
+        first_limit = settings.first_token_timeout if request.stream else settings.request_timeout
         try:
-            upstream = await worker.open(
-                lambda wid: Open(
-                    stream_id=wid,
-                    model=request.model,
-                    kind=request.kind,
-                    stream=request.stream,
-                    max_tokens=request.max_tokens,
-                    body=request.body,
-                    request_id=request.request_id,
-                    candidates=request.candidates,
-                    max_price_milli=request.max_price_milli,
+            async with asyncio.timeout_at(min(started + first_limit, deadline)):
+                upstream = await worker.open(
+                    lambda wid: Open(
+                        stream_id=wid,
+                        model=request.model,
+                        kind=request.kind,
+                        stream=request.stream,
+                        max_tokens=request.max_tokens,
+                        body=request.body,
+                        request_id=request.request_id,
+                        candidates=request.candidates,
+                        max_price_milli=request.max_price_milli,
+                    )
                 )
-            )
         except PeerGone:
             return Attempt.RETRY
-        settings = self.settings
+        except TimeoutError:  # (``open`` has told the worker to drop the request)
+            self.reputation.failure(entry.key, time.time(), timeout=True)
+            log.warning("request %d: worker %s timed out taking the request", sid, entry.label)
+            if loop.time() < deadline:
+                return Attempt.RETRY
+            await _send_quietly(client, Error(stream_id=sid, code=ErrorCode.TIMEOUT, message="the worker timed out"))
+            return Attempt.DONE
         relayed = 0
         first_chunk = 0.0
         last_chunk = started
@@ -706,7 +719,7 @@ class Proxy:
                     await client.send(Error(stream_id=sid, code=message.code, message=message.message))
                     return Attempt.DONE
         except TimeoutError:
-            await upstream.cancel("timeout")
+            upstream.cancel_nowait("timeout")  # never waits on a worker that is failing us
             self.reputation.failure(entry.key, time.time(), timeout=True)
             what = "its first chunk" if not relayed else "the next chunk"
             log.warning("request %d: worker %s timed out waiting for %s", sid, entry.label, what)
@@ -715,10 +728,10 @@ class Proxy:
             await _send_quietly(client, Error(stream_id=sid, code=ErrorCode.TIMEOUT, message="the worker timed out"))
             return Attempt.DONE
         except PeerGone:  # the client left: stop the worker
-            await upstream.cancel("client gone")
+            upstream.cancel_nowait("client gone")
             return Attempt.DONE
         except asyncio.CancelledError:
-            await upstream.cancel("client cancelled")
+            upstream.cancel_nowait("client cancelled")
             raise
         finally:
             upstream.forward = None

@@ -5,7 +5,8 @@
 ``full`` (answer every request "at capacity", as a worker kept busy by other proxies does),
 ``seal_error`` (answer every request that it cannot open it, as for a request sealed for a key
 the worker no longer has, or garbage), ``unknown_code`` (send the first chunk, then fail with an
-error code no version of the protocol has, as a newer or a broken worker might).
+error code no version of the protocol has, as a newer or a broken worker might), ``silent`` (take
+every request and never answer it, while the connection stays alive).
 Run as ``python -m tests.integration.faulty_worker worker --config …``.
 """
 
@@ -79,6 +80,16 @@ if FAULT in ("full", "seal_error"):
         peer.send_nowait(error)
 
     Worker.stream_opened = always_refuse  # type: ignore[method-assign]
+
+if FAULT == "silent":
+    from cocoon.channel.peer import Peer
+    from cocoon.protocol.messages import StreamRequest
+    from cocoon.worker.service import Worker
+
+    def never_answer(self: Worker, peer: Peer, message: StreamRequest) -> None:
+        pass
+
+    Worker.stream_opened = never_answer  # type: ignore[method-assign]
 
 if FAULT == "unknown_code":
     from cocoon.channel.peer import Peer

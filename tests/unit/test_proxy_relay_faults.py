@@ -224,3 +224,48 @@ async def test_a_code_that_is_not_a_workers_to_say_is_not_relayed(tmp_path: Path
         client = await net.relay(net.request())
         assert [e.code for e in client.errors()] == [ErrorCode.WORKER_LOST]
         assert net.standing(liar) == (2, 0)
+
+
+# --- workers that take a request and never answer ----------------------------------------------
+
+
+async def silent(peer: Peer, request: Open) -> None:
+    """A worker double's script: take the request, never answer (it stays connected and pings)."""
+
+
+async def test_a_worker_that_never_answers_a_stream_times_out_at_the_first_token_timeout(tmp_path: Path) -> None:
+    async with relay(tmp_path, first_token_timeout=0.3) as net:
+        mute = await net.add_worker(silent)
+        started = asyncio.get_running_loop().time()
+        client = await net.relay(net.request(stream=True))
+        assert asyncio.get_running_loop().time() - started < 3.0
+        assert [e.code for e in client.errors()] == [ErrorCode.WORKER_LOST]  # the only candidate failed
+        assert net.standing(mute) == (0, 1)
+        async with asyncio.timeout(5):
+            while not net.workers[0].cancelled:  # the worker is told to stop
+                await asyncio.sleep(0.01)
+
+
+async def test_a_worker_that_never_answers_a_whole_answer_times_out_at_the_request_timeout(tmp_path: Path) -> None:
+    async with relay(tmp_path, first_token_timeout=60.0, request_timeout=0.5) as net:
+        mute = await net.add_worker(silent)
+        client = await net.relay(net.request(stream=False))
+        assert [e.code for e in client.errors()] == [ErrorCode.TIMEOUT]
+        assert net.standing(mute) == (0, 1)
+
+
+async def test_a_worker_that_stops_reading_cannot_hold_a_request_past_the_first_token_timeout(
+    tmp_path: Path,
+) -> None:
+    # It still counts as alive (a write backlog is dead only after dead_after, 15 s here, and not
+    # at all while it takes a trickle): the request's own limit is what ends the wait.
+    async with relay(tmp_path, first_token_timeout=0.3) as net:
+        stuck = await net.add_worker(silent, reads=False)
+        (connection,) = net.proxy.worker_peers.values()
+        started = asyncio.get_running_loop().time()
+        client = await net.relay(net.request(body=b"x" * (1 << 20)), within=5.0)
+        assert asyncio.get_running_loop().time() - started < 3.0
+        assert connection.backed_up  # the request is still on its way, and the worker not dropped
+        assert [e.code for e in client.errors()] == [ErrorCode.WORKER_LOST]
+        assert net.standing(stuck) == (0, 1)
+        assert connection.open_streams == 0 and not connection._streams  # given up, a cancel queued after it
