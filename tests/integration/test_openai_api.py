@@ -203,6 +203,19 @@ def test_invalid_requests_get_openai_errors(client: openai.OpenAI) -> None:
     assert image.value.body["type"] == "invalid_request_error"
 
 
+def test_text_content_parts_are_served(client: openai.OpenAI) -> None:
+    parts = [{"type": "text", "text": "Name three"}, {"type": "text", "text": "colours."}]
+    answer = client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+            {"role": "user", "content": parts},
+        ],  # type: ignore[list-item,misc]
+        max_tokens=3,
+    )
+    assert answer.usage is not None and answer.usage.completion_tokens == 3
+
+
 def test_raw_http_errors(network: Network) -> None:
     with httpx.Client(base_url=network.url, timeout=30) as http:
         malformed = http.post("/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"})
