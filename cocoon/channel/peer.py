@@ -178,6 +178,16 @@ class Stream:
             with contextlib.suppress(PeerGone):
                 await self.peer.send(Cancel(stream_id=self.id, reason=reason))
 
+    def cancel_nowait(self, reason: str = "") -> None:
+        """``cancel`` without waiting for the socket: for giving up on a peer that may not be
+        reading (the cancel is queued behind whatever it has not taken yet)."""
+        self.queue.stop()
+        if not self.closed:
+            self.closed = True
+            self.peer._streams.pop(self.id, None)
+            with contextlib.suppress(LocalProtocolError):  # the connection ended meanwhile
+                self.peer.send_nowait(Cancel(stream_id=self.id, reason=reason))
+
 
 class Peer:
     def __init__(
@@ -307,7 +317,13 @@ class Peer:
         message = make(self.conn.next_stream_id())
         stream = Stream(self, message.stream_id)
         self._streams[stream.id] = stream
-        await self.send(message)
+        try:
+            await self.send(message)
+        except asyncio.CancelledError:
+            # given up (a deadline, or the caller left) while the request waited for the socket:
+            # it may still reach the peer, which is then told to drop it
+            stream.cancel_nowait("given up before it was sent")
+            raise
         return stream
 
     @property

@@ -63,11 +63,19 @@ _NULL = msgspec.Raw(b"null")
 
 
 class UpstreamError(Exception):
-    """The network answered with an error (or none in time); ``code`` is an ``ErrorCode``."""
+    """The network answered with an error (or none in time); ``code`` is an ``ErrorCode``.
+
+    A code from the wire that this version does not know is the proxy's protocol error: the
+    caller gets a 502, and the proxy is counted as failing (it is not one of the refusals in
+    ``NOT_THE_PROXYS_FAULT``)."""
 
     def __init__(self, code: str, message: str) -> None:
+        known = ErrorCode.known(code)
+        if known is None:
+            message = f"the proxy answered with an unknown error code {code[:64]!r}: {message}"
+            known = ErrorCode.PROTOCOL_ERROR
         super().__init__(message)
-        self.code = code
+        self.code = known
 
 
 def usage_body(usage: Usage) -> dict[str, Any]:

@@ -123,6 +123,8 @@ class LlamaCppEngine:
         cancel = threading.Event()
         llama.cancel = cancel
         params = {**OPENAI_DEFAULTS, **request.params}
+        if "messages" in params:
+            params["messages"] = text_messages(params["messages"])
         if "logit_bias" in params:
             params["logit_bias"] = {int(k): v for k, v in params["logit_bias"].items()}
 
@@ -168,6 +170,21 @@ class LlamaCppEngine:
                 llama.close()
         self._instances.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def text_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages whose content is a list of parts, with the parts joined into one string: the
+    model's chat template takes a string only (a list failed the request). Only text parts, and
+    an assistant's refusal parts, get this far (``check_messages``); they are joined with a
+    newline, as vLLM does."""
+    joined: list[dict[str, Any]] = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            text = "\n".join(str(part.get("text") or part.get("refusal") or "") for part in content)
+            message = {**message, "content": text}
+        joined.append(message)
+    return joined
 
 
 def assemble_response(kind: str, chunks: list[dict[str, Any]], usage: Usage) -> dict[str, Any]:

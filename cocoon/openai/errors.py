@@ -35,6 +35,10 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
 
 
 def from_code(code: str, message: str, param: str | None = None) -> tuple[int, dict[str, Any]]:
-    """HTTP status and body for a protocol error code (unknown codes are server errors)."""
-    status, type_ = HTTP_OF.get(code, (500, "server_error"))
+    """HTTP status and body for a protocol error code. A code this version does not know came
+    from a peer (a newer or a broken one): that is the upstream's fault, answered as a
+    ``protocol_error`` (502), never as a 500 of this client."""
+    if code not in HTTP_OF:
+        code = ErrorCode.PROTOCOL_ERROR
+    status, type_ = HTTP_OF[code]
     return status, error_body(message, type_, param, OPENAI_CODE.get(code, code))

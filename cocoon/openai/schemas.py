@@ -36,9 +36,13 @@ class StreamOptions(Struct, forbid_unknown_fields=True):
     include_usage: bool = False
 
 
-class ContentPart(Struct, forbid_unknown_fields=False):
+class ContentPart(Struct, forbid_unknown_fields=False, omit_defaults=True):
+    """One part of a message's content. Only text parts are served (``check_messages``): the
+    fields of other kinds (``image_url``, ``input_audio``, ``file``) are not even kept."""
+
     type: Annotated[str, Meta(max_length=64)]
     text: Text | None = None
+    refusal: Text | None = None  # a refusal part, in an assistant message of the history
 
 
 class ChatMessage(Struct, forbid_unknown_fields=False, omit_defaults=True):
@@ -47,6 +51,7 @@ class ChatMessage(Struct, forbid_unknown_fields=False, omit_defaults=True):
     name: Annotated[str, Meta(max_length=256)] | None = None
     tool_calls: Annotated[list[JsonObject], Meta(max_length=128)] | None = None
     tool_call_id: Annotated[str, Meta(max_length=256)] | None = None
+    function_call: JsonObject | None = None  # the deprecated form of tool_calls
 
 
 class ChatCompletionRequest(Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -141,9 +146,58 @@ def parse_request(kind: Kind, body: bytes) -> Request:
         raise InvalidRequest("We could not parse the JSON body of your request: nested too deeply") from exc
     if request.n not in (None, 1):
         raise InvalidRequest("Only n=1 is supported", "n")
+    if request.stream_options is not None and not request.stream:
+        raise InvalidRequest(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.", "stream_options"
+        )
+    if isinstance(request, ChatCompletionRequest):
+        check_messages(request.messages)
     if isinstance(request, CompletionRequest) and isinstance(request.prompt, list):
         request = msgspec.structs.replace(request, prompt=request.prompt[0])
     return request
+
+
+NOT_TEXT = frozenset({"image_url", "input_audio", "file"})
+"""OpenAI's content part types that carry something other than text."""
+
+
+def check_messages(messages: list[ChatMessage]) -> None:
+    """What OpenAI requires of messages beyond their shape, and what the text-only models
+    served here can take: a part they could not read is refused, never dropped (the answer
+    would be to a prompt the caller did not send)."""
+    for i, message in enumerate(messages):
+        content = message.content
+        if content is None:
+            # only an assistant's turn that called a tool (or a function's result) may be empty
+            if message.role == "function" or (
+                message.role == "assistant" and (message.tool_calls or message.function_call)
+            ):
+                continue
+            raise InvalidRequest("Invalid value for 'content': expected a string, got null.", f"messages[{i}].content")
+        if isinstance(content, str):
+            continue
+        if not content:
+            raise InvalidRequest(
+                f"Invalid 'messages[{i}].content': empty array. Expected an array with minimum length 1.",
+                f"messages[{i}].content",
+            )
+        for j, part in enumerate(content):
+            where = f"messages[{i}].content[{j}]"
+            if part.type == "text":
+                if part.text is None:
+                    raise InvalidRequest(f"Missing required parameter: '{where}.text'.", f"{where}.text")
+            elif part.type == "refusal" and message.role == "assistant":
+                if part.refusal is None:
+                    raise InvalidRequest(f"Missing required parameter: '{where}.refusal'.", f"{where}.refusal")
+            elif part.type in NOT_TEXT:
+                raise InvalidRequest(
+                    f"Invalid content type. {part.type} is only supported by certain models; the models "
+                    "of this network take text only.",
+                    f"{where}.type",
+                )
+            else:
+                allowed = "'text' and 'refusal'" if message.role == "assistant" else "'text'"
+                raise InvalidRequest(f"Invalid value: '{part.type}'. Supported values are: {allowed}.", f"{where}.type")
 
 
 def max_tokens_of(request: Request) -> int | None:

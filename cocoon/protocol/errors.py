@@ -26,6 +26,18 @@ class ErrorCode(StrEnum):
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"
 
+    @classmethod
+    def known(cls, code: str) -> ErrorCode | None:
+        """The member for a code read off the wire; None for one this version does not know.
+
+        The wire carries codes as bounded strings, not as this enum: a code added by a newer
+        peer must not make the whole message undecodable, which would end the connection and
+        every stream on it. The receiver decides what an unknown code means instead."""
+        try:
+            return cls(code)
+        except ValueError:
+            return None
+
 
 class ProtocolError(Exception):
     """Base of protocol errors; ``code`` is what goes into the error frame."""

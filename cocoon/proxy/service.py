@@ -69,6 +69,22 @@ MAX_ATTEMPTS = 3  # a request whose worker fails before its first chunk is retri
 SAVE_EVERY = 10.0  # seconds between saves of the reputation file
 # errors caused by the request, not by the worker: they neither count against it nor retry
 CLIENT_FAULTS = frozenset({ErrorCode.BAD_REQUEST, ErrorCode.TOO_LARGE, ErrorCode.UNKNOWN_MODEL})
+# what a worker may end a request with. Any other code, one this version does not know (from a
+# newer or a broken worker) or one that is the proxy's or the client's to say (payment_required
+# would make the client top up its channel, no_worker make it seal the request anew), is the
+# worker breaking the protocol: counted against it and relayed as protocol_error, never as is.
+# (connection_lost is what this side's stream gets when the worker's connection ends.)
+WORKER_CODES = CLIENT_FAULTS | {
+    ErrorCode.SATURATED,
+    ErrorCode.SEAL_ERROR,
+    ErrorCode.ENGINE_ERROR,
+    ErrorCode.INTERNAL,
+    ErrorCode.TIMEOUT,
+    ErrorCode.CANCELLED,
+    ErrorCode.SHUTTING_DOWN,
+    ErrorCode.PROTOCOL_ERROR,
+    ErrorCode.CONNECTION_LOST,
+}
 MAX_BUCKETS = 10_000  # clients' rate buckets kept before the refilled ones are forgotten
 EXPIRY_NOTICE = 60.0  # seconds before a worker's evidence expires that it gets no new requests
 WORKER_LIST_BUDGET = DEFAULT_MAX_FRAME - 64 * 1024  # bytes of offers in one worker list
@@ -572,23 +588,36 @@ class Proxy:
             return Attempt.RETRY
         loop = asyncio.get_running_loop()
         started = loop.time()
+        settings = self.settings
+        # the wait for the first answer includes handing the request over: a worker whose
+        # connection takes no writes (it stopped reading, yet still pings) would otherwise hold
+        # the request, and its slot, until the backlog is declared dead, or for ever while it
+        # takes a trickle
+        first_limit = settings.first_token_timeout if request.stream else settings.request_timeout
         try:
-            upstream = await worker.open(
-                lambda wid: Open(
-                    stream_id=wid,
-                    model=request.model,
-                    kind=request.kind,
-                    stream=request.stream,
-                    max_tokens=request.max_tokens,
-                    body=request.body,
-                    request_id=request.request_id,
-                    candidates=request.candidates,
-                    max_price_milli=request.max_price_milli,
+            async with asyncio.timeout_at(min(started + first_limit, deadline)):
+                upstream = await worker.open(
+                    lambda wid: Open(
+                        stream_id=wid,
+                        model=request.model,
+                        kind=request.kind,
+                        stream=request.stream,
+                        max_tokens=request.max_tokens,
+                        body=request.body,
+                        request_id=request.request_id,
+                        candidates=request.candidates,
+                        max_price_milli=request.max_price_milli,
+                    )
                 )
-            )
         except PeerGone:
             return Attempt.RETRY
-        settings = self.settings
+        except TimeoutError:  # (``open`` has told the worker to drop the request)
+            self.reputation.failure(entry.key, time.time(), timeout=True)
+            log.warning("request %d: worker %s timed out taking the request", sid, entry.label)
+            if loop.time() < deadline:
+                return Attempt.RETRY
+            await _send_quietly(client, Error(stream_id=sid, code=ErrorCode.TIMEOUT, message="the worker timed out"))
+            return Attempt.DONE
         relayed = 0
         first_chunk = 0.0
         last_chunk = started
@@ -667,6 +696,14 @@ class Proxy:
                     )
                     return Attempt.DONE
                 elif isinstance(message, Error):
+                    if message.code not in WORKER_CODES:
+                        code = message.code[:64]
+                        log.warning("request %d: worker %s sent error code %r, not a worker's", sid, entry.label, code)
+                        message = Error(
+                            stream_id=sid,
+                            code=ErrorCode.PROTOCOL_ERROR,
+                            message=f"the worker failed with an error code it may not send ({code!r})",
+                        )
                     if message.code == ErrorCode.SATURATED and not relayed:
                         return Attempt.BUSY
                     if message.code not in CLIENT_FAULTS:
@@ -682,7 +719,7 @@ class Proxy:
                     await client.send(Error(stream_id=sid, code=message.code, message=message.message))
                     return Attempt.DONE
         except TimeoutError:
-            await upstream.cancel("timeout")
+            upstream.cancel_nowait("timeout")  # never waits on a worker that is failing us
             self.reputation.failure(entry.key, time.time(), timeout=True)
             what = "its first chunk" if not relayed else "the next chunk"
             log.warning("request %d: worker %s timed out waiting for %s", sid, entry.label, what)
@@ -691,10 +728,10 @@ class Proxy:
             await _send_quietly(client, Error(stream_id=sid, code=ErrorCode.TIMEOUT, message="the worker timed out"))
             return Attempt.DONE
         except PeerGone:  # the client left: stop the worker
-            await upstream.cancel("client gone")
+            upstream.cancel_nowait("client gone")
             return Attempt.DONE
         except asyncio.CancelledError:
-            await upstream.cancel("client cancelled")
+            upstream.cancel_nowait("client cancelled")
             raise
         finally:
             upstream.forward = None

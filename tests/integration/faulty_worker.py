@@ -4,7 +4,9 @@
 ``fail_first`` (fail before the first chunk, every time), ``stall`` (send one chunk, then hang),
 ``full`` (answer every request "at capacity", as a worker kept busy by other proxies does),
 ``seal_error`` (answer every request that it cannot open it, as for a request sealed for a key
-the worker no longer has, or garbage).
+the worker no longer has, or garbage), ``unknown_code`` (send the first chunk, then fail with an
+error code no version of the protocol has, as a newer or a broken worker might), ``silent`` (take
+every request and never answer it, while the connection stays alive).
 Run as ``python -m tests.integration.faulty_worker worker --config …``.
 """
 
@@ -46,6 +48,8 @@ class FaultyEngine:
                 await asyncio.sleep(float(FAULT.split(":", 1)[1]) * tokens)
             if FAULT == "stall" and chunks == 1:
                 await asyncio.sleep(3600)
+            if FAULT == "unknown_code" and chunks == 1:
+                raise EngineError("injected failure after the first chunk")  # sent with the code below
             chunks += isinstance(event, Chunk)
             yield event
 
@@ -76,6 +80,31 @@ if FAULT in ("full", "seal_error"):
         peer.send_nowait(error)
 
     Worker.stream_opened = always_refuse  # type: ignore[method-assign]
+
+if FAULT == "silent":
+    from cocoon.channel.peer import Peer
+    from cocoon.protocol.messages import StreamRequest
+    from cocoon.worker.service import Worker
+
+    def never_answer(self: Worker, peer: Peer, message: StreamRequest) -> None:
+        pass
+
+    Worker.stream_opened = never_answer  # type: ignore[method-assign]
+
+if FAULT == "unknown_code":
+    from cocoon.channel.peer import Peer
+    from cocoon.protocol.errors import ErrorCode
+    from cocoon.protocol.messages import Data, End, Error
+    from cocoon.worker.service import Worker
+
+    real_send = Worker._send
+
+    async def send_unknown_code(self: Worker, peer: Peer, message: Data | End | Error) -> None:
+        if isinstance(message, Error) and message.code == ErrorCode.ENGINE_ERROR:
+            message = Error(stream_id=message.stream_id, code="from_a_newer_worker", message="injected")
+        await real_send(self, peer, message)
+
+    Worker._send = send_unknown_code  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     main()

@@ -414,6 +414,26 @@ def test_a_worker_that_refuses_through_no_fault_of_its_own_keeps_its_standing(
         net.stop()
 
 
+def test_a_worker_that_never_answers_is_given_up_at_the_proxys_first_token_timeout(tmp_path: Path) -> None:
+    # the client would wait 120 s (its idle_timeout): the proxy's limit ends the wait, and the
+    # worker's standing shows it
+    net = Network(tmp_path, workers=0, proxy={"first_token_timeout": 1.0})
+    try:
+        net.start_worker(1, fault="silent")
+        net.wait_workers(1)
+        with client_of(net, timeout=60) as client:
+            started = time.monotonic()
+            with pytest.raises(openai.InternalServerError) as excinfo:
+                client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2, stream=True)
+            assert excinfo.value.status_code == 502  # its only candidate failed
+            assert time.monotonic() - started < 10
+        net.nodes["proxy"].wait_for_log("timed out waiting for its first chunk")
+        (listed,) = httpx.get(net.url + "/market", timeout=10).json()["models"][0]["workers"]
+        assert listed["timeouts"] == 1
+    finally:
+        net.stop()
+
+
 def test_a_whole_answer_may_take_longer_than_the_first_token_timeout(tmp_path: Path) -> None:
     # A non-streamed answer arrives as one chunk: the wait for it is its whole generation.
     net = Network(tmp_path, workers=0, proxy={"first_token_timeout": 1.0})
@@ -423,5 +443,27 @@ def test_a_whole_answer_may_take_longer_than_the_first_token_timeout(tmp_path: P
         with client_of(net, timeout=60) as client:
             answer = client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=6)
             assert answer.usage is not None and answer.usage.completion_tokens >= 3  # over 1 s
+    finally:
+        net.stop()
+
+
+def test_an_unknown_error_code_from_a_worker_is_a_502_and_counts_against_it(tmp_path: Path) -> None:
+    # the worker fails after its first chunk (no retry then) with a code no version knows
+    net = Network(tmp_path, workers=0)
+    try:
+        net.start_worker(1, fault="unknown_code")
+        net.wait_workers(1)
+        with client_of(net, timeout=30) as client:
+            with pytest.raises(openai.InternalServerError) as whole:
+                client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=5)
+            assert whole.value.status_code == 502 and whole.value.code == "protocol_error"
+            assert "from_a_newer_worker" in whole.value.message
+            stream = client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=5, stream=True)
+            with pytest.raises(openai.APIError) as streamed:
+                for _ in stream:
+                    pass
+            assert streamed.value.code == "protocol_error"
+        (listed,) = httpx.get(net.url + "/market", timeout=10).json()["models"][0]["workers"]
+        assert listed["errors"] == 2
     finally:
         net.stop()

@@ -186,6 +186,34 @@ def test_invalid_requests_get_openai_errors(client: openai.OpenAI) -> None:
         client.chat.completions.create(model=MODEL, messages=HELLO, temperature=5)
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL, messages=[])
+    with pytest.raises(openai.BadRequestError) as options:
+        client.chat.completions.create(model=MODEL, messages=HELLO, stream_options={"include_usage": True})
+    assert options.value.body["param"] == "stream_options"
+    assert "only allowed when 'stream' is enabled" in options.value.message
+    with pytest.raises(openai.BadRequestError) as null:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": None}])  # type: ignore[misc,list-item]
+    assert null.value.body["param"] == "messages[0].content"
+    picture = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    with pytest.raises(openai.BadRequestError) as image:
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": [{"type": "text", "text": "What is this?"}, picture]}],  # type: ignore[list-item]
+        )
+    assert image.value.body["param"] == "messages[0].content[1].type"
+    assert image.value.body["type"] == "invalid_request_error"
+
+
+def test_text_content_parts_are_served(client: openai.OpenAI) -> None:
+    parts = [{"type": "text", "text": "Name three"}, {"type": "text", "text": "colours."}]
+    answer = client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+            {"role": "user", "content": parts},
+        ],  # type: ignore[list-item,misc]
+        max_tokens=3,
+    )
+    assert answer.usage is not None and answer.usage.completion_tokens == 3
 
 
 def test_raw_http_errors(network: Network) -> None:

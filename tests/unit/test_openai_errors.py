@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cocoon.client.service import NOT_THE_PROXYS_FAULT, UpstreamError
 from cocoon.openai.errors import HTTP_OF, error_body, from_code
 from cocoon.protocol.errors import ErrorCode
 
@@ -53,10 +54,18 @@ def test_param_is_carried() -> None:
     assert body["error"]["param"] == "temperature"
 
 
-def test_unknown_code_is_a_server_error() -> None:
-    status, body = from_code("from_a_newer_peer", "odd")
-    assert status == 500
-    assert body == {"error": {"message": "odd", "type": "server_error", "param": None, "code": "from_a_newer_peer"}}
+def test_an_unknown_code_is_a_protocol_error_of_the_upstream_never_a_500() -> None:
+    # a newer or a broken peer's code, relayed: the fault is upstream (502), not this client's
+    assert from_code("from_a_newer_peer", "odd") == from_code(ErrorCode.PROTOCOL_ERROR, "odd")
+    assert from_code("from_a_newer_peer", "odd")[0] == 502
+
+
+def test_the_client_takes_an_unknown_code_from_the_proxy_for_its_protocol_error() -> None:
+    error = UpstreamError("from_a_newer_peer", "odd")
+    assert error.code is ErrorCode.PROTOCOL_ERROR
+    assert "from_a_newer_peer" in str(error) and "odd" in str(error)
+    assert error.code not in NOT_THE_PROXYS_FAULT  # it counts against the proxy
+    assert UpstreamError("saturated", "busy").code is ErrorCode.SATURATED
 
 
 def test_error_body_shape() -> None:

@@ -222,7 +222,6 @@ def test_no_limit_means_no_max_tokens() -> None:
         ({"stream": True}, False),
         ({"stream": True, "stream_options": {}}, False),
         ({"stream": True, "stream_options": {"include_usage": False}}, False),
-        ({"stream": False, "stream_options": {"include_usage": True}}, False),
         ({"stream": True, "stream_options": {"include_usage": True}}, True),
     ],
 )
@@ -252,3 +251,84 @@ def test_a_requests_price_cap_is_positive() -> None:
         assert caught.value.param == "max_price"
     small = parse_request("chat", b'{"model":"m","messages":[{"role":"user","content":"x"}],"max_price":0.0001}')
     assert small.max_price == 0.0001
+
+
+# --- what OpenAI refuses beyond the shape of a body --------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["chat", "completion"])
+@pytest.mark.parametrize("stream", [{}, {"stream": False}, {"stream": None}])
+def test_stream_options_need_stream(kind: str, stream: dict[str, Any]) -> None:
+    base = CHAT if kind == "chat" else COMPLETION
+    error = invalid(kind, body(base, stream_options={"include_usage": True}, **stream))
+    assert str(error) == "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+    assert error.param == "stream_options"
+    assert parse_request(kind, body(base, stream_options=None)).stream_options is None  # null is leaving it out
+
+
+@pytest.mark.parametrize("role", ["system", "developer", "user", "tool", "assistant"])
+@pytest.mark.parametrize("content", [{"content": None}, {}])
+def test_a_message_without_content_is_refused(role: str, content: dict[str, Any]) -> None:
+    messages = [{"role": "user", "content": "Hi"}, {"role": role, **content}]
+    error = invalid("chat", body(CHAT, messages=messages))
+    assert error.param == "messages[1].content"
+    assert "got null" in str(error)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
+        {"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}},
+        {"role": "function", "name": "f", "content": None},
+    ],
+)
+def test_content_may_be_null_only_where_openai_allows_it(message: dict[str, Any]) -> None:
+    request = parse_request("chat", body(CHAT, messages=[{"role": "user", "content": "Hi"}, message]))
+    assert request.messages[1].content is None  # type: ignore[union-attr]
+
+
+def test_a_function_call_of_the_history_reaches_the_engine() -> None:
+    call = {"name": "f", "arguments": "{}"}
+    request = parse_request("chat", body(CHAT, messages=[{"role": "assistant", "function_call": call}]))
+    assert engine_params(request)["messages"] == [{"role": "assistant", "function_call": call}]
+
+
+@pytest.mark.parametrize(
+    ("part", "type_"),
+    [
+        ({"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}, "image_url"),
+        ({"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}, "input_audio"),
+        ({"type": "file", "file": {"file_id": "file-1"}}, "file"),
+    ],
+)
+def test_parts_that_are_not_text_are_refused_not_dropped(part: dict[str, Any], type_: str) -> None:
+    messages = [{"role": "user", "content": [{"type": "text", "text": "What is in this?"}, part]}]
+    error = invalid("chat", body(CHAT, messages=messages))
+    assert error.param == "messages[0].content[1].type"
+    assert str(error).startswith(f"Invalid content type. {type_} is only supported by certain models")
+
+
+@pytest.mark.parametrize(
+    ("content", "param", "says"),
+    [
+        ([{"type": "hologram", "text": "x"}], "messages[0].content[0].type", "Invalid value: 'hologram'"),
+        ([{"type": "refusal", "refusal": "no"}], "messages[0].content[0].type", "Invalid value: 'refusal'"),
+        ([{"type": "text"}], "messages[0].content[0].text", "Missing required parameter"),
+        ([], "messages[0].content", "empty array"),
+    ],
+)
+def test_odd_content_parts_are_refused(content: list[dict[str, Any]], param: str, says: str) -> None:
+    error = invalid("chat", body(CHAT, messages=[{"role": "user", "content": content}]))
+    assert error.param == param
+    assert says in str(error)
+
+
+def test_text_parts_and_an_assistants_refusal_part_are_accepted() -> None:
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}]},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot."}]},
+    ]
+    request = parse_request("chat", body(CHAT, messages=messages))
+    assert engine_params(request)["messages"] == messages

@@ -1,0 +1,271 @@
+"""The proxy's relay against misbehaving workers: real connections on loopback between the proxy
+and worker doubles whose answers each test scripts, and a client connection double."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, cast
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cocoon.attest.node import NodeAttestation
+from cocoon.channel.peer import Peer
+from cocoon.channel.verify import PeerIdentity, PeerVerifier
+from cocoon.config import ProxySettings
+from cocoon.protocol.errors import ErrorCode
+from cocoon.protocol.messages import Announce, Cancel, Data, Error, Goodbye, Open, StreamRequest, Voucher
+from cocoon.proxy.service import Proxy
+from tests.unit.test_peer_relay import open_connections
+
+MODEL = "m"
+Answer = Callable[[Peer, Open], Awaitable[None]]
+
+
+class ClientConnectionDouble:
+    """Test double of a client's connection to the proxy: keeps what the proxy sends on it."""
+
+    def __init__(self) -> None:
+        self.identity = PeerIdentity("client", b"c" * 32)
+        self.closed = False
+        self.close_reason = ""
+        self.backed_up = False
+        self.sent: list[Any] = []
+
+    def send_nowait(self, message: Any) -> bool:
+        self.sent.append(message)
+        return True
+
+    async def send(self, message: Any) -> None:
+        self.sent.append(message)
+
+    async def flush(self) -> None:
+        pass
+
+    def errors(self) -> list[Error]:
+        return [m for m in self.sent if isinstance(m, Error)]
+
+
+class WorkerDouble:
+    """Test double of a worker's side of its connection: answers each request with ``answer``
+    (a script of the test), and keeps the cancels it gets."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.opened: list[Open] = []
+        self.cancelled: list[int] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def stream_opened(self, peer: Peer, message: StreamRequest) -> None:
+        assert isinstance(message, Open)
+        self.opened.append(message)
+        task = asyncio.create_task(self.answer(peer, message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def stream_cancelled(self, peer: Peer, message: Cancel) -> None:
+        self.cancelled.append(message.stream_id)
+
+    def connection_message(self, peer: Peer, message: Announce | Goodbye | Voucher) -> None:
+        pass
+
+
+class Relay:
+    """A proxy (not listening: its worker connections are made here) with worker doubles."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.workers: list[WorkerDouble] = []
+        self.keys: list[bytes] = []
+        self.worker_sides: list[Peer] = []  # each worker double's end of its connection
+        self._servers: list[asyncio.Server] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def add_worker(self, answer: Answer, *, reads: bool = True) -> bytes:
+        """Connect a worker double; with ``reads`` False it never reads its socket (its side of
+        the connection backs up as soon as the proxy writes more than the socket buffers hold)."""
+        loop = asyncio.get_running_loop()
+        accepted: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = loop.create_future()
+        server = await asyncio.start_server(lambda r, w: accepted.set_result((r, w)), "127.0.0.1", 0)
+        self._servers.append(server)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        proxy_reader, proxy_writer = await accepted
+        if not reads:  # small socket buffers, so that a request body does not fit in them
+            for w, option in ((proxy_writer, socket.SO_SNDBUF), (writer, socket.SO_RCVBUF)):
+                w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, option, 4096)
+        worker_conn, proxy_conn = open_connections(loop.time())  # the worker dialed the proxy
+        key = bytes([len(self.keys) + 1]) * 32
+        worker_side = Peer(reader, writer, worker_conn, PeerIdentity("proxy", b"p" * 32))
+        label = f"w{len(self.keys)}"
+        proxy_side = Peer(proxy_reader, proxy_writer, proxy_conn, PeerIdentity("worker", key), label=label)
+        double = WorkerDouble(answer)
+        if reads:
+            self._tasks.append(asyncio.create_task(worker_side.serve(double)))
+        self._tasks.append(asyncio.create_task(self.proxy._serve_worker(proxy_side)))
+        await asyncio.sleep(0)  # _serve_worker registers the connection
+        offer = Announce(model=MODEL, engine="e", capacity=4)
+        self.proxy.router.announce(id(proxy_side), label, offer, key.hex())
+        self.workers.append(double)
+        self.keys.append(key)
+        self.worker_sides.append(worker_side)
+        return key
+
+    def request(self, *, stream: bool = True, body: bytes = b"sealed") -> Open:
+        return Open(
+            stream_id=1,
+            model=MODEL,
+            kind="chat",
+            stream=stream,
+            max_tokens=0,
+            body=body,
+            request_id=b"r" * 16,
+            candidates=list(self.keys),
+        )
+
+    async def relay(self, request: Open, within: float = 10.0) -> ClientConnectionDouble:
+        """Relay ``request`` as the proxy does for a client; what the client got."""
+        client = ClientConnectionDouble()
+        async with asyncio.timeout(within):
+            await self.proxy._relay(cast(Peer, client), request)
+        return client
+
+    def standing(self, key: bytes) -> tuple[int, int]:
+        stats = self.proxy.reputation.stats(key.hex())
+        return stats.errors, stats.timeouts
+
+    async def aclose(self) -> None:
+        for peer in [*self.worker_sides, *self.proxy.worker_peers.values()]:
+            await peer.aclose()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for server in self._servers:
+            server.close()
+
+
+@contextlib.asynccontextmanager
+async def relay(tmp_path: Path, **settings: Any) -> AsyncIterator[Relay]:
+    options = {"queue_timeout": 0.0, "reputation_file": str(tmp_path / "reputation.json"), **settings}
+    proxy = Proxy(
+        ProxySettings(**options),
+        Ed25519PrivateKey.generate(),
+        cast(NodeAttestation, None),  # workers are connected here, not attested
+        verifier=cast(PeerVerifier, object()),  # nobody dials in
+    )
+    network = Relay(proxy)
+    try:
+        yield network
+    finally:
+        await network.aclose()
+
+
+def answer_with(*messages: Callable[[int], Any]) -> Answer:
+    """A worker double's script: send these messages (made for the stream id) in turn."""
+
+    async def answer(peer: Peer, request: Open) -> None:
+        for make in messages:
+            await peer.send(make(request.stream_id))
+
+    return answer
+
+
+def chunk(sid: int) -> Data:
+    return Data(stream_id=sid, payload=b"sealed chunk")
+
+
+def unknown_code(sid: int) -> Error:
+    return Error(stream_id=sid, code="from_a_newer_worker", message="something new")
+
+
+def payment_required(sid: int) -> Error:
+    return Error(stream_id=sid, code=ErrorCode.PAYMENT_REQUIRED, message="pay me")
+
+
+# --- error codes a worker may not send -------------------------------------------------------------
+
+
+async def test_an_unknown_code_before_the_first_chunk_counts_against_the_worker_and_is_retried(
+    tmp_path: Path,
+) -> None:
+    async with relay(tmp_path) as net:
+        odd = await net.add_worker(answer_with(unknown_code))
+        client = await net.relay(net.request())
+        assert [e.code for e in client.errors()] == [ErrorCode.WORKER_LOST]  # the only candidate failed
+        assert net.standing(odd) == (1, 0)
+        good = await net.add_worker(answer_with(chunk, lambda sid: Error(stream_id=sid, code=ErrorCode.ENGINE_ERROR)))
+        client = await net.relay(net.request())  # whichever the proxy tries first, the good one answers
+        assert [e.code for e in client.errors()] == [ErrorCode.ENGINE_ERROR]  # a worker's code: as it is
+        assert net.standing(good) == (1, 0)
+
+
+async def test_an_unknown_code_after_the_first_chunk_reaches_the_client_as_a_protocol_error(tmp_path: Path) -> None:
+    async with relay(tmp_path) as net:
+        odd = await net.add_worker(answer_with(chunk, unknown_code))
+        client = await net.relay(net.request())
+        assert [type(m) for m in client.sent] == [Data, Error]
+        (error,) = client.errors()
+        assert error.code == ErrorCode.PROTOCOL_ERROR
+        assert "from_a_newer_worker" in error.message
+        assert net.standing(odd) == (1, 0)
+
+
+async def test_a_code_that_is_not_a_workers_to_say_is_not_relayed(tmp_path: Path) -> None:
+    # payment_required from a worker would make the client top up its channel with the proxy
+    async with relay(tmp_path) as net:
+        liar = await net.add_worker(answer_with(chunk, payment_required))
+        client = await net.relay(net.request())
+        assert [e.code for e in client.errors()] == [ErrorCode.PROTOCOL_ERROR]
+        assert net.standing(liar) == (1, 0)
+        net.workers[0].answer = answer_with(payment_required)  # before any chunk: another worker's turn
+        client = await net.relay(net.request())
+        assert [e.code for e in client.errors()] == [ErrorCode.WORKER_LOST]
+        assert net.standing(liar) == (2, 0)
+
+
+# --- workers that take a request and never answer ----------------------------------------------
+
+
+async def silent(peer: Peer, request: Open) -> None:
+    """A worker double's script: take the request, never answer (it stays connected and pings)."""
+
+
+async def test_a_worker_that_never_answers_a_stream_times_out_at_the_first_token_timeout(tmp_path: Path) -> None:
+    async with relay(tmp_path, first_token_timeout=0.3) as net:
+        mute = await net.add_worker(silent)
+        started = asyncio.get_running_loop().time()
+        client = await net.relay(net.request(stream=True))
+        assert asyncio.get_running_loop().time() - started < 3.0
+        assert [e.code for e in client.errors()] == [ErrorCode.WORKER_LOST]  # the only candidate failed
+        assert net.standing(mute) == (0, 1)
+        async with asyncio.timeout(5):
+            while not net.workers[0].cancelled:  # the worker is told to stop
+                await asyncio.sleep(0.01)
+
+
+async def test_a_worker_that_never_answers_a_whole_answer_times_out_at_the_request_timeout(tmp_path: Path) -> None:
+    async with relay(tmp_path, first_token_timeout=60.0, request_timeout=0.5) as net:
+        mute = await net.add_worker(silent)
+        client = await net.relay(net.request(stream=False))
+        assert [e.code for e in client.errors()] == [ErrorCode.TIMEOUT]
+        assert net.standing(mute) == (0, 1)
+
+
+async def test_a_worker_that_stops_reading_cannot_hold_a_request_past_the_first_token_timeout(
+    tmp_path: Path,
+) -> None:
+    # It still counts as alive (a write backlog is dead only after dead_after, 15 s here, and not
+    # at all while it takes a trickle): the request's own limit is what ends the wait.
+    async with relay(tmp_path, first_token_timeout=0.3) as net:
+        stuck = await net.add_worker(silent, reads=False)
+        (connection,) = net.proxy.worker_peers.values()
+        started = asyncio.get_running_loop().time()
+        client = await net.relay(net.request(body=b"x" * (1 << 20)), within=5.0)
+        assert asyncio.get_running_loop().time() - started < 3.0
+        assert connection.backed_up  # the request is still on its way, and the worker not dropped
+        assert [e.code for e in client.errors()] == [ErrorCode.WORKER_LOST]
+        assert net.standing(stuck) == (0, 1)
+        assert connection.open_streams == 0 and not connection._streams  # given up, a cancel queued after it
