@@ -319,10 +319,11 @@ class Worker:
         except TimeoutError:
             await self._send(peer, Error(stream_id=sid, code=ErrorCode.SATURATED, message="the worker's queue is full"))
             return
+        slot = _Slot(self._slots)
         try:
-            await self._run(peer, message, sealed.request_id, request, secret, started, started_ms)
+            await self._run(peer, message, sealed.request_id, request, secret, started, started_ms, slot)
         finally:
-            self._slots.release()
+            slot.release()
 
     async def _run(
         self,
@@ -333,6 +334,7 @@ class Worker:
         secret: bytes,
         started: float,
         started_ms: int,
+        slot: _Slot,
     ) -> None:
         """Run an opened request on the engine, which has a slot for it."""
         sid = message.stream_id
@@ -360,6 +362,8 @@ class Worker:
                     await peer.flush()
                 elif isinstance(event, Finished):
                     engine_done = time.monotonic()
+                    if slot.release():  # the engine is done: a request that waits for it goes first,
+                        await asyncio.sleep(0)  # before this one's receipt is signed and sent
                     if ready and not self._send_chunks(peer, sid, sealer, ready):
                         return
                     ready.clear()
@@ -426,3 +430,20 @@ class Worker:
     async def _send(self, peer: Peer, message: Data | End | Error) -> None:
         with contextlib.suppress(PeerGone):
             await peer.send(message)
+
+
+class _Slot:
+    """A request's hold on one of the engine's slots, given back once (when the engine has
+    finished with it, or when the request ends otherwise)."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots: asyncio.Semaphore | None = slots
+
+    def release(self) -> bool:
+        """Give the slot back; whether every slot was taken (a request may be waiting for this one)."""
+        if self._slots is None:
+            return False
+        waiting = self._slots.locked()
+        self._slots.release()
+        self._slots = None
+        return waiting
