@@ -96,6 +96,7 @@ class Attempt(enum.Enum):
     DONE = "done"
     RETRY = "retry"
     BUSY = "busy"  # the worker is full (it serves other proxies too): try another, not its fault
+    TIMED_OUT = "timed_out"  # no first answer in time: try another
 
 
 RENEW_CHECK = 600.0  # seconds between checks whether the certificate's evidence needs renewing
@@ -571,9 +572,12 @@ class Proxy:
                 await self._notify_slot()
             if outcome is Attempt.DONE:
                 return
-            log.info("request %d: worker %s failed before its first chunk; trying another", sid, entry.label)
+            why = {Attempt.BUSY: "is full", Attempt.TIMED_OUT: "timed out"}.get(outcome, "failed")
+            log.info("request %d: worker %s %s before its first chunk; trying another", sid, entry.label, why)
         if outcome is Attempt.BUSY:  # full, not broken: the client may come back (429, Retry-After)
             error = Error(stream_id=sid, code=ErrorCode.SATURATED, message="every candidate worker is at capacity")
+        elif outcome is Attempt.TIMED_OUT:  # (504, as when the time ran out on the last one)
+            error = Error(stream_id=sid, code=ErrorCode.TIMEOUT, message="every candidate worker timed out")
         else:
             error = Error(stream_id=sid, code=ErrorCode.WORKER_LOST, message="every candidate worker failed")
         await _send_quietly(client, error)
@@ -615,7 +619,7 @@ class Proxy:
             self.reputation.failure(entry.key, time.time(), timeout=True)
             log.warning("request %d: worker %s timed out taking the request", sid, entry.label)
             if loop.time() < deadline:
-                return Attempt.RETRY
+                return Attempt.TIMED_OUT
             await _send_quietly(client, Error(stream_id=sid, code=ErrorCode.TIMEOUT, message="the worker timed out"))
             return Attempt.DONE
         relayed = 0
@@ -724,7 +728,7 @@ class Proxy:
             what = "its first chunk" if not relayed else "the next chunk"
             log.warning("request %d: worker %s timed out waiting for %s", sid, entry.label, what)
             if not relayed and loop.time() < deadline:
-                return Attempt.RETRY
+                return Attempt.TIMED_OUT
             await _send_quietly(client, Error(stream_id=sid, code=ErrorCode.TIMEOUT, message="the worker timed out"))
             return Attempt.DONE
         except PeerGone:  # the client left: stop the worker

@@ -239,7 +239,7 @@ async def test_a_worker_that_never_answers_a_stream_times_out_at_the_first_token
         started = asyncio.get_running_loop().time()
         client = await net.relay(net.request(stream=True))
         assert asyncio.get_running_loop().time() - started < 3.0
-        assert [e.code for e in client.errors()] == [ErrorCode.WORKER_LOST]  # the only candidate failed
+        assert [e.code for e in client.errors()] == [ErrorCode.TIMEOUT]  # the only candidate timed out
         assert net.standing(mute) == (0, 1)
         async with asyncio.timeout(5):
             while not net.workers[0].cancelled:  # the worker is told to stop
@@ -266,6 +266,6 @@ async def test_a_worker_that_stops_reading_cannot_hold_a_request_past_the_first_
         client = await net.relay(net.request(body=b"x" * (1 << 20)), within=5.0)
         assert asyncio.get_running_loop().time() - started < 3.0
         assert connection.backed_up  # the request is still on its way, and the worker not dropped
-        assert [e.code for e in client.errors()] == [ErrorCode.WORKER_LOST]
+        assert [e.code for e in client.errors()] == [ErrorCode.TIMEOUT]
         assert net.standing(stuck) == (0, 1)
         assert connection.open_streams == 0 and not connection._streams  # given up, a cancel queued after it
