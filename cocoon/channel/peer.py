@@ -50,6 +50,19 @@ CORK_LIMIT = 64 * 1024  # bytes of frames held back at most before ``flush`` wri
 # A connection with no write for this long is idle: what ``flush`` finds corked then leaves at
 # once (nothing is likely to join it this turn, and a request or a first token waits for nothing).
 IDLE_WRITE = 0.005
+# A connection ends when its peer's evidence expires (``Peer._heartbeat``). The side that needs it
+# renews it this long before: 60 s, a quarter of its lifetime at most, so that requests shorter
+# than that are never cut at expiry (workers towards the proxy, clients towards their proxies).
+EXPIRY_NOTICE = 60.0
+MIN_NOTICE_LIFETIME = 2.0  # a connection trusted for less is let run out without a renewal
+
+
+def expiry_notice(lifetime: float) -> float | None:
+    """How long before its end a connection trusted for ``lifetime`` more seconds is renewed;
+    None when it is too short-lived (evidence at its very end, which no redial renews)."""
+    if lifetime <= MIN_NOTICE_LIFETIME:
+        return None
+    return min(EXPIRY_NOTICE, lifetime / 4)
 
 
 class PeerGone(Exception):

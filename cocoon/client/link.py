@@ -1,17 +1,20 @@
-"""The client's connection to its proxy, redialed in the background when it drops."""
+"""The client's connection to its proxy, redialed in the background when it drops and renewed
+before the proxy's attestation expires."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cocoon.channel.connect import ConnectionOptions, HandshakeFailed, dial
-from cocoon.channel.peer import Peer
+from cocoon.channel.peer import Peer, expiry_notice
 from cocoon.channel.verify import PeerVerifier
 from cocoon.protocol.errors import ErrorCode
 from cocoon.protocol.messages import Error
@@ -23,7 +26,31 @@ class NoProxy(Exception):
     """No connection to the proxy could be had in time."""
 
 
+IDLE_POLL = 0.05  # seconds between checks whether a replaced connection has requests left
+# A request on a connection that closed before its end stays named in ``Open.awaiting`` this long:
+# the proxy may have billed it just before, and writes such an answer off only once it has seen
+# that connection close (at once, or after ``dead_after`` when the network failed silently);
+# until then a request that did not name it would be refused for an answer delivered and unpaid.
+CUT_NAMED = 60.0
+
+
+@dataclass(eq=False)
+class Hop:
+    """One connection of a link, with what the client knows about it."""
+
+    peer: Peer
+    serving: asyncio.Task[None]
+    payment: Any = None  # what ``on_connect`` made of it (the payment channel attached there)
+    awaiting: set[bytes] = field(default_factory=set)  # request ids sent here, not ended yet
+
+
 class ProxyLink:
+    """The connection to one proxy, redialed in the background when it drops, and renewed
+    before the proxy's attestation expires in our eyes (``Peer`` cuts it then): a fresh
+    connection is dialed ``expiry_notice`` before, new requests go to it once it is ready, and
+    the old one closes once its requests have ended (or is cut at expiry, with a request that
+    outlasts the notice)."""
+
     def __init__(
         self,
         host: str,
@@ -42,7 +69,7 @@ class ProxyLink:
         self.verifier = verifier
         self.reconnect_max = reconnect_max
         self.connection_options = connection_options
-        self.peer: Peer | None = None
+        self.peer: Peer | None = None  # the current connection: new requests go there
         self.last_error = "not connected yet"
         self.failures = 0  # requests in a row that failed at this proxy
         self.latency = 0.0  # moving average of the time to a request's first answer
@@ -50,8 +77,9 @@ class ProxyLink:
         self._task: asyncio.Task[None] | None = None
         # payments: run on every new connection before it is used; its result is kept
         self.on_connect: Callable[[Peer], Awaitable[Any]] | None = None
-        self.payment: Any = None
-        self.awaiting: set[bytes] = set()  # request ids sent on this connection, not ended yet
+        self._hops: dict[Peer, Hop] = {}  # the current connection and those it replaced, while open
+        self._cut: dict[bytes, float] = {}  # request id → loop time its connection closed
+        self._closing: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -73,6 +101,44 @@ class ProxyLink:
     def name(self) -> str:
         return f"{self.host}:{self.port}"
 
+    # --- what each connection carries ------------------------------------------------------
+
+    def payment_of(self, peer: Peer) -> Any:
+        """What ``on_connect`` returned for ``peer`` (None: not run, or the connection is gone)."""
+        hop = self._hops.get(peer)
+        return hop.payment if hop is not None else None
+
+    def set_payment(self, peer: Peer, payment: Any) -> None:
+        if (hop := self._hops.get(peer)) is not None:
+            hop.payment = payment
+
+    def sent(self, peer: Peer, request_id: bytes) -> None:
+        """A request went out on ``peer``: it awaits its end there."""
+        if (hop := self._hops.get(peer)) is not None:
+            hop.awaiting.add(request_id)
+
+    def ended(self, peer: Peer, request_id: bytes, *, delivered: bool = False) -> None:
+        """The request sent on ``peer`` has ended: its answer ``delivered`` (and paid for), or
+        failed or given up. One that failed because its connection closed stays named a while
+        (``CUT_NAMED``): the proxy may have billed an answer that never came."""
+        if (hop := self._hops.get(peer)) is not None:
+            hop.awaiting.discard(request_id)
+        if delivered:  # (its end came before the connection closed)
+            self._cut.pop(request_id, None)
+
+    def awaited(self) -> set[bytes]:
+        """The requests whose end has not come, over all this link's connections: the proxy
+        bills per payment channel, which they share, so an ``Open`` on the fresh connection must
+        name those still running on the one it replaces (and, for a while, those cut with a
+        connection: ``CUT_NAMED``)."""
+        if self._cut:
+            named_since = asyncio.get_running_loop().time() - CUT_NAMED
+            self._cut = {rid: cut for rid, cut in self._cut.items() if cut > named_since}
+        names = set(self._cut)
+        for hop in self._hops.values():
+            names |= hop.awaiting
+        return names
+
     def record(self, ok: bool, latency: float = 0.0) -> None:
         if ok:
             self.failures = 0
@@ -80,55 +146,125 @@ class ProxyLink:
         else:
             self.failures += 1
 
+    # --- connecting --------------------------------------------------------------------------
+
     async def _run(self) -> None:
         delay = 0.2
         while True:
-            try:
-                peer = await dial(
-                    self.host,
-                    self.port,
-                    key=self.key,
-                    role="client",
-                    verifier=self.verifier,
-                    connection_options=self.connection_options,
-                    timeout=self.connect_timeout,
-                )
-            except HandshakeFailed as exc:
-                self.last_error = str(exc)
-                log.warning("proxy %s:%d: %s; retrying in %.1f s", self.host, self.port, exc, delay)
+            hop = await self._open()
+            if hop is None:
+                log.warning("proxy %s:%d: %s; retrying in %.1f s", self.host, self.port, self.last_error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.reconnect_max)
                 continue
-            self.peer = peer
-            serving = asyncio.create_task(peer.serve(_NoStreams()))
-            if self.on_connect is not None:
-                try:
-                    self.payment = await self.on_connect(peer)
-                except Exception as exc:  # noqa: BLE001 - any setup failure: drop this connection and redial
-                    self.last_error = f"payment setup failed: {exc}"
-                    log.warning("proxy %s:%d: %s; retrying in %.1f s", self.host, self.port, self.last_error, delay)
-                    await peer.aclose(self.last_error)
-                    await serving
-                    self.peer = None
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.reconnect_max)
-                    continue
             delay = 0.2
-            self.awaiting.clear()
-            self._connected.set()
-            log.info("connected to proxy %s:%d", self.host, self.port)
-            await serving
-            self._connected.clear()
+            replaced = self._use(hop)
+            if replaced is None:
+                log.info("connected to proxy %s:%d", self.host, self.port)
+            else:
+                log.info("renewed the connection to proxy %s:%d; the old one closes once its %d requests "
+                         "in flight are done", self.host, self.port, len(replaced.awaiting))  # fmt: skip
+            renew_in = self._renew_in(hop, replaced)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(renew_in):
+                    await asyncio.shield(hop.serving)
+            if hop.serving.done():
+                log.warning("lost proxy %s:%d: %s", self.host, self.port, hop.peer.close_reason)
+                continue
+            # Still serving; the next turn dials a fresh connection while this one stays in use.
+            log.info("proxy %s:%d: its attestation expires in %.0f s; dialing a fresh connection",
+                     self.host, self.port, _expires_in(hop.peer))  # fmt: skip
+
+    async def _open(self) -> Hop | None:
+        """A new connection, set up (``on_connect``) and ready for requests; None on failure
+        (``last_error`` says why)."""
+        try:
+            peer = await dial(
+                self.host,
+                self.port,
+                key=self.key,
+                role="client",
+                verifier=self.verifier,
+                connection_options=self.connection_options,
+                timeout=self.connect_timeout,
+            )
+        except HandshakeFailed as exc:
+            self.last_error = str(exc)
+            return None
+        hop = Hop(peer, asyncio.create_task(peer.serve(_NoStreams())))
+        hop.serving.add_done_callback(lambda _: self._gone(hop))
+        self._hops[peer] = hop
+        if self.on_connect is not None:
+            try:
+                hop.payment = await self.on_connect(peer)
+            except Exception as exc:  # noqa: BLE001 - any setup failure: drop this connection and redial
+                await peer.aclose(f"payment setup failed: {exc}")
+                await hop.serving
+                self.last_error = f"payment setup failed: {exc}"
+                return None
+        if peer.closed:  # lost during its setup
             self.last_error = peer.close_reason
-            log.warning("lost proxy %s:%d: %s", self.host, self.port, peer.close_reason)
+            return None
+        return hop
+
+    def _use(self, hop: Hop) -> Hop | None:
+        """Make ``hop`` the current connection; the one it replaces, if still open, finishes its
+        requests and closes. No await here: no request can find the link without a connection."""
+        replaced = self._hops.get(self.peer) if self.peer is not None else None
+        self.peer = hop.peer
+        self._connected.set()
+        if replaced is not None and not replaced.peer.closed:
+            task = asyncio.create_task(self._close_when_idle(replaced))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        return replaced
+
+    def _renew_in(self, hop: Hop, replaced: Hop | None) -> float | None:
+        """Seconds until ``hop`` is renewed; None when it is not (no expiry, too short-lived, or
+        a renewal that gained nothing: the proxy's evidence itself ends then)."""
+        expires_at = hop.peer.identity.expires_at
+        if expires_at is None:
+            return None
+        if replaced is not None and replaced.peer.identity.expires_at is not None:
+            if expires_at <= replaced.peer.identity.expires_at:
+                log.warning("proxy %s:%d: a fresh connection is trusted no longer than the old one; "
+                            "it will be cut when the proxy's evidence expires", self.host, self.port)  # fmt: skip
+                return None
+        lifetime = expires_at - time.time()
+        notice = expiry_notice(lifetime)
+        return None if notice is None else max(0.0, lifetime - notice)
+
+    async def _close_when_idle(self, hop: Hop) -> None:
+        """Close a replaced connection once every request and question sent on it has ended
+        (their vouchers have gone out by then); ``Peer`` cuts it at expiry otherwise."""
+        peer = hop.peer
+        while not peer.closed and (hop.awaiting or peer.open_streams):
+            await asyncio.sleep(IDLE_POLL)
+        await peer.aclose("replaced by a fresh connection")
+
+    def _gone(self, hop: Hop) -> None:
+        """A connection closed: what it had in flight can no longer end."""
+        self._hops.pop(hop.peer, None)
+        if hop.awaiting:
+            self._cut.update(dict.fromkeys(hop.awaiting, asyncio.get_running_loop().time()))
+        if self.peer is hop.peer:
+            self._connected.clear()
+            self.last_error = hop.peer.close_reason
 
     async def aclose(self) -> None:
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self.peer:
-            await self.peer.aclose("client stopping")
+        for task in list(self._closing):
+            task.cancel()
+        for hop in list(self._hops.values()):
+            await hop.peer.aclose("client stopping")
+
+
+def _expires_in(peer: Peer) -> float:
+    expires_at = peer.identity.expires_at
+    return 0.0 if expires_at is None else max(0.0, expires_at - time.time())
 
 
 class ProxyPool:

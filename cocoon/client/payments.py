@@ -21,6 +21,7 @@ from cocoon.keys import public_bytes
 from cocoon.payments.accounts import ClientAccounts
 from cocoon.payments.prices import PriceParams, prices_of, usage_cost
 from cocoon.payments.store import ChannelRow, PaymentStore
+from cocoon.payments.vouchers import SignedVoucher
 from cocoon.protocol.messages import Error, PayAccount, PayTerms, Voucher
 from cocoon.seal.usage import UsageRecord
 
@@ -143,8 +144,20 @@ class ClientPayments:
             if attempt == 0 and self.needs_deposit(pc):
                 await self.fund(pc)
                 continue
+            self._send_newer(peer, pc, last)
             return pc
         return pc
+
+    def _send_newer(self, peer: Peer, pc: ProxyChannel, named: ChannelRow | None) -> None:
+        """Send our newest voucher on the channel when it is newer than the one ``PayAccount``
+        named: we signed it meanwhile, for an answer on another connection to this proxy (the
+        one this connection renews), and it went out there. Sent here as well, it reaches the
+        proxy before any request we send on this connection, which no longer names that answer
+        as awaited. The proxy takes a voucher it already has as nothing new."""
+        newest = self.accounts.latest(pc.terms.channel)
+        named_seqno = named.seqno if named is not None and named.channel == pc.terms.channel else 0
+        if newest is not None and newest.voucher.seqno > named_seqno:
+            peer.send_nowait(_message(newest))
 
     async def fund(self, pc: ProxyChannel) -> None:
         """Deposit ``deposit`` into the channel (deploying it), raising the stake to the target."""
@@ -168,10 +181,12 @@ class ClientPayments:
         elif billed > cost:
             log.warning("the proxy billed %d nanoTON for an answer we price at %d; paying %d", billed, cost, cost)
         signed = self.accounts.pay(channel, record.request_id, cost, int(time.time()))
-        v = signed.voucher
-        return cost, Voucher(
-            channel=v.channel, seqno=v.seqno, amount=v.amount, expiry=v.expiry, signature=signed.signature
-        )
+        return cost, _message(signed)
 
     def spent(self) -> int:
         return sum(row.total for row in self.store.channels("client"))
+
+
+def _message(signed: SignedVoucher) -> Voucher:
+    v = signed.voucher
+    return Voucher(channel=v.channel, seqno=v.seqno, amount=v.amount, expiry=v.expiry, signature=signed.signature)

@@ -15,7 +15,7 @@ import msgspec
 from cocoon.attest.verifier import EvidenceVerifier
 from cocoon.channel.peer import Peer, PeerGone, Stream
 from cocoon.client.link import NoProxy, ProxyLink, ProxyPool
-from cocoon.client.payments import ClientPayments, PaymentSetupError
+from cocoon.client.payments import ClientPayments, PaymentSetupError, ProxyChannel
 from cocoon.client.sealing import (
     Candidate,
     PreparedSenders,
@@ -105,9 +105,11 @@ class Call:
         receipts: Receipts,
         link: ProxyLink | None = None,
         payments: ClientPayments | None = None,
+        paying: ProxyChannel | None = None,
     ) -> None:
         self.link = link
         self.payments = payments
+        self.paying = paying  # the payment channel attached on the connection it was sent on
         self.cost = 0
         self.kind = kind
         self.sealing = sealing
@@ -178,19 +180,19 @@ class Call:
         return message
 
     def pay(self, record: UsageRecord, billed: int = 0) -> None:
-        """Pay for a verified answer: the voucher goes out on the connection at once, before
-        anything else we send there and before the answer's end reaches the application (which
-        may stop the proxy next, as a test does), then the request stops counting as awaited."""
-        link, payments = self.link, self.payments
-        if link is not None and payments is not None and link.payment is not None and self.sealing.worker:
-            worker = self.sealing.worker
-            self.cost, voucher = payments.pay(link.payment.channel.account_id, record, worker.price_milli, billed)
-            self.stream.peer.send_at_once(voucher)
-        self.finished()
+        """Pay for a verified answer: the voucher goes out at once, before anything else we send
+        on that connection and before the answer's end reaches the application (which may stop
+        the proxy next, as a test does), then the request stops counting as awaited."""
+        link, payments, paying = self.link, self.payments, self.paying
+        if link is not None and payments is not None and paying is not None and self.sealing.worker:
+            channel = paying.channel.account_id
+            self.cost, voucher = payments.pay(channel, record, self.sealing.worker.price_milli, billed)
+            _voucher_peer(link, self.stream.peer, channel).send_at_once(voucher)
+        self.finished(delivered=True)
 
-    def finished(self) -> None:
+    def finished(self, *, delivered: bool = False) -> None:
         if self.link is not None:
-            self.link.awaiting.discard(self.sealing.request_id)
+            self.link.ended(self.stream.peer, self.sealing.request_id, delivered=delivered)
 
     async def abort(self, reason: str) -> None:
         """Give the request up: it no longer awaits its end (every later ``Open`` names the
@@ -308,9 +310,23 @@ class Call:
 def _awaiting(link: ProxyLink) -> list[bytes]:
     """The requests on ``link`` still awaiting their end, as an ``Open`` names them; a 429 when
     there are as many as an ``Open`` may name (the proxy drops a connection that names more)."""
-    if len(link.awaiting) >= MAX_AWAITING:
+    awaited = link.awaited()
+    if len(awaited) >= MAX_AWAITING:
         raise UpstreamError(ErrorCode.SATURATED, f"{MAX_AWAITING} requests are in flight on this proxy connection")
-    return sorted(link.awaiting)
+    return sorted(awaited)
+
+
+def _voucher_peer(link: ProxyLink, came_on: Peer, channel: bytes) -> Peer:
+    """Where the voucher for an answer that came on ``came_on`` goes: the link's current
+    connection when it pays into the same channel, since every later ``Open`` goes there too
+    and the proxy must have the voucher before it checks that ``Open`` (an answer that ended on
+    a replaced connection is no longer named as awaited); else the answer's own connection."""
+    current = link.peer
+    if current is not None and current is not came_on and not current.closed:
+        paying: ProxyChannel | None = link.payment_of(current)
+        if paying is not None and paying.channel.account_id == channel:
+            return current
+    return came_on
 
 
 def _offer(offer: WorkerOffer, prices: Prices) -> dict[str, Any]:
@@ -532,7 +548,8 @@ class ClientService:
         """The proxy wants payment: deposit (when configured to) and name the channel again."""
         assert self.payments is not None
         try:
-            link.payment = await self.payments.attach(await self._peer(link))
+            peer = await self._peer(link)
+            link.set_payment(peer, await self.payments.attach(peer))
         except PaymentSetupError as exc:
             raise UpstreamError(ErrorCode.PAYMENT_REQUIRED, str(exc)) from exc
 
@@ -568,7 +585,7 @@ class ClientService:
         # setups for the next request to these workers, made while this one waits for its answer
         # (after the request's frame is written, which was queued first)
         asyncio.get_running_loop().call_soon(self.prepared.refill, chosen)
-        link.awaiting.add(sealing.request_id)
+        link.sent(peer, sealing.request_id)
         return Call(
             kind,
             request,
@@ -579,6 +596,7 @@ class ClientService:
             self.receipts,
             link=link,
             payments=self.payments,
+            paying=link.payment_of(peer),
         )
 
     async def models(self) -> list[ModelInfo]:

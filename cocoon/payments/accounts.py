@@ -6,7 +6,9 @@ and move the resulting vouchers over their connections.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -28,6 +30,7 @@ WRITTEN_OFF_KEY = "written_off:"  # + a client channel's hex id: what reattaches
 # an honest client's rare write-offs (a broken connection, a proxy's crash) never add up to a
 # refusal, while one that never pays gets at most its stake.
 WRITE_OFF_ALLOWANCE = 0.01
+NO_CONNECTION = 0  # ``charge``'s client connection when it is not known
 
 
 def latest_voucher(row: ChannelRow, tag: int) -> SignedVoucher | None:
@@ -68,6 +71,10 @@ class ProxyAccounts:
         # per client channel: billed answers not yet covered by a voucher, as
         # (request id, cumulative total after it), oldest first
         self._uncovered: dict[bytes, deque[tuple[bytes, int]]] = {}
+        # per client channel: billed answers the client may still be waiting for, as request id →
+        # (cost, the client connection it went out on); what an ``Open`` does not name as
+        # awaited has ended at the client (``note_awaiting``)
+        self._pending: dict[bytes, dict[bytes, tuple[int, int]]] = {}
         # per client channel: nanoTON written off at its reattaches, ever (``reconcile``)
         self._written_off: dict[bytes, int] = {}
 
@@ -123,9 +130,19 @@ class ProxyAccounts:
                 return f"{what}: sign a voucher"
             return f"{what}: raise the channel's stake (cocoon wallet topup --stake)"
         uncovered = [rid for rid, _ in self._uncovered.get(channel, ()) if rid not in awaiting]
-        if uncovered:
+        # Vouchers cover the oldest answers first, but a client pays for answers in the order they
+        # reach it, which need not be the order we billed them in (answers ending together, or
+        # on two connections: one renewing the other). So what counts, when some answer looks
+        # uncovered, is whether more is unpaid than the answers it still awaits were billed.
+        if uncovered and row.unpaid > self._awaited_cost(channel, awaiting):
             return f"{len(uncovered)} delivered answer(s) are not covered by a voucher"
         return ""
+
+    def _awaited_cost(self, channel: bytes, awaiting: Collection[bytes]) -> int:
+        """What the billed answers among ``awaiting`` cost (those billed since this process
+        started: a restart is followed by a reattach, which settles what came before)."""
+        pending = self._pending.get(channel, {})
+        return sum(pending[rid][0] for rid in awaiting if rid in pending)
 
     def charge(
         self,
@@ -137,9 +154,11 @@ class ProxyAccounts:
         cost: int,
         commission: int,
         now: int,
+        connection: int = NO_CONNECTION,
     ) -> Charge:
         """Bill one answer to the client and credit the worker's share, in one transaction,
-        and sign the worker's new cumulative voucher. ``DuplicateRequest`` if already billed."""
+        and sign the worker's new cumulative voucher. ``DuplicateRequest`` if already billed.
+        ``connection`` names the client connection the answer goes out on."""
         share = cost - commission
         with self.store.transaction() as db:
             self.store.record_request(db, request_id, client_channel, cost, share, worker_channel, now)
@@ -149,7 +168,36 @@ class ProxyAccounts:
             signed = payout.sign(self.key)
             self.store.set_voucher(db, worker_channel, payout.seqno, payout.amount, payout.expiry, signed.signature)
         self._uncovered.setdefault(client_channel, deque()).append((request_id, client_total))
+        self._pending.setdefault(client_channel, {})[request_id] = (cost, connection)
         return Charge(cost, commission, signed)
+
+    def note_awaiting(
+        self, channel: bytes, awaiting: Collection[bytes], *, live: Collection[int], gone: Callable[[int], bool]
+    ) -> int:
+        """A client's ``Open`` names every request whose end it has not received, on all its
+        connections (``live`` names those open here). A billed answer it does not name, sent on
+        a connection still open, has ended there (paid for, or given up): it is forgotten. One
+        sent on a connection that is ``gone`` can no longer reach the client: what such answers
+        left unpaid is written off, as a reattach would (``reconcile``), for a client that stays
+        attached on another connection (it renewed the old one, which was cut at expiry with a
+        request longer than the renewal's notice, or broke). The nanoTON written off."""
+        pending = self._pending.get(channel)
+        if not pending:
+            return 0
+        lost: dict[bytes, int] = {}
+        for rid, (cost, connection) in list(pending.items()):
+            if connection in live:
+                if rid not in awaiting:
+                    del pending[rid]
+            elif gone(connection):
+                lost[rid] = cost
+                del pending[rid]
+        row = self.store.channel(channel) if lost else None  # (this runs for every request)
+        if row is None:
+            return 0
+        # at most what is unpaid beyond the answers still on their way (or that may still be)
+        held = sum(cost for cost, _ in pending.values())
+        return self._lower(channel, row, lost.items(), min(sum(lost.values()), row.unpaid - held))
 
     def accept_voucher(self, signed: SignedVoucher, now: int) -> int:
         """Take a client's voucher once it checks out; the amount it newly covers. It is
@@ -165,6 +213,12 @@ class ProxyAccounts:
         if row is None or row.role != "proxy_in":
             raise VoucherError("wrong_channel", "no such client channel")
         previous = latest_voucher(row, TAG_CLIENT_VOUCHER)
+        v = signed.voucher
+        if previous is not None and v.seqno <= previous.voucher.seqno and v.amount <= previous.voucher.amount:
+            # One we have, or an older one that came after it: a client with two connections to
+            # us (one renewing the other) may send them on both. Nothing new, if it is genuine.
+            check_next(None, signed, channel=channel, tag=TAG_CLIENT_VOUCHER, payer_key=row.peer_key, now=now)
+            return 0, row
         check_next(
             previous,
             signed,
@@ -174,7 +228,6 @@ class ProxyAccounts:
             now=now,
             min_validity=MIN_VALIDITY,
         )
-        v = signed.voucher
         if bill_up_to and row.total < v.amount:
             with self.store.transaction() as db:
                 self.store.set_voucher(db, channel, v.seqno, v.amount, v.expiry, signed.signature)
@@ -188,9 +241,12 @@ class ProxyAccounts:
             pending.popleft()
         return v.amount - row.amount, after
 
-    def reconcile(self, channel: bytes, newest: SignedVoucher | None, now: int) -> Reconciled:
+    def reconcile(
+        self, channel: bytes, newest: SignedVoucher | None, now: int, live: Collection[int] = frozenset()
+    ) -> Reconciled:
         """At a client's (re)attach, bring our books in line with the client's; ``newest`` is
-        the newest voucher it signed on this channel (None: none yet).
+        the newest voucher it signed on this channel (None: none yet); ``live`` names the client
+        connections still open (``charge``'s ``connection``).
 
         - A voucher newer than ours was lost in flight (we stopped after the client sent it and
           before we committed it): it is accepted after the checks every voucher gets, and
@@ -200,7 +256,10 @@ class ProxyAccounts:
         - Answers billed beyond the client's newest voucher never reached it (the connection
           broke between our commit and their end), so they are written off rather than charged.
           We cannot tell a broken connection from a client that broke it on purpose, so what a
-          channel had written off counts against its stake from then on (``refusal``).
+          channel had written off counts against its stake from then on (``refusal``). Answers
+          that went out on a connection still open and that the client may still await are
+          not: it renews its connection before our attestation expires in its eyes, attaches
+          on the fresh one while the old one still delivers, and pays for them as they end.
         """
         row = self.store.channel(channel)
         if row is None:
@@ -215,6 +274,16 @@ class ProxyAccounts:
         excess = row.total - row.amount
         if excess <= 0:
             return Reconciled(recovered=recovered, unbilled=unbilled)
+        pending = self._pending.get(channel, {})
+        in_flight = {rid: cost for rid, (cost, connection) in pending.items() if connection in live}
+        if in_flight:
+            # the rest, taken from what went out on connections now gone, then from the newest
+            # answers billed, but not from those in flight
+            gone = [(rid, cost) for rid, (cost, _) in pending.items() if rid not in in_flight]
+            newest_first = ((rid, cost) for rid, cost, _, _ in reversed(self.store.request_costs(channel)))
+            candidates = _unique(itertools.chain(gone, newest_first), skip=in_flight.keys())
+            written_off = self._lower(channel, row, candidates, excess - sum(in_flight.values()))
+            return Reconciled(recovered=recovered, unbilled=unbilled, written_off=written_off)
         never_delivered = [rid for rid, _ in self._rebuild(row)]
         before = self.written_off(channel)
         with self.store.transaction() as db:
@@ -224,8 +293,49 @@ class ProxyAccounts:
             self.store.add_meta(db, "written_off", excess)
             self.store.add_meta(db, WRITTEN_OFF_KEY + channel.hex(), excess)
         self._uncovered[channel] = deque()
+        self._pending.pop(channel, None)
         self._written_off[channel] = before + excess
         return Reconciled(recovered=recovered, unbilled=unbilled, written_off=excess)
+
+    def _lower(self, channel: bytes, row: ChannelRow, costs: Iterable[tuple[bytes, int]], amount: int) -> int:
+        """Write off ``amount`` nanoTON of what was billed on ``channel``, taken from the
+        requests of ``costs`` ((request id, its cost), in that order); what was written off."""
+        lowered: dict[bytes, int] = {}
+        left = amount
+        for rid, cost in costs:
+            if left <= 0:
+                break
+            if cost > 0:
+                lowered[rid] = min(cost, left)
+                left -= lowered[rid]
+        amount -= left
+        if amount <= 0:
+            return 0
+        before = self.written_off(channel)
+        with self.store.transaction() as db:
+            self.store.add_total(db, channel, -amount)
+            # kept (so the id is never billed again), at what is left of its cost
+            db.executemany(
+                "UPDATE requests SET cost = cost - ? WHERE request_id = ?", [(v, k) for k, v in lowered.items()]
+            )
+            self.store.add_meta(db, "written_off", amount)
+            self.store.add_meta(db, WRITTEN_OFF_KEY + channel.hex(), amount)
+        self._written_off[channel] = before + amount
+        pending = self._pending.get(channel, {})
+        for rid in lowered:
+            pending.pop(rid, None)
+        # the uncovered answers' running totals move down by what was written off before them;
+        # a request not among them was billed before all of them (its running total is covered)
+        uncovered = self._uncovered.get(channel, deque())
+        listed = {rid for rid, _ in uncovered}
+        shift = sum(v for k, v in lowered.items() if k not in listed)
+        moved: deque[tuple[bytes, int]] = deque()
+        for rid, total in uncovered:
+            shift += lowered.get(rid, 0)
+            if total - shift > row.amount:
+                moved.append((rid, total - shift))
+        self._uncovered[channel] = moved
+        return amount
 
     def client(self, channel: bytes) -> ChannelRow | None:
         return self.store.channel(channel)
@@ -233,6 +343,15 @@ class ProxyAccounts:
     def payout(self, worker_channel: bytes) -> SignedVoucher | None:
         row = self.store.channel(worker_channel)
         return latest_voucher(row, TAG_WORKER_VOUCHER) if row else None
+
+
+def _unique(items: Iterable[tuple[bytes, int]], skip: Collection[bytes]) -> Iterator[tuple[bytes, int]]:
+    """``items`` without those whose key is in ``skip`` or came before."""
+    seen = set(skip)
+    for key, value in items:
+        if key not in seen:
+            seen.add(key)
+            yield key, value
 
 
 class ClientAccounts:

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import sqlite3
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -23,7 +24,7 @@ from cocoon.chain.ledger import Ledger
 from cocoon.chain.registry import RegistryState
 from cocoon.chain.wallet import Wallet
 from cocoon.keys import public_bytes
-from cocoon.payments.accounts import Charge, ProxyAccounts, Rollback
+from cocoon.payments.accounts import NO_CONNECTION, Charge, ProxyAccounts, Rollback
 from cocoon.payments.prices import BillingPrices, PriceParams, prices_of, split
 from cocoon.payments.store import PaymentStore
 from cocoon.payments.vouchers import TAG_CLIENT_VOUCHER, SignedVoucher, VoucherError, commit_cell, sign_cell
@@ -126,8 +127,12 @@ class ProxyPayments:
 
     # --- clients ---
 
-    async def attach(self, client_key: bytes, request: PayAccount, first: bool) -> PayTerms:
-        """The channel between this client's wallet and ours, as the chain shows it."""
+    async def attach(
+        self, client_key: bytes, request: PayAccount, first: bool, live: Collection[int] = frozenset()
+    ) -> PayTerms:
+        """The channel between this client's wallet and ours, as the chain shows it. At the
+        ``first`` attach of a connection, the books are reconciled with the client's newest
+        voucher; ``live`` names the client connections still open (``ProxyAccounts.reconcile``)."""
         params = self.registry.params
         channel = Channel.client(
             self.ledger,
@@ -146,12 +151,12 @@ class ProxyPayments:
         if first:
             now = int(time.time())
             try:
-                done = self.accounts.reconcile(cid, client_voucher(cid, request), now)
+                done = self.accounts.reconcile(cid, client_voucher(cid, request), now, live)
             except VoucherError as exc:
                 # a claim that does not verify is worth nothing (it may name another of the
                 # client's channels): the books are reconciled as if it had named none
                 log.warning("client channel %s…: ignored the newest voucher it names: %s", cid.hex()[:16], exc)
-                done = self.accounts.reconcile(cid, None, now)
+                done = self.accounts.reconcile(cid, None, now, live)
             self._flush_soon()  # a recovered voucher is staged like any other
             if done.recovered:
                 log.info("client channel %s…: a voucher lost in flight covers %d nanoTON more",
@@ -181,7 +186,17 @@ class ProxyPayments:
             seqno=row.seqno,
         )
 
-    def refusal(self, channel_id: bytes | None, awaiting: list[bytes]) -> str:
+    def note_open(
+        self, channel_id: bytes, awaiting: Collection[bytes], live: Collection[int], gone: Callable[[int], bool]
+    ) -> None:
+        """A client's ``Open`` named the requests it awaits, over all its connections
+        (``ProxyAccounts.note_awaiting``)."""
+        lost = self.accounts.note_awaiting(channel_id, awaiting, live=live, gone=gone)
+        if lost:
+            log.warning("client channel %s…: %d nanoTON billed on a connection that closed before its "
+                        "client received it; not charged", channel_id.hex()[:16], lost)  # fmt: skip
+
+    def refusal(self, channel_id: bytes | None, awaiting: Collection[bytes]) -> str:
         if channel_id is None or channel_id not in self.clients:
             return "this proxy takes payment: attach a payment channel first"
         state = self.clients[channel_id].state
@@ -192,11 +207,22 @@ class ProxyPayments:
         if state.stake < self.registry.params.min_client_stake:
             return f"the channel's stake {state.stake} is below the minimum {self.registry.params.min_client_stake}"
         return self.accounts.refusal(
-            channel_id, awaiting=set(awaiting), stake=state.stake, available=state.balance + state.redeemed
+            channel_id,
+            awaiting=awaiting if isinstance(awaiting, set) else set(awaiting),
+            stake=state.stake,
+            available=state.balance + state.redeemed,
         )
 
-    def charge(self, channel_id: bytes, worker_key: bytes, record: UsageRecord, price_milli: int) -> Charge | None:
-        """Bill one verified answer; None when the worker has no payout channel yet."""
+    def charge(
+        self,
+        channel_id: bytes,
+        worker_key: bytes,
+        record: UsageRecord,
+        price_milli: int,
+        connection: int = NO_CONNECTION,
+    ) -> Charge | None:
+        """Bill one verified answer, delivered on client ``connection``; None when the worker
+        has no payout channel yet."""
         worker = self.workers.get(worker_key)
         if worker is None:
             return None
@@ -211,6 +237,7 @@ class ProxyPayments:
             cost=cost,
             commission=commission,
             now=int(time.time()),
+            connection=connection,
         )
 
     def accept_voucher(self, message: Voucher) -> int:

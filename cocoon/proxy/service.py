@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import logging
 import math
 import random
@@ -25,12 +26,12 @@ from cocoon.chain.errors import ChainError
 from cocoon.chain.registry import RegistryState, RegistryWatcher, policy_from_registry
 from cocoon.channel.attested import AttestedVerifier
 from cocoon.channel.connect import HandshakeFailed, accept
-from cocoon.channel.peer import Peer, PeerGone
+from cocoon.channel.peer import Peer, PeerGone, expiry_notice
 from cocoon.channel.tls import load_certificate, server_context
 from cocoon.channel.verify import ANY_KEY, PeerVerifier
 from cocoon.config import ConfigError, ProxySettings, connection_options, data_dir, split_address
 from cocoon.keys import parse_public_key, public_bytes
-from cocoon.payments.accounts import Rollback
+from cocoon.payments.accounts import NO_CONNECTION, Rollback
 from cocoon.payments.store import DuplicateRequest, PaymentStore
 from cocoon.payments.vouchers import VoucherError
 from cocoon.protocol.errors import ErrorCode, LocalProtocolError
@@ -65,6 +66,9 @@ from cocoon.status import write_status
 
 log = logging.getLogger("cocoon.proxy")
 
+# What a client awaits on a connection closed this long ago is written off (``_gone``)
+CLOSED_WRITE_OFF_DELAY = 2.0
+MAX_CLOSED_REMEMBERED = 10_000  # recently closed client connections kept, before the older are forgotten
 MAX_ATTEMPTS = 3  # a request whose worker fails before its first chunk is retried, twice at most
 SAVE_EVERY = 10.0  # seconds between saves of the reputation file
 # errors caused by the request, not by the worker: they neither count against it nor retry
@@ -86,10 +90,8 @@ WORKER_CODES = CLIENT_FAULTS | {
     ErrorCode.CONNECTION_LOST,
 }
 MAX_BUCKETS = 10_000  # clients' rate buckets kept before the refilled ones are forgotten
-EXPIRY_NOTICE = 60.0  # seconds before a worker's evidence expires that it gets no new requests
 WORKER_LIST_BUDGET = DEFAULT_MAX_FRAME - 64 * 1024  # bytes of offers in one worker list
 OFFER_OVERHEAD = 512  # bytes an offer takes besides its evidence, at most
-MIN_NOTICE_LIFETIME = 2.0  # a connection trusted for less is let run out without a redial
 
 
 class Attempt(enum.Enum):
@@ -147,6 +149,12 @@ class Proxy:
         # client connection → its payment channel; keyed by the Peer itself, since an id() can
         # be reused by the next connection once this one is gone
         self._client_channels: dict[Peer, bytes] = {}
+        # open client connection → its number, never reused: the books note the connection each
+        # answer went out on, so that a reattach on another one does not write it off
+        self._client_numbers: dict[Peer, int] = {}
+        self._live_numbers: set[int] = set()
+        self._closed_at: dict[int, float] = {}  # client connection number → when it closed (loop time)
+        self._numbering = itertools.count(1)
         self._background: list[asyncio.Task[None]] = []
         self.stopped = asyncio.Event()  # set when the proxy must stop (a rollback was detected)
         self._closing = False
@@ -339,10 +347,10 @@ class Proxy:
         self.worker_peers[id(peer)] = peer
         expiring: asyncio.TimerHandle | None = None
         lifetime = peer.identity.expires_at - time.time() if peer.identity.expires_at is not None else 0.0
-        if lifetime > MIN_NOTICE_LIFETIME:  # (shorter: evidence at its very end, that no redial renews)
+        notice = expiry_notice(lifetime)
+        if notice is not None:
             # The connection ends when the worker's evidence expires (``Peer``): stop routing to
             # it a little before, and ask it to redial, so that no request is cut at expiry.
-            notice = min(EXPIRY_NOTICE, lifetime / 4)
             expiring = asyncio.get_running_loop().call_later(max(0.0, lifetime - notice), self._expiring, peer)
         try:
             await peer.serve(handler)
@@ -433,6 +441,8 @@ class Proxy:
     # --- clients -----------------------------------------------------------------------------
 
     async def _serve_client(self, peer: Peer) -> None:
+        number = self._client_numbers[peer] = next(self._numbering)
+        self._live_numbers.add(number)
         try:
             await peer.serve(_ClientHandler(self))
         finally:
@@ -440,7 +450,24 @@ class Proxy:
                 if peer_id == id(peer):
                     task.cancel()
             self._client_channels.pop(peer, None)
+            self._client_closed(self._client_numbers.pop(peer))
             log.info("%s disconnected: %s", peer.label, peer.close_reason)
+
+    def _client_closed(self, number: int) -> None:
+        self._live_numbers.discard(number)
+        now = asyncio.get_running_loop().time()
+        if len(self._closed_at) >= MAX_CLOSED_REMEMBERED:  # older ones are gone anyway
+            self._closed_at = {n: t for n, t in self._closed_at.items() if now - t < CLOSED_WRITE_OFF_DELAY}
+        self._closed_at[number] = now
+
+    def _gone(self, number: int) -> bool:
+        """Whether client connection ``number`` closed long enough ago that an answer which went
+        out on it and was not paid for never reached its client (one that did, just before, is
+        paid for within this delay, on the client's other connection)."""
+        if number in self._live_numbers:
+            return False
+        closed_at = self._closed_at.get(number)
+        return closed_at is None or asyncio.get_running_loop().time() - closed_at >= CLOSED_WRITE_OFF_DELAY
 
     def admit(self, client: Peer, message: Open) -> Error | None:
         """The per-client limits: concurrency, request rate, max_tokens cap."""
@@ -472,7 +499,11 @@ class Proxy:
         if self.payments is not None:
             if self.payments.store.request_billed(message.request_id):
                 return Error(stream_id=sid, code=ErrorCode.BAD_REQUEST, message="this request id was already served")
-            refusal = self.payments.refusal(self._client_channels.get(client), message.awaiting)
+            channel = self._client_channels.get(client)
+            awaiting = set(message.awaiting)
+            if channel is not None:
+                self.payments.note_open(channel, awaiting, self._live_numbers, self._gone)
+            refusal = self.payments.refusal(channel, awaiting)
             if refusal:
                 return Error(stream_id=sid, code=ErrorCode.PAYMENT_REQUIRED, message=refusal)
         return None
@@ -491,7 +522,9 @@ class Proxy:
             return
         first = client not in self._client_channels
         try:
-            terms = await self.payments.attach(client.identity.public_key, message, first)
+            # answers that went out on the client's other open connections are not written off:
+            # it may be renewing one of them, which still delivers its answers (and is paid for them)
+            terms = await self.payments.attach(client.identity.public_key, message, first, self._live_numbers)
         except Rollback as exc:
             self._rollback(exc)
             await _send_quietly(client, Error(stream_id=sid, code=ErrorCode.INTERNAL, message="proxy unavailable"))
@@ -747,7 +780,8 @@ class Proxy:
         if self.payments is None or channel is None:
             return 0
         try:
-            charge = self.payments.charge(channel, worker.identity.public_key, record, price_milli)
+            connection = self._client_numbers.get(client, NO_CONNECTION)
+            charge = self.payments.charge(channel, worker.identity.public_key, record, price_milli, connection)
         except DuplicateRequest:
             log.warning("request %s… was billed already; not billing it again", record.request_id.hex()[:8])
             return 0

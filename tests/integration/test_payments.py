@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import shutil
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -260,12 +262,13 @@ def test_a_client_that_never_pays_and_reattaches_gets_answers_written_off_only_u
 
 
 def _written_off(net: Network) -> int:
+    """What the proxy wrote off on the client's channel, ever."""
     conn = sqlite3.connect(f"file:{net.root / 'proxy-payments.db'}?mode=ro", uri=True)
     try:
-        (value,) = conn.execute("SELECT value FROM meta WHERE key LIKE 'written_off:%'").fetchone()
+        found = conn.execute("SELECT value FROM meta WHERE key LIKE 'written_off:%'").fetchone()
     finally:
         conn.close()
-    return int(value)
+    return int(found[0]) if found else 0
 
 
 def test_a_proxy_killed_mid_stream_loses_no_voucher_and_charges_nothing_twice(chain: Chain, tmp_path: Path) -> None:
@@ -316,6 +319,65 @@ def test_a_voucher_lost_in_flight_is_recovered_when_the_client_reattaches(chain:
         wait_until(lambda: rows(net.root / "proxy-payments.db", "proxy_in")[0]["seqno"] == client["seqno"], what="v")
         (proxy_in,) = rows(net.root / "proxy-payments.db", "proxy_in")
         assert proxy_in["amount"] == proxy_in["total"] == client["amount"] == client["total"]
+    finally:
+        net.stop()
+
+
+@pytest.mark.parametrize("client_module", ["cocoon", "tests.integration.slow_reading_client"])
+def test_no_request_is_cut_or_written_off_when_the_proxys_attestation_expires_for_the_client(
+    chain: Chain, tmp_path: Path, client_module: str
+) -> None:
+    # The client trusts the proxy's evidence for 8 s here (3600 by default): its connection must
+    # end then. 2 s before, the client dials a fresh connection, attaches its channel there,
+    # sends new requests there, and closes the old one once the answers it carries have ended
+    # and are paid for. Two callers keep requests in flight on the old one across each switch;
+    # the slow-reading client takes each answer's end half a second after the proxy billed it,
+    # so that its attach on the fresh connection comes while answers on the old one are billed
+    # and not yet paid (the proxy must not write them off).
+    policy = tmp_path / "client-policy.toml"
+    policy.write_text('mode = "development"\ntees = ["sim"]\nmax_cache_seconds = 8\n'
+                      '[proxy]\nimage_hashes = "*"\nmodel_hashes = "*"\n'
+                      '[worker]\nimage_hashes = "*"\nmodel_hashes = "*"\n')  # fmt: skip
+    net = Network(tmp_path / "net", workers=0, chain=chain, client={"policy": str(policy)}, client_module=client_module)
+    try:
+        net.start_worker(1, fault="slow:0.05")  # about half a second per answer below
+        net.wait_workers(1)
+        deadline = time.monotonic() + 20  # past two expiries
+
+        def caller(n: int) -> int:
+            answered = 0
+            with httpx.Client(base_url=net.url, timeout=30) as http:
+                while time.monotonic() < deadline:
+                    messages = [{"role": "user", "content": "Say hi."}]
+                    # (at temperature 0: sampled, an answer's usage may claim a ninth token, which
+                    # the client refuses as more than max_tokens; an engine matter, not this one's)
+                    body = {"model": MODEL, "messages": messages, "max_tokens": 8, "stream": True, "temperature": 0}
+                    with http.stream("POST", "/chat/completions", json=body) as answer:
+                        assert answer.status_code == 200, answer.read()
+                        text = "".join(answer.iter_text())
+                    assert "[DONE]" in text and '"error"' not in text, text[-300:]
+                    answered += 1
+            return answered
+
+        with ThreadPoolExecutor(2) as pool:
+            answered = sum(pool.map(caller, range(2)))
+        assert answered >= 16
+        client = net.nodes["client"].log
+        renewals = re.findall(r"renewed the connection to proxy \S+; the old one closes once its (\d+)", client)
+        assert len(renewals) >= 2 and any(int(n) > 0 for n in renewals)  # requests in flight across a switch
+        assert "lost proxy" not in client and "attestation expired" not in client
+
+        paid = receipts(net)
+        assert len(paid) == answered
+        delivered = sum(r["cost_nanoton"] for r in paid)
+        (mine,) = rows(net.root / "client-payments.db", "client")
+        assert mine["total"] == mine["amount"] == delivered > 0 and mine["seqno"] == answered
+        wait_until(lambda: rows(net.root / "proxy-payments.db", "proxy_in")[0]["amount"] == delivered, what="v")
+        (proxy_in,) = rows(net.root / "proxy-payments.db", "proxy_in")
+        # every answer billed was paid, on whichever connection it ended: nothing written off
+        assert proxy_in["total"] == proxy_in["amount"] == delivered
+        assert _written_off(net) == 0
+        assert "refused its voucher" not in net.nodes["proxy"].log
     finally:
         net.stop()
 

@@ -148,6 +148,9 @@ class LinkDouble:
     def __init__(self) -> None:
         self.awaiting: set[bytes] = set()
 
+    def ended(self, peer: object, request_id: bytes, *, delivered: bool = False) -> None:
+        self.awaiting.discard(request_id)
+
 
 async def test_a_caller_that_leaves_a_non_streamed_request_no_longer_awaits_its_end() -> None:
     """Every later request names the ones still awaited, and the proxy refuses more than 1,024:

@@ -32,6 +32,9 @@ class LinkDouble:
     def record(self, ok: bool, latency: float = 0.0) -> None:
         self.outcomes.append(ok)
 
+    def awaited(self) -> set[bytes]:
+        return self.awaiting
+
 
 @dataclass
 class CallDouble:

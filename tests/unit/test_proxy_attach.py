@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
+import pytest
+
 from cocoon.channel.peer import Peer
 from cocoon.channel.verify import PeerIdentity
 from cocoon.protocol.messages import PayAccount, PayTerms
@@ -20,7 +22,7 @@ class SlowPayments:
     def __init__(self) -> None:
         self.gate = asyncio.Event()
 
-    async def attach(self, client_key: bytes, request: PayAccount, first: bool) -> PayTerms:
+    async def attach(self, client_key: bytes, request: PayAccount, first: bool, live: object = ()) -> PayTerms:
         await self.gate.wait()
         return PayTerms(stream_id=request.stream_id, root=b"r" * 32, proxy_wallet=b"w" * 32, close_delay=3600,
                         channel=CHANNEL, min_stake=1, exists=True, balance=10, stake=1, redeemed=0, charged=0,
@@ -44,6 +46,7 @@ async def test_a_client_gone_while_its_channel_was_read_keeps_no_channel() -> No
     payments = SlowPayments()
     proxy.payments = cast(ProxyPayments, payments)
     proxy._client_channels = {}
+    proxy._live_numbers = set()
     client = ClosingClient()
     attach = asyncio.create_task(proxy._attach(cast(Peer, client), PayAccount(stream_id=1, wallet=b"a" * 32)))
     await asyncio.sleep(0.01)
@@ -56,3 +59,20 @@ async def test_a_client_gone_while_its_channel_was_read_keeps_no_channel() -> No
     attach = asyncio.create_task(proxy._attach(cast(Peer, live), PayAccount(stream_id=1, wallet=b"a" * 32)))
     await attach
     assert proxy._client_channels == {cast(Peer, live): CHANNEL} and isinstance(live.sent[0], PayTerms)
+
+
+async def test_what_a_client_awaits_on_a_closed_connection_is_lost_only_once_it_had_time_to_arrive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An answer that reached the client just before its connection closed is paid for (and no
+    longer awaited) within ``CLOSED_WRITE_OFF_DELAY``: only then is one it still awaits lost."""
+    from cocoon.proxy import service
+
+    proxy = Proxy.__new__(Proxy)
+    proxy._live_numbers = {1, 2}
+    proxy._closed_at = {}
+    assert not proxy._gone(1) and proxy._gone(7)  # open; closed long ago (or never seen)
+    proxy._client_closed(1)
+    assert not proxy._gone(1) and not proxy._gone(2)
+    monkeypatch.setattr(service, "CLOSED_WRITE_OFF_DELAY", 0.0)
+    assert proxy._gone(1) and not proxy._gone(2)

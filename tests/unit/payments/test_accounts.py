@@ -111,8 +111,14 @@ def test_the_proxy_refuses_bad_vouchers(
         proxy.accept_voucher(short, NOW)  # expires before the proxy could redeem it
     assert caught.value.code == "expired"
     proxy.accept_voucher(good, NOW)
+    # again, or an older one after it (a client renewing its connection sends on both): nothing new
+    assert proxy.accept_voucher(good, NOW) == 0
     with pytest.raises(VoucherError) as caught:
-        proxy.accept_voucher(good, NOW)  # replayed
+        proxy.accept_voucher(forged, NOW)  # but it must be genuine
+    assert caught.value.code == "bad_signature"
+    bolder = Voucher(TAG_CLIENT_VOUCHER, CLIENT_CHANNEL, 1, 800, NOW + 10**7).sign(keys["client"])
+    with pytest.raises(VoucherError) as caught:
+        proxy.accept_voucher(bolder, NOW)  # an old seqno for more
     assert caught.value.code == "stale"
     lower = Voucher(TAG_CLIENT_VOUCHER, CLIENT_CHANNEL, 2, 600, NOW + 10**7).sign(keys["client"])
     with pytest.raises(VoucherError) as caught:
@@ -279,3 +285,58 @@ def test_what_reattaches_wrote_off_counts_against_the_stake_for_good(
     other = b"\x05" * 32  # another client channel starts with nothing written off
     restarted.open_client(other, public_bytes(keys["client"]))
     assert restarted.refusal(other, awaiting=set(), stake=100, available=10**10) == ""
+
+
+def bill_on(proxy: ProxyAccounts, keys: dict[str, Ed25519PrivateKey], rid: bytes, cost: int, connection: int) -> None:
+    proxy.charge(request_id=rid, client_channel=CLIENT_CHANNEL, worker_channel=WORKER_CHANNEL,
+                 worker_key=public_bytes(keys["worker"]), cost=cost, commission=0, now=NOW,
+                 connection=connection)  # fmt: skip
+
+
+def test_a_client_renewing_its_connection_is_not_written_off_or_refused_for_what_the_old_one_delivers(
+    books: tuple[ProxyAccounts, ClientAccounts], keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    """A client renews its connection before the proxy's attestation expires: it attaches on
+    the fresh connection while answers billed on the old one are on their way to it, and pays
+    for them as they arrive, in whatever order they come. What went out on a connection that
+    is gone and was not paid for is written off, and nothing else."""
+    proxy, client = books
+    old, fresh, third = 1, 2, 3
+    r1, r2, r3, r4, r5, r6 = (bytes([i]) * 16 for i in range(1, 7))
+    bill_on(proxy, keys, r1, 100, old)
+    bill_on(proxy, keys, r2, 50, old)
+    assert proxy.reconcile(CLIENT_CHANNEL, None, NOW, live={old, fresh}) == Reconciled()  # the fresh attach
+    paid_r1 = client.pay(CLIENT_CHANNEL, r1, 100, NOW)
+    bill_on(proxy, keys, r3, 30, fresh)
+    paid_r3 = client.pay(CLIENT_CHANNEL, r3, 30, NOW)
+    assert proxy.accept_voucher(paid_r3, NOW) == 130  # it came on the fresh connection first
+    assert proxy.accept_voucher(paid_r1, NOW) == 0  # the older one, from the old connection, is no error
+    # r2 is on its way on the old connection: a request on the fresh one that names it is served,
+    # though r3, billed after it, was paid before it
+    assert proxy.note_awaiting(CLIENT_CHANNEL, {r2}, live={old, fresh}, gone=lambda c: False) == 0
+    assert proxy.refusal(CLIENT_CHANNEL, awaiting={r2}, stake=10**9, available=10**10) == ""
+    # the old connection is cut before r2 reaches the client: not written off while it may still
+    # be paid for (it just closed), then written off, whether the client still names it or not
+    assert proxy.note_awaiting(CLIENT_CHANNEL, {r2}, live={fresh}, gone=lambda c: False) == 0
+    assert proxy.note_awaiting(CLIENT_CHANNEL, set(), live={fresh}, gone=lambda c: c == old) == 50
+    row = proxy.client(CLIENT_CHANNEL)
+    assert row is not None and (row.total, row.amount) == (130, 130) and proxy.written_off(CLIENT_CHANNEL) == 50
+    assert proxy.refusal(CLIENT_CHANNEL, awaiting=set(), stake=10**9, available=10**10) == ""
+
+    # the next renewal: r4 was given up (the client names it no more and never pays it), r5 is on
+    # its way on the open connection: only r4 is written off
+    bill_on(proxy, keys, r4, 40, fresh)
+    assert proxy.note_awaiting(CLIENT_CHANNEL, {r5}, live={fresh}, gone=lambda c: c == old) == 0
+    bill_on(proxy, keys, r5, 7, fresh)
+    assert proxy.reconcile(CLIENT_CHANNEL, None, NOW, live={fresh, third}) == Reconciled(written_off=40)
+    assert proxy.refusal(CLIENT_CHANNEL, awaiting={r5}, stake=10**9, available=10**10) == ""
+    proxy.accept_voucher(client.pay(CLIENT_CHANNEL, r5, 7, NOW), NOW)
+    # r6 reaches the client just before its connection closes, and is paid on the next one
+    bill_on(proxy, keys, r6, 20, fresh)
+    proxy.accept_voucher(client.pay(CLIENT_CHANNEL, r6, 20, NOW), NOW)
+    assert proxy.note_awaiting(CLIENT_CHANNEL, set(), live={third}, gone=lambda c: c != third) == 0
+    row = proxy.client(CLIENT_CHANNEL)
+    assert row is not None and (row.total, row.amount) == (157, 157) and proxy.written_off(CLIENT_CHANNEL) == 90
+    assert proxy.refusal(CLIENT_CHANNEL, awaiting=set(), stake=10**9, available=10**10) == ""
+    # the requests' costs still add up to the total (a restarted proxy rebuilds from them)
+    assert sum(cost for _, cost, _, _ in proxy.store.request_costs(CLIENT_CHANNEL)) == 157
