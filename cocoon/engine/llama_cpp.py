@@ -50,10 +50,14 @@ def _metered_llama_class() -> type:
 
     class MeteredLlama(llama_cpp.Llama):
         """Counts the prompt and every non end-of-generation token the sampler yields: the
-        same tokens llama-cpp-python reports as usage for non-streamed answers."""
+        same tokens llama-cpp-python reports as usage for non-streamed answers. Stops at
+        ``max_completion`` of them: llama-cpp-python checks ``max_tokens`` only after a token
+        that completes a UTF-8 character, so one that leaves a character unfinished at the limit
+        drew another (9 tokens for ``max_tokens`` 8), which a client rightly refuses to pay for."""
 
         prompt_count = 0
         completion_count = 0
+        max_completion: int | None = None
         cancel: threading.Event | None = None
 
         def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:  # type: ignore[override]
@@ -64,6 +68,8 @@ def _metered_llama_class() -> type:
                 if self.cancel is not None and self.cancel.is_set():
                     return
                 if not llama_cpp.llama_vocab_is_eog(vocab, token):
+                    if self.max_completion is not None and self.completion_count >= self.max_completion:
+                        return  # (the character left unfinished is dropped, as at any cut)
                     self.completion_count += 1
                 yield token
 
@@ -122,6 +128,7 @@ class LlamaCppEngine:
         out: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
         llama.cancel = cancel
+        llama.max_completion = request.params.get("max_tokens")
         params = {**OPENAI_DEFAULTS, **request.params}
         if "messages" in params:
             params["messages"] = text_messages(params["messages"])

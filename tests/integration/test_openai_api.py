@@ -78,6 +78,32 @@ def test_streamed_usage_equals_non_streamed_usage(client: openai.OpenAI) -> None
 
 
 @pytest.mark.parametrize("stream", [False, True])
+def test_max_tokens_is_never_exceeded_when_the_limit_falls_inside_a_character(
+    client: openai.OpenAI, stream: bool
+) -> None:
+    # An emoji takes several byte tokens: llama-cpp-python checks max_tokens only once a token
+    # completes a character, so at these limits it drew one or two more, and the client refused
+    # the receipt (502 bad_receipt) of an answer it had already streamed.
+    prompt = [{"role": "user", "content": "Write three emojis: 🙂🚀🎉"}]
+    for limit in (7, 9):
+        if stream:
+            chunks = list(
+                client.chat.completions.create(
+                    model=MODEL,
+                    messages=prompt,
+                    max_tokens=limit,
+                    temperature=0,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+            )
+            usage = chunks[-1].usage
+        else:
+            usage = client.chat.completions.create(model=MODEL, messages=prompt, max_tokens=limit, temperature=0).usage
+        assert usage is not None and usage.completion_tokens == limit
+
+
+@pytest.mark.parametrize("stream", [False, True])
 def test_max_tokens_is_exact(client: openai.OpenAI, stream: bool) -> None:
     prompt = [{"role": "user", "content": "Write a long story about a dragon."}]
     if stream:
