@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +28,12 @@ class NoProxy(Exception):
 
 IDLE_POLL = 0.05  # seconds between checks whether a replaced connection has requests left
 # A request on a connection that closed before its end stays named in ``Open.awaiting`` this long:
-# the proxy may have billed it just before, and writes such an answer off only once it has seen
-# that connection close (at once, or after ``dead_after`` when the network failed silently);
-# until then a request that did not name it would be refused for an answer delivered and unpaid.
+# the proxy may have billed it just before, and writes such an answer off once it has seen that
+# connection close (at once, or after ``dead_after`` when the network failed silently) and the
+# client no longer names it; until then a request that did not name it would be refused for an
+# answer delivered and unpaid, or (the close not yet seen) it would count as delivered.
 CUT_NAMED = 60.0
+MAX_CUT_NAMED = 256  # requests cut with their connection that are named, at most
 
 
 @dataclass(eq=False)
@@ -125,6 +127,8 @@ class ProxyLink:
             hop.awaiting.discard(request_id)
         if delivered:  # (its end came before the connection closed)
             self._cut.pop(request_id, None)
+        elif peer.closed:  # its stream learnt of the close before this link did (``_gone``)
+            self._note_cut([request_id])
 
     def awaited(self) -> set[bytes]:
         """The requests whose end has not come, over all this link's connections: the proxy
@@ -246,10 +250,20 @@ class ProxyLink:
         """A connection closed: what it had in flight can no longer end."""
         self._hops.pop(hop.peer, None)
         if hop.awaiting:
-            self._cut.update(dict.fromkeys(hop.awaiting, asyncio.get_running_loop().time()))
+            self._note_cut(hop.awaiting)
         if self.peer is hop.peer:
             self._connected.clear()
             self.last_error = hop.peer.close_reason
+
+    def _note_cut(self, request_ids: Iterable[bytes]) -> None:
+        """Name these requests, cut with their connection, for ``CUT_NAMED`` more seconds; the
+        newest ``MAX_CUT_NAMED`` at most, so that a cut never leaves the next ``Open`` too many to
+        name (the proxy writes off an answer it billed that a client does not name, after its
+        connection closed: right for one that never came)."""
+        now = asyncio.get_running_loop().time()
+        self._cut.update(dict.fromkeys(request_ids, now))
+        while len(self._cut) > MAX_CUT_NAMED:
+            del self._cut[next(iter(self._cut))]
 
     async def aclose(self) -> None:
         if self._task:

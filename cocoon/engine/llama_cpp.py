@@ -183,13 +183,16 @@ def text_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Messages whose content is a list of parts, with the parts joined into one string: the
     model's chat template takes a string only (a list failed the request). Only text parts, and
     an assistant's refusal parts, get this far (``check_messages``); they are joined with a
-    newline, as vLLM does."""
+    newline, as vLLM does. A message without content (an assistant's tool calls, a function
+    message) gets an empty one, which the template concatenates instead of failing on."""
     joined: list[dict[str, Any]] = []
     for message in messages:
         content = message.get("content")
         if isinstance(content, list):
             text = "\n".join(str(part.get("text") or part.get("refusal") or "") for part in content)
             message = {**message, "content": text}
+        elif content is None:
+            message = {**message, "content": ""}
         joined.append(message)
     return joined
 

@@ -177,10 +177,12 @@ class ProxyAccounts:
         """A client's ``Open`` names every request whose end it has not received, on all its
         connections (``live`` names those open here). A billed answer it does not name, sent on
         a connection still open, has ended there (paid for, or given up): it is forgotten. One
-        sent on a connection that is ``gone`` can no longer reach the client: what such answers
-        left unpaid is written off, as a reattach would (``reconcile``), for a client that stays
-        attached on another connection (it renewed the old one, which was cut at expiry with a
-        request longer than the renewal's notice, or broke). The nanoTON written off."""
+        sent on a connection that is ``gone`` can no longer reach the client: once the client no
+        longer names it (it names one cut with its connection for a while, since its end may
+        have arrived unread), what such answers left unpaid is written off, as a reattach would
+        (``reconcile``), for a client that stays attached on another connection (it renewed the
+        old one, which was cut at expiry with a request longer than the renewal's notice, or
+        broke). The nanoTON written off."""
         pending = self._pending.get(channel)
         if not pending:
             return 0
@@ -189,7 +191,7 @@ class ProxyAccounts:
             if connection in live:
                 if rid not in awaiting:
                     del pending[rid]
-            elif gone(connection):
+            elif rid not in awaiting and gone(connection):  # (named: its end may yet be read)
                 lost[rid] = cost
                 del pending[rid]
         row = self.store.channel(channel) if lost else None  # (this runs for every request)
@@ -279,10 +281,17 @@ class ProxyAccounts:
         if in_flight:
             # the rest, taken from what went out on connections now gone, then from the newest
             # answers billed, but not from those in flight
+            rest = excess - sum(in_flight.values())
+            if rest <= 0:  # (a renewal's usual case: nothing but what is in flight is unpaid)
+                return Reconciled(recovered=recovered, unbilled=unbilled)
             gone = [(rid, cost) for rid, (cost, _) in pending.items() if rid not in in_flight]
-            newest_first = ((rid, cost) for rid, cost, _, _ in reversed(self.store.request_costs(channel)))
-            candidates = _unique(itertools.chain(gone, newest_first), skip=in_flight.keys())
-            written_off = self._lower(channel, row, candidates, excess - sum(in_flight.values()))
+
+            def newest_first() -> Iterator[tuple[bytes, int]]:  # read only if ``gone`` falls short
+                for rid, cost, _, _ in reversed(self.store.request_costs(channel)):
+                    yield rid, cost
+
+            candidates = _unique(itertools.chain(gone, newest_first()), skip=in_flight.keys())
+            written_off = self._lower(channel, row, candidates, rest)
             return Reconciled(recovered=recovered, unbilled=unbilled, written_off=written_off)
         never_delivered = [rid for rid, _ in self._rebuild(row)]
         before = self.written_off(channel)

@@ -242,6 +242,22 @@ def test_text_content_parts_are_served(client: openai.OpenAI) -> None:
     assert answer.usage is not None and answer.usage.completion_tokens == 3
 
 
+def test_a_history_with_tool_calls_and_no_content_is_served(client: openai.OpenAI) -> None:
+    # the model's chat template concatenates every message's content: a missing one failed it,
+    # as an engine error counted against the workers, for anyone who sent such a history
+    call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+    answer = client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "user", "content": "What is the weather in Paris?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "Sunny, 21 °C."},
+        ],  # type: ignore[list-item,misc]
+        max_tokens=3,
+    )
+    assert answer.usage is not None and answer.usage.completion_tokens == 3
+
+
 def test_raw_http_errors(network: Network) -> None:
     with httpx.Client(base_url=network.url, timeout=30) as http:
         malformed = http.post("/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"})

@@ -150,3 +150,24 @@ async def test_a_request_cut_with_its_connection_stays_named_as_awaited_for_a_wh
     finally:
         await link.aclose()
         await proxy.aclose()
+
+
+async def test_a_request_whose_stream_learns_of_the_close_before_the_link_stays_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A closing connection fails its streams first, so the caller's request ends (undelivered)
+    while the link still counts it on that connection: it must be named all the same."""
+    proxy = ProxyDouble()
+    monkeypatch.setattr(link_module, "dial", proxy.dial)
+    link = ProxyLink("127.0.0.1", 1, key=Ed25519PrivateKey.generate(), verifier=cast(PeerVerifier, None))
+    link.start()
+    try:
+        first = await link.get(timeout=5)
+        link.sent(first, b"cut" * 5 + b"!")
+        first.closed = True  # the moment between its streams' failure and the link's noticing
+        link.ended(first, b"cut" * 5 + b"!")
+        assert link.awaited() == {b"cut" * 5 + b"!"}
+        first.closed = False  # (so that it is really closed below)
+    finally:
+        await link.aclose()
+        await proxy.aclose()

@@ -21,7 +21,7 @@ def test_content_parts_are_joined_and_other_messages_kept_as_they_are() -> None:
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Name three\ncolours."},
         {"role": "assistant", "content": "I cannot."},
-        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function"}]},
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function"}], "content": ""},
         {"role": "user", "content": "Why?"},
     ]
     assert isinstance(messages[1]["content"], list)  # the caller's messages are not changed

@@ -316,8 +316,10 @@ def test_a_client_renewing_its_connection_is_not_written_off_or_refused_for_what
     assert proxy.note_awaiting(CLIENT_CHANNEL, {r2}, live={old, fresh}, gone=lambda c: False) == 0
     assert proxy.refusal(CLIENT_CHANNEL, awaiting={r2}, stake=10**9, available=10**10) == ""
     # the old connection is cut before r2 reaches the client: not written off while it may still
-    # be paid for (it just closed), then written off, whether the client still names it or not
+    # be paid for (it just closed, or the client still names it: its end may have come unread),
+    # then written off
     assert proxy.note_awaiting(CLIENT_CHANNEL, {r2}, live={fresh}, gone=lambda c: False) == 0
+    assert proxy.note_awaiting(CLIENT_CHANNEL, {r2}, live={fresh}, gone=lambda c: c == old) == 0
     assert proxy.note_awaiting(CLIENT_CHANNEL, set(), live={fresh}, gone=lambda c: c == old) == 50
     row = proxy.client(CLIENT_CHANNEL)
     assert row is not None and (row.total, row.amount) == (130, 130) and proxy.written_off(CLIENT_CHANNEL) == 50
