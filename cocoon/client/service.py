@@ -4,6 +4,7 @@ into OpenAI responses. HTTP details stay in ``api``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -128,6 +129,8 @@ class Call:
         self._model_raw = msgspec.Raw(_json.encode(request.model))
         # run once the caller has the first answer (the service's deferred work: not before it)
         self.after_first_answer: Callable[[], None] | None = None
+        self._ended = False  # no longer awaited (``finished``)
+        self._aborting = False
 
     def _first_answered(self) -> None:
         hook, self.after_first_answer = self.after_first_answer, None
@@ -191,13 +194,23 @@ class Call:
         self.finished(delivered=True)
 
     def finished(self, *, delivered: bool = False) -> None:
-        if self.link is not None:
+        """The request is no longer awaited (the first call says how it ended)."""
+        if self.link is not None and not self._ended:
             self.link.ended(self.stream.peer, self.sealing.request_id, delivered=delivered)
+        self._ended = True
 
     async def abort(self, reason: str) -> None:
         """Give the request up: it no longer awaits its end (every later ``Open`` names the
         requests still awaited, and the proxy refuses more than 1,024 of them), and the proxy
-        stops it."""
+        stops it. An answer whose end has already arrived is settled first, checked and paid:
+        the proxy has billed it, and a caller that left just as it ended (one that stops reading
+        at the finish reason) would otherwise leave it unpaid, which the proxy refuses further
+        requests for."""
+        if not self._aborting:
+            self._aborting = True
+            with contextlib.suppress(UpstreamError):  # (an answer that does not check out is not paid)
+                while (message := self.stream.receive_nowait()) is not None:
+                    await self._open(message)
         self.finished()
         if not self.stream.closed:
             await self.stream.cancel(reason)

@@ -10,6 +10,7 @@ from typing import Any, cast
 import pytest
 
 from cocoon.client.api import _disconnected, _unless_disconnected
+from cocoon.protocol.messages import Data
 
 
 class CallerDouble:
@@ -180,3 +181,68 @@ async def test_a_caller_that_leaves_a_non_streamed_request_no_longer_awaits_its_
     assert await asyncio.wait_for(work, 5) is None
     assert link.awaiting == set()
     assert any(isinstance(m, Cancel) for m in peer.sent)
+
+
+class PaymentsDouble:
+    """Test double of the client's books: records the answers it is asked to pay for."""
+
+    def __init__(self) -> None:
+        self.paid: list[bytes] = []
+
+    def pay(self, channel: bytes, record: Any, price_milli: int, billed: int) -> tuple[int, object]:
+        self.paid.append(record.request_id)
+        return 7, Data(stream_id=0, payload=b"voucher")  # any message stands for the voucher
+
+
+class PayingLinkDouble(LinkDouble):
+    """A link whose connection pays into one channel."""
+
+    peer = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.delivered: list[bool] = []
+
+    def ended(self, peer: object, request_id: bytes, *, delivered: bool = False) -> None:
+        super().ended(peer, request_id, delivered=delivered)
+        self.delivered.append(delivered)
+
+
+async def test_a_caller_that_leaves_once_the_answers_end_has_come_still_pays_for_it() -> None:
+    """The proxy billed it when it relayed the end; dropped unpaid with the cancelled stream, it
+    would leave the channel with an answer delivered and not covered, and the proxy refuses the
+    next requests for that until the client attaches again."""
+    from types import SimpleNamespace
+
+    from cocoon.channel.peer import Peer, Stream
+    from cocoon.client.sealing import Receipts
+    from cocoon.client.service import Call
+    from cocoon.openai.schemas import parse_request
+    from cocoon.protocol.messages import Cancel
+    from tests.unit.seal.test_receipts import Setup, end
+    from tests.unit.test_peer_relay import FakePeer
+
+    setup = Setup(max_tokens=None)
+    peer = FakePeer()
+    sent_at_once: list[object] = []
+    peer.send_at_once = sent_at_once.append  # type: ignore[attr-defined]
+    stream = Stream(cast(Peer, peer), 1)
+    peer._streams = {1: stream}
+    link, payments = PayingLinkDouble(), PaymentsDouble()
+    paying = SimpleNamespace(channel=SimpleNamespace(account_id=b"\x01" * 32))
+    request = parse_request("chat", b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true}')
+    call = Call(
+        "chat", request, stream, 5.0, 10.0, setup.call, Receipts(),
+        link=cast(Any, link), payments=cast(Any, payments), paying=cast(Any, paying),
+    )  # fmt: skip
+    link.awaiting.add(setup.call.request_id)
+    receipt = setup.receipt()
+    # the last chunk reached the caller, which left; the sealed receipt and the end came meanwhile
+    stream.queue.put_nowait(Data(stream_id=1, payload=setup.sealer.seal(b'{"choices": []}')))
+    stream.queue.put_nowait(Data(stream_id=1, payload=setup.sealer.seal(receipt, final=True)))
+    stream.queue.put_nowait(end(receipt))
+    stream.closed = True  # (the end closes the stream)
+    await call.abort("caller disconnected")
+    assert payments.paid == [setup.call.request_id] and len(sent_at_once) == 1
+    assert link.awaiting == set() and link.delivered == [True]
+    assert not any(isinstance(m, Cancel) for m in peer.sent)  # nothing left to stop
