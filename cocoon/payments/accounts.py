@@ -201,6 +201,20 @@ class ProxyAccounts:
         held = sum(cost for cost, _ in pending.values())
         return self._lower(channel, row, lost.items(), min(sum(lost.values()), row.unpaid - held))
 
+    def give_up(self, channel: bytes, request_id: bytes) -> int:
+        """The client cancelled a request whose answer was billed before the end reached it (its
+        cancel and the end crossed): it never gets the receipt, so it cannot pay. What the
+        answer left unpaid is written off, and counts against the stake as every write-off does
+        (a client that cancels after taking the end only moves its free answers from unpaid to
+        written off). The nanoTON written off; 0 for an answer billed before this process
+        started (a reattach settles those)."""
+        pending = self._pending.get(channel)
+        billed = pending.get(request_id) if pending else None
+        row = self.store.channel(channel) if billed is not None else None
+        if billed is None or row is None:
+            return 0
+        return self._lower(channel, row, [(request_id, billed[0])], min(billed[0], row.unpaid))
+
     def accept_voucher(self, signed: SignedVoucher, now: int) -> int:
         """Take a client's voucher once it checks out; the amount it newly covers. It is
         written with the next transaction (``PaymentStore.stage_voucher``): call

@@ -186,6 +186,14 @@ class ProxyPayments:
             seqno=row.seqno,
         )
 
+    def given_up(self, channel_id: bytes, request_id: bytes) -> None:
+        """The client gave up a request whose answer we billed before it could take the end
+        (``ProxyAccounts.give_up``)."""
+        lost = self.accounts.give_up(channel_id, request_id)
+        if lost:
+            log.warning("client channel %s…: %d nanoTON billed for an answer its client gave up before its "
+                        "end arrived; not charged", channel_id.hex()[:16], lost)  # fmt: skip
+
     def note_open(
         self, channel_id: bytes, awaiting: Collection[bytes], live: Collection[int], gone: Callable[[int], bool]
     ) -> None:

@@ -68,6 +68,7 @@ log = logging.getLogger("cocoon.proxy")
 
 # What a client awaits on a connection closed this long ago is written off (``_gone``)
 CLOSED_WRITE_OFF_DELAY = 2.0
+MAX_BILLED_ENDS = 64  # answers billed last per client connection, kept for a cancel that crosses their end
 MAX_CLOSED_REMEMBERED = 10_000  # recently closed client connections kept, before the older are forgotten
 MAX_ATTEMPTS = 3  # a request whose worker fails before its first chunk is retried, twice at most
 SAVE_EVERY = 10.0  # seconds between saves of the reputation file
@@ -155,6 +156,7 @@ class Proxy:
         self._live_numbers: set[int] = set()
         self._closed_at: dict[int, float] = {}  # client connection number → when it closed (loop time)
         self._numbering = itertools.count(1)
+        self._billed: dict[Peer, dict[int, bytes]] = {}  # per client connection: ``_billed_ends``
         self._background: list[asyncio.Task[None]] = []
         self.stopped = asyncio.Event()  # set when the proxy must stop (a rollback was detected)
         self._closing = False
@@ -450,6 +452,7 @@ class Proxy:
                 if peer_id == id(peer):
                     task.cancel()
             self._client_channels.pop(peer, None)
+            self._billed.pop(peer, None)
             self._client_closed(self._client_numbers.pop(peer))
             log.info("%s disconnected: %s", peer.label, peer.close_reason)
 
@@ -573,6 +576,21 @@ class Proxy:
         task = self._relays.pop((id(client), stream_id), None)
         if task is not None:
             task.cancel()
+        # A client that takes an answer's end never cancels its stream after it: one that does
+        # gave the request up before the end reached it (its cancel and our end crossed), and
+        # cannot pay without the receipt the end carries. Written off, as at a reattach.
+        request_id = self._billed.get(client, {}).pop(stream_id, None)
+        channel = self._client_channels.get(client)
+        if request_id is not None and channel is not None and self.payments is not None:
+            self.payments.given_up(channel, request_id)
+
+    def _billed_ends(self, client: Peer) -> dict[int, bytes]:
+        """The client's streams whose answer was billed last (stream id → request id), the
+        newest ``MAX_BILLED_ENDS``: a cancel that crosses the end comes within a round trip."""
+        billed = self._billed.setdefault(client, {})
+        while len(billed) >= MAX_BILLED_ENDS:
+            del billed[next(iter(billed))]
+        return billed
 
     async def _relay(self, client: Peer, request: Open) -> None:
         sid = request.stream_id
@@ -709,6 +727,8 @@ class Proxy:
                         await client.send(Error(stream_id=sid, code=ErrorCode.BAD_RECEIPT, message=problem))
                         return Attempt.DONE
                     cost = self._bill(client, worker, record, entry.offer.price_milli)
+                    if cost:
+                        self._billed_ends(client)[sid] = record.request_id
                     end = End(
                         stream_id=sid,
                         usage=message.usage,

@@ -76,3 +76,29 @@ async def test_what_a_client_awaits_on_a_closed_connection_is_lost_only_once_it_
     assert not proxy._gone(1) and not proxy._gone(2)
     monkeypatch.setattr(service, "CLOSED_WRITE_OFF_DELAY", 0.0)
     assert proxy._gone(1) and not proxy._gone(2)
+
+
+class GivingUpPayments:
+    """Test double for the proxy's payments: records the answers written off as given up."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[bytes, bytes]] = []
+
+    def given_up(self, channel: bytes, request_id: bytes) -> None:
+        self.calls.append((channel, request_id))
+
+
+def test_a_cancel_that_crosses_a_billed_end_gives_that_answer_up() -> None:
+    proxy = Proxy.__new__(Proxy)  # only the cancel path is exercised
+    payments = GivingUpPayments()
+    proxy.payments = cast(ProxyPayments, payments)
+    proxy._relays = {}
+    proxy._billed = {}
+    client = cast(Peer, ClosingClient())
+    proxy._client_channels = {client: CHANNEL}
+    proxy._billed_ends(client)[5] = b"r" * 16  # as ``_relay_to`` notes it when it bills the end
+    proxy.cancel_relay(client, 7)  # a stream still running, or unknown: nothing billed
+    assert payments.calls == []
+    proxy.cancel_relay(client, 5)
+    proxy.cancel_relay(client, 5)  # (once)
+    assert payments.calls == [(CHANNEL, b"r" * 16)]

@@ -342,3 +342,30 @@ def test_a_client_renewing_its_connection_is_not_written_off_or_refused_for_what
     assert proxy.refusal(CLIENT_CHANNEL, awaiting=set(), stake=10**9, available=10**10) == ""
     # the requests' costs still add up to the total (a restarted proxy rebuilds from them)
     assert sum(cost for _, cost, _, _ in proxy.store.request_costs(CLIENT_CHANNEL)) == 157
+
+
+def test_an_answer_whose_client_gave_it_up_before_its_end_came_is_written_off_and_counted(
+    books: tuple[ProxyAccounts, ClientAccounts], keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    """Its cancel crossed the end: the client never got the receipt and cannot pay. Left as it
+    was, the answer stayed delivered-and-unpaid in the books, and every later request was
+    refused until the client attached again."""
+    proxy, client = books
+    kept, given_up = b"k" * 16, b"g" * 16
+    bill(proxy, keys, kept, 100)
+    bill(proxy, keys, given_up, 40)
+    proxy.accept_voucher(client.pay(CLIENT_CHANNEL, kept, 100, NOW), NOW)
+    assert "not covered" in proxy.refusal(CLIENT_CHANNEL, awaiting=set(), stake=10**9, available=10**10)
+    assert proxy.give_up(CLIENT_CHANNEL, given_up) == 40
+    assert proxy.refusal(CLIENT_CHANNEL, awaiting=set(), stake=10**9, available=10**10) == ""
+    row = proxy.client(CLIENT_CHANNEL)
+    assert row is not None and (row.total, row.amount) == (100, 100)
+    assert proxy.written_off(CLIENT_CHANNEL) == 40  # against the stake, as every write-off
+    assert proxy.give_up(CLIENT_CHANNEL, given_up) == 0  # once
+    assert proxy.give_up(CLIENT_CHANNEL, kept) == 0  # a paid answer has nothing to write off
+    # a client that cancels after each end instead of paying is refused once its stake is used up
+    for i in range(3):
+        rid = bytes([i]) * 16
+        bill(proxy, keys, rid, 100)
+        proxy.give_up(CLIENT_CHANNEL, rid)
+    assert "written off" in proxy.refusal(CLIENT_CHANNEL, awaiting=set(), stake=300, available=10**10)
