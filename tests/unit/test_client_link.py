@@ -54,12 +54,17 @@ class ProxyDouble:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
+def dialing_link(monkeypatch: pytest.MonkeyPatch) -> tuple[ProxyDouble, ProxyLink]:
+    """A link (not started) whose dials reach a ``ProxyDouble``."""
+    proxy = ProxyDouble()
+    monkeypatch.setattr(link_module, "dial", proxy.dial)
+    return proxy, ProxyLink("127.0.0.1", 1, key=Ed25519PrivateKey.generate(), verifier=cast(PeerVerifier, None))
+
+
 async def test_the_link_renews_its_connection_before_the_proxys_attestation_expires(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    proxy = ProxyDouble()
-    monkeypatch.setattr(link_module, "dial", proxy.dial)
-    link = ProxyLink("127.0.0.1", 1, key=Ed25519PrivateKey.generate(), verifier=cast(PeerVerifier, None))
+    proxy, link = dialing_link(monkeypatch)
     set_up: list[tuple[Peer, Peer | None]] = []  # (connection set up, the link's current one then)
 
     async def on_connect(peer: Peer) -> str:
@@ -121,9 +126,7 @@ async def test_a_request_cut_with_its_connection_stays_named_as_awaited_for_a_wh
     """The proxy may have billed it just before, and writes such an answer off only once it
     has seen that connection close: an ``Open`` that did not name it meanwhile would be refused
     for an answer 'delivered' and unpaid."""
-    proxy = ProxyDouble()
-    monkeypatch.setattr(link_module, "dial", proxy.dial)
-    link = ProxyLink("127.0.0.1", 1, key=Ed25519PrivateKey.generate(), verifier=cast(PeerVerifier, None))
+    proxy, link = dialing_link(monkeypatch)
     link.start()
 
     async def cut(peer: Peer) -> Peer:
@@ -157,9 +160,7 @@ async def test_a_request_whose_stream_learns_of_the_close_before_the_link_stays_
 ) -> None:
     """A closing connection fails its streams first, so the caller's request ends (undelivered)
     while the link still counts it on that connection: it must be named all the same."""
-    proxy = ProxyDouble()
-    monkeypatch.setattr(link_module, "dial", proxy.dial)
-    link = ProxyLink("127.0.0.1", 1, key=Ed25519PrivateKey.generate(), verifier=cast(PeerVerifier, None))
+    proxy, link = dialing_link(monkeypatch)
     link.start()
     try:
         first = await link.get(timeout=5)
