@@ -19,7 +19,8 @@ from cocoon.seal.request import seal_request, sealed_hash
 from cocoon.seal.response import ChunkOpener
 from cocoon.seal.usage import UsageRecord, verify_usage
 
-MAX_PREPARED = 64  # sender setups kept ready, one per worker key
+PER_KEY = 4  # sender setups kept ready per worker key: a burst of this many seals without X25519
+MAX_PREPARED = 256  # sender setups kept ready in all
 
 
 class SealingFailed(Exception):
@@ -52,40 +53,54 @@ def verified_candidates(
 
 
 class PreparedSenders:
-    """Sender setups made ahead of requests, one per worker key at most: sealing a request then
-    costs no X25519 operation on its way out for a worker seen before. Each setup is taken for
-    one request only (a fresh ephemeral key per request, as HPKE requires) and made again while
-    that request waits for its answer. Bounded: the oldest go first."""
+    """Sender setups made ahead of requests, up to ``per_key`` per worker key: sealing a request
+    then costs no X25519 operation on its way out for a worker seen before, also for the
+    requests of a burst (four arriving at once used to make three setups on their way out,
+    while the first still needed the cores to reach the worker). Each setup is taken for one
+    request only (a fresh ephemeral key per request, as HPKE requires) and made again once the
+    request has gone. Bounded: the keys used longest ago go first."""
 
-    def __init__(self, limit: int = MAX_PREPARED) -> None:
+    def __init__(self, limit: int = MAX_PREPARED, per_key: int = PER_KEY) -> None:
         self.limit = limit
-        self._ready: dict[tuple[bytes, bytes], SenderSetup] = {}  # (worker id, HPKE key) → setup
+        self.per_key = per_key
+        self._ready: dict[tuple[bytes, bytes], list[SenderSetup]] = {}  # (worker id, HPKE key) → setups
+        self._count = 0
 
     def __len__(self) -> int:
-        return len(self._ready)
+        return self._count
 
     def take(self, candidates: list[Candidate]) -> dict[bytes, SenderSetup]:
-        """The ready setups for these candidates, by worker id, removed from the store."""
+        """A ready setup for each of these candidates that has one, by worker id, removed from
+        the store."""
         taken = {}
         for c in candidates:
-            setup = self._ready.pop((c.worker_id, c.hpke_key), None)
-            if setup is not None:
-                taken[c.worker_id] = setup
+            setups = self._ready.get((c.worker_id, c.hpke_key))
+            if setups:
+                taken[c.worker_id] = setups.pop()
+                self._count -= 1
         return taken
 
     def refill(self, candidates: list[Candidate]) -> None:
-        """Make a setup for each of these candidates that has none (about 80 µs each)."""
+        """Make setups for these candidates up to ``per_key`` each (about 80 µs each)."""
         for c in candidates:
             key = (c.worker_id, c.hpke_key)
-            if key in self._ready:
-                continue
-            try:
-                setup = prepare_sender(c.hpke_key)
-            except SealError:
-                continue  # not an X25519 key: sealing to it fails, and says so, when it is chosen
-            self._ready[key] = setup
-            while len(self._ready) > self.limit:
-                del self._ready[next(iter(self._ready))]
+            setups = self._ready.pop(key, [])
+            self._ready[key] = setups  # (last: the most recently used)
+            while len(setups) < self.per_key:
+                try:
+                    setups.append(prepare_sender(c.hpke_key))
+                except SealError:
+                    break  # not an X25519 key: sealing to it fails, and says so, when it is chosen
+                self._count += 1
+            if not setups:
+                del self._ready[key]
+        while self._count > self.limit:  # the setups of the keys used longest ago go first
+            oldest = next(iter(self._ready))
+            setups = self._ready[oldest]
+            setups.pop()
+            self._count -= 1
+            if not setups:
+                del self._ready[oldest]
 
 
 class SealedCall:

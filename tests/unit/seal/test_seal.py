@@ -206,7 +206,7 @@ def test_usage_records_are_signed_and_checked() -> None:
 def test_a_sender_setup_made_ahead_seals_one_request_only() -> None:
     worker, other = Worker(), Worker()
     candidates = [Candidate(worker.id, worker.public, b"m" * 32), Candidate(other.id, other.public, b"m" * 32)]
-    prepared = PreparedSenders(limit=4)
+    prepared = PreparedSenders(limit=4, per_key=1)
     prepared.refill(candidates[:1])
     assert len(prepared) == 1
     first = SealedCall("chat", BODY, candidates, None, prepared)
@@ -220,11 +220,35 @@ def test_a_sender_setup_made_ahead_seals_one_request_only() -> None:
             assert body == BODY and request.request_id == call.request_id
 
 
+def test_a_burst_of_requests_to_one_worker_is_sealed_with_setups_made_ahead() -> None:
+    worker = Worker()
+    candidates = [Candidate(worker.id, worker.public, b"m" * 32)]
+    prepared = PreparedSenders(per_key=4)
+    prepared.refill(candidates)
+    prepared.refill(candidates)  # topped up, never beyond per_key
+    assert len(prepared) == 4
+    made_ahead = {setup.enc for setup in prepared.take(candidates * 1).values()}
+    prepared.refill(candidates)
+    ready = [prepared.take(candidates)[worker.id] for _ in range(3)]
+    made_ahead |= {setup.enc for setup in ready}
+    prepared.refill(candidates)
+    burst = [SealedCall("chat", BODY, candidates, None, prepared) for _ in range(5)]
+    assert len(prepared) == 0
+    encs = [decode_sealed(call.sealed).keys[0].enc for call in burst]
+    assert len(set(encs)) == 5  # one ephemeral key per request, the fifth made on the spot
+    assert not made_ahead & set(encs)  # a setup taken once is never used again
+    for call in burst:
+        request, body, _ = open_request(call.sealed, worker_id=worker.id, hpke_key=worker.recipient)
+        assert body == BODY and request.request_id == call.request_id
+
+
 def test_prepared_sender_setups_are_bounded_and_follow_key_changes() -> None:
     workers = [Worker() for _ in range(5)]
-    prepared = PreparedSenders(limit=3)
+    prepared = PreparedSenders(limit=6, per_key=2)
     prepared.refill([Candidate(w.id, w.public, b"m" * 32) for w in workers])
-    assert len(prepared) == 3  # the oldest went
+    assert len(prepared) == 6  # those of the keys used longest ago went
+    assert prepared.take([Candidate(workers[0].id, workers[0].public, b"m" * 32)]) == {}
+    assert len(prepared.take([Candidate(w.id, w.public, b"m" * 32) for w in workers[2:]])) == 3
     rotated = Worker()
     rotated.id = workers[-1].id  # the same worker with a new HPKE key: the old setup does not serve it
     assert prepared.take([Candidate(rotated.id, rotated.public, b"m" * 32)]) == {}
