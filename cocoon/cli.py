@@ -233,6 +233,13 @@ def worker(
     capacity: Annotated[
         int | None, typer.Option(help="Most requests served at once (llama_cpp loads one model instance per slot).")
     ] = None,
+    queue: Annotated[
+        int | None,
+        typer.Option(help="Requests beyond --capacity that wait in the worker for a free slot (announced with it)."),
+    ] = None,
+    queue_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a request may wait for a slot before it is refused as saturated.")
+    ] = None,
     price_coefficient: Annotated[
         float | None, typer.Option(help="Multiplier on the network's per-token price that this worker asks.")
     ] = None,
@@ -286,6 +293,8 @@ def worker(
                 engine_model=engine_model,
                 engine_api_key=engine_api_key,
                 capacity=capacity,
+                queue=queue,
+                queue_timeout=queue_timeout,
                 price_coefficient=price_coefficient,
                 threads=threads,
                 n_ctx=n_ctx,

@@ -20,6 +20,12 @@ PREFERENCES: tuple[Preference, ...] = ("balanced", "cheapest", "fastest")
 # gets traffic, gets measured, and keeps traffic only if it earns it.
 UNMEASURED_TTFT = 0.05  # seconds
 UNMEASURED_SPEED = 500.0  # tokens per second
+EXPLORE = 0.05
+"""Share of the requests routed by measured speed (``balanced``, ``fastest``) that go to an
+eligible worker picked at random: the worse of two choices never wins, so without it the worker
+measured worst (perhaps on one bad moment, and kept across restarts) would get no traffic, and
+no new measurement, for as long as the others are there. ``cheapest`` ranks by announced
+prices, which need no measuring."""
 
 
 def score(entry: WorkerEntry, stats: WorkerStats, preference: Preference) -> float:
@@ -53,9 +59,13 @@ def choose(
 ) -> int:
     """Index of the chosen entry: the better of two random picks (power of two choices). A
     caller who asked for ``cheapest`` or ``fastest`` gets the best worker outright half of the
-    time, so the preference dominates while every worker still gets some traffic."""
+    time, so the preference dominates while every worker still gets some traffic; a share
+    ``EXPLORE`` of the requests routed by speed goes to any of them, so that each keeps being
+    measured."""
     if len(entries) == 1:
         return 0
+    if preference != "cheapest" and rng.random() < EXPLORE:
+        return rng.randrange(len(entries))
     if preference != "balanced" and rng.random() < 0.5:
         return min(range(len(entries)), key=lambda i: score(entries[i], stats[i], preference))
     first, second = rng.sample(range(len(entries)), 2)

@@ -200,3 +200,18 @@ def test_split_address(address: str, expected: tuple[str, int]) -> None:
 def test_split_address_port_out_of_range() -> None:
     with pytest.raises(ConfigError, match="out of range"):
         split_address("host:65536")
+
+
+def test_the_worker_command_takes_its_queue_from_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from cocoon.cli import app
+
+    started: list[WorkerSettings] = []
+    monkeypatch.setattr("cocoon.run.run_worker", started.append)
+    monkeypatch.setattr("cocoon.run.setup_logging", lambda *args, **kwargs: None)
+    result = CliRunner().invoke(app, ["worker", "--engine", "benchmark", "--queue", "3", "--queue-timeout", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert [(s.queue, s.queue_timeout) for s in started] == [(3, 0.5)]
+    result = CliRunner().invoke(app, ["worker", "--engine", "benchmark", "--queue", "-1"])
+    assert result.exit_code != 0 and "queue" in result.output and not started[1:]

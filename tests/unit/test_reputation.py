@@ -8,7 +8,7 @@ from pathlib import Path
 from cocoon.protocol.messages import Announce
 from cocoon.proxy.reputation import FAILURES_TO_SUSPEND, SUSPEND_BASE, Reputation, WorkerStats
 from cocoon.proxy.router import WorkerEntry
-from cocoon.proxy.scoring import choose, raw_score, score
+from cocoon.proxy.scoring import EXPLORE, choose, raw_score, score
 
 
 def test_non_streamed_answers_measure_speed_over_the_whole_request() -> None:
@@ -78,10 +78,39 @@ def test_two_choices_favour_the_best_but_spread_the_load() -> None:
     counts = [0] * 4
     for _ in range(2000):
         counts[choose(entries, stats, "fastest", rng)] += 1
-    assert counts[0] > counts[1] > counts[2] > counts[3] == 0  # the slowest never wins a pair
+    assert counts[0] > counts[1] > counts[2] > counts[3] > 0
+    # the slowest never wins a pair: what it gets is the exploration share, so it is measured again
+    assert counts[3] < 2000 * EXPLORE / 4 * 1.5
     assert 2000 * 0.6 < counts[0] < 2000 * 0.85  # the fastest dominates but does not take all
     balanced = [0] * 4
     for _ in range(2000):
         balanced[choose(entries, stats, "balanced", rng)] += 1
     assert balanced[0] < 2000 * 0.6 and balanced[2] > 0  # balanced spreads more
     assert choose(entries[:1], stats[:1], "fastest", rng) == 0
+
+
+def test_a_worker_measured_slow_once_is_measured_again_and_wins_back_its_traffic() -> None:
+    """One slow measurement (a bad moment) must not cost a worker its traffic for ever: the
+    worst of two choices never wins, so only the exploration share measures it again."""
+    rep, rng = Reputation(), random.Random(3)
+    entries = [entry(i, 1.0) for i in range(3)]
+    real_ttft = [0.05, 0.2, 0.3]  # worker 0 is the fastest
+    rep.success("w0", ttft=2.0, tokens=2, duration=2.1)  # ... but its one measurement was slow
+    for key, ttft in (("w1", 0.2), ("w2", 0.3)):
+        rep.success(key, ttft=ttft, tokens=2, duration=ttft + 0.1)
+    counts = [0] * 3
+    for _ in range(2000):
+        chosen = choose(entries, [rep.stats(f"w{i}") for i in range(3)], "fastest", rng)
+        counts[chosen] += 1
+        rep.success(f"w{chosen}", ttft=real_ttft[chosen], tokens=2, duration=real_ttft[chosen] + 0.1)
+    assert counts[0] == max(counts) and counts[0] > 2000 * 0.6, counts
+
+
+def test_cheapest_goes_by_the_announced_price_without_exploring() -> None:
+    entries = [entry(i, 1.0 + i) for i in range(3)]
+    stats = [WorkerStats(ttft=0.1, tokens_per_second=100) for _ in range(3)]
+    rng = random.Random(5)
+    counts = [0] * 3
+    for _ in range(2000):
+        counts[choose(entries, stats, "cheapest", rng)] += 1
+    assert counts[2] == 0 and counts[0] > counts[1]  # the dearest never wins a pair
