@@ -36,7 +36,7 @@ from cocoon.channel.peer import Peer, PeerGone
 from cocoon.config import ConfigError, PeerPin, WorkerSettings, connection_options, split_address
 from cocoon.engine.base import Chunk, Engine, EngineError, EngineRequest, Finished
 from cocoon.keys import parse_public_key, public_bytes
-from cocoon.openai.schemas import InvalidRequest, Request, engine_params, parse_request
+from cocoon.openai.schemas import InvalidRequest, engine_params, parse_request
 from cocoon.payments.store import PaymentStore
 from cocoon.payments.vouchers import VoucherError
 from cocoon.protocol.errors import ErrorCode
@@ -313,6 +313,10 @@ class Worker:
                 peer, Error(stream_id=sid, code=ErrorCode.BAD_REQUEST, message=f"the request is not valid{where}")
             )
             return
+        # made before the wait for a slot, which they then do not lengthen: the engine idles
+        # from the slot's release until the next request is handed to it
+        sealer = ChunkSealer(secret, sealed.request_id)
+        engine_request = EngineRequest(kind=message.kind, params=engine_params(request), stream=message.stream)
         try:
             async with asyncio.timeout(self.settings.queue_timeout):
                 await self._slots.acquire()
@@ -321,7 +325,7 @@ class Worker:
             return
         slot = _Slot(self._slots)
         try:
-            await self._run(peer, message, sealed.request_id, request, secret, started, started_ms, slot)
+            await self._run(peer, message, sealed.request_id, engine_request, sealer, started, started_ms, slot)
         finally:
             slot.release()
 
@@ -330,16 +334,14 @@ class Worker:
         peer: Peer,
         message: Open,
         request_id: bytes,
-        request: Request,
-        secret: bytes,
+        engine_request: EngineRequest,
+        sealer: ChunkSealer,
         started: float,
         started_ms: int,
         slot: _Slot,
     ) -> None:
         """Run an opened request on the engine, which has a slot for it."""
         sid = message.stream_id
-        sealer = ChunkSealer(secret, request_id)
-        engine_request = EngineRequest(kind=message.kind, params=engine_params(request), stream=message.stream)
         events = self.engine.generate(engine_request)
         engine_started = time.monotonic()
         first_chunk = -1.0  # seconds from handing the request to the engine to its first chunk
