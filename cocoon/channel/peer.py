@@ -354,13 +354,13 @@ class Peer:
                 self.conn.receive_data(data, self._loop.time())
                 while (event := self.conn.next_event()) is not None:
                     if isinstance(event, ConnectionClosed):
-                        self.close_reason = "peer closed the connection"
+                        self.close_reason = self.close_reason or "peer closed the connection"
                         return
                     self._dispatch(event, handler)
                     if self.conn.phase is Phase.CLOSED:  # the peer sent a connection error
                         return
-                if not data:
-                    self.close_reason = "peer closed the connection"
+                if not data:  # (after a close of ours, the reason we gave stands)
+                    self.close_reason = self.close_reason or "peer closed the connection"
                     return
         except RemoteProtocolError as exc:
             self.close_reason = f"{exc.code}: {exc}"
@@ -368,7 +368,7 @@ class Peer:
             with contextlib.suppress(Exception):
                 self.send_nowait(Error(stream_id=0, code=exc.code, message=str(exc)[:1000]))
         except (ConnectionError, ssl.SSLError, OSError) as exc:
-            self.close_reason = f"connection error: {exc}"
+            self.close_reason = self.close_reason or f"connection error: {exc}"
         finally:
             heartbeat.cancel()
             await self.aclose(self.close_reason)

@@ -58,3 +58,17 @@ async def test_a_peer_that_reads_nothing_is_dropped_instead_of_holding_the_write
                 while True:
                     pair.listener.send_nowait(Data(stream_id=stream.id, payload=payload))
                     await pair.listener.flush()
+
+
+async def test_a_connection_closed_here_keeps_the_reason_given_here() -> None:
+    """Closing a connection ends its read loop, which then reads the end of the stream: that
+    is not the peer closing it, and the logs and the streams' errors keep the reason we gave."""
+    async with Pair() as pair:
+        stream = await pair.stream()
+        await pair.dialer.aclose("renewed: the proxy's attestation expires")
+        await asyncio.wait_for(pair.tasks[0], 5)  # the dialer's read loop has ended
+        assert pair.dialer.close_reason == "renewed: the proxy's attestation expires"
+        lost = await stream.receive(5)
+        assert isinstance(lost, Error) and "attestation expires" in lost.message
+        await asyncio.wait_for(pair.tasks[1], 5)
+        assert pair.listener.close_reason == "peer closed the connection"
