@@ -24,7 +24,9 @@ HTTP_OF: dict[str, tuple[int, str]] = {
     ErrorCode.SHUTTING_DOWN: (503, "service_unavailable"),
     ErrorCode.CANCELLED: (503, "service_unavailable"),
     ErrorCode.TIMEOUT: (504, "timeout"),
-    ErrorCode.INTERNAL: (500, "server_error"),
+    # a failure inside the worker or the proxy: the client is their gateway (its own failures
+    # are 500s, from its HTTP app)
+    ErrorCode.INTERNAL: (502, "server_error"),
 }
 
 OPENAI_CODE: dict[str, str] = {ErrorCode.UNKNOWN_MODEL: "model_not_found", ErrorCode.SATURATED: "rate_limit_exceeded"}

@@ -25,7 +25,7 @@ EXPECTED: dict[ErrorCode, tuple[int, str, str]] = {
     ErrorCode.SHUTTING_DOWN: (503, "service_unavailable", "shutting_down"),
     ErrorCode.CANCELLED: (503, "service_unavailable", "cancelled"),
     ErrorCode.TIMEOUT: (504, "timeout", "timeout"),
-    ErrorCode.INTERNAL: (500, "server_error", "internal"),
+    ErrorCode.INTERNAL: (502, "server_error", "internal"),  # the upstream's: the client is its gateway
 }
 
 
