@@ -74,10 +74,13 @@ class PreparedSenders:
         the store."""
         taken = {}
         for c in candidates:
-            setups = self._ready.get((c.worker_id, c.hpke_key))
+            key = (c.worker_id, c.hpke_key)
+            setups = self._ready.get(key)
             if setups:
                 taken[c.worker_id] = setups.pop()
                 self._count -= 1
+                if not setups:  # (a request that fails before its refill leaves none)
+                    del self._ready[key]
         return taken
 
     def refill(self, candidates: list[Candidate]) -> None:
@@ -97,8 +100,9 @@ class PreparedSenders:
         while self._count > self.limit:  # the setups of the keys used longest ago go first
             oldest = next(iter(self._ready))
             setups = self._ready[oldest]
-            setups.pop()
-            self._count -= 1
+            if setups:
+                setups.pop()
+                self._count -= 1
             if not setups:
                 del self._ready[oldest]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -46,7 +47,7 @@ from cocoon.protocol.messages import (
     WorkerList,
     WorkerOffer,
 )
-from cocoon.proxy.scoring import raw_score
+from cocoon.proxy.scoring import raw_score, shortlist
 from cocoon.seal.usage import UsageRecord
 
 log = logging.getLogger("cocoon.client")
@@ -411,6 +412,7 @@ class ClientService:
         self.clock = clock
         self.receipts = Receipts()
         self.prepared = PreparedSenders()
+        self._rng = random.Random()
         self._to_prepare: dict[tuple[bytes, bytes], Candidate] = {}  # made at the next refill
         self._refill: asyncio.TimerHandle | None = None
         self._workers: dict[tuple[int, str], tuple[float, list[WorkerOffer]]] = {}
@@ -578,7 +580,8 @@ class ClientService:
         # a cap in thousandths, never 0 (which means "any price"), however small the request's
         cap = max(1, round(request.max_price * 1000)) if request.max_price is not None else self.max_price_milli
         routing = request.routing or self.routing
-        chosen = (await self.candidates(request.model, cap, routing, link))[: self.max_candidates]
+        ranked = await self.candidates(request.model, cap, routing, link)
+        chosen = shortlist(ranked, self.max_candidates, routing, self._rng)
         try:
             sealing = SealedCall(kind, body, chosen, max_tokens_of(request), self.prepared)
         except SealingFailed as exc:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, TypeVar
 
 from cocoon.proxy.reputation import WorkerStats
 from cocoon.proxy.router import WorkerEntry
 
 Preference = Literal["balanced", "cheapest", "fastest"]
+T = TypeVar("T")
 PREFERENCES: tuple[Preference, ...] = ("balanced", "cheapest", "fastest")
 # A worker not measured yet is assumed to be good (optimism in the face of uncertainty), so it
 # gets traffic, gets measured, and keeps traffic only if it earns it.
@@ -52,6 +53,17 @@ def raw_score(price: float, queue: float, ttft: float, speed: float, success: fl
     if preference == "fastest":
         return slowness * (1 + queue) + unreliability * 10
     return price * slowness * (1 + queue) * (1 + 5 * unreliability)
+
+
+def shortlist(ranked: Sequence[T], k: int, preference: str, rng: random.Random) -> list[T]:
+    """The ``k`` best of ``ranked`` (best first) that a client seals a request for, except that a
+    share ``EXPLORE`` of the requests routed by speed put one of the others, at random, in the
+    place of the k-th: the proxy routes only to the workers a request is sealed for, so a worker
+    never among a client's k best would never be measured again."""
+    chosen = list(ranked[:k])
+    if len(ranked) > k > 0 and preference != "cheapest" and rng.random() < EXPLORE:
+        chosen[-1] = ranked[rng.randrange(k, len(ranked))]
+    return chosen
 
 
 def choose(

@@ -8,7 +8,7 @@ from pathlib import Path
 from cocoon.protocol.messages import Announce
 from cocoon.proxy.reputation import FAILURES_TO_SUSPEND, SUSPEND_BASE, Reputation, WorkerStats
 from cocoon.proxy.router import WorkerEntry
-from cocoon.proxy.scoring import EXPLORE, choose, raw_score, score
+from cocoon.proxy.scoring import EXPLORE, choose, raw_score, score, shortlist
 
 
 def test_non_streamed_answers_measure_speed_over_the_whole_request() -> None:
@@ -114,3 +114,19 @@ def test_cheapest_goes_by_the_announced_price_without_exploring() -> None:
     for _ in range(2000):
         counts[choose(entries, stats, "cheapest", rng)] += 1
     assert counts[2] == 0 and counts[0] > counts[1]  # the dearest never wins a pair
+
+
+def test_clients_seal_now_and_then_for_a_worker_outside_their_best() -> None:
+    """The proxy routes only among the workers a request is sealed for: a worker never among a
+    client's K best would never be measured again, whatever the proxy explores."""
+    ranked, rng = ["best", "second", "third", "fourth", "fifth"], random.Random(11)
+    counts = dict.fromkeys(ranked, 0)
+    for _ in range(4000):
+        chosen = shortlist(ranked, 3, "fastest", rng)
+        assert len(chosen) == 3 and chosen[:2] == ["best", "second"] and len(set(chosen)) == 3
+        for name in chosen:
+            counts[name] += 1
+    assert 0 < counts["fourth"] < 4000 * EXPLORE and 0 < counts["fifth"] < 4000 * EXPLORE
+    assert counts["third"] > 4000 * (1 - 2 * EXPLORE)
+    assert all(shortlist(ranked, 3, "cheapest", rng) == ranked[:3] for _ in range(200))  # prices need no measuring
+    assert shortlist(ranked[:2], 3, "balanced", rng) == ranked[:2]

@@ -256,6 +256,20 @@ def test_prepared_sender_setups_are_bounded_and_follow_key_changes() -> None:
     assert len(prepared) == 3
 
 
+def test_a_key_whose_setups_were_all_taken_does_not_break_the_bound() -> None:
+    """Requests that fail before their refill (a proxy gone as they were sent) leave a worker's
+    key with no setup; the bound must still hold once other keys fill the store."""
+    workers = [Worker() for _ in range(6)]
+    prepared = PreparedSenders(limit=8, per_key=4)
+    first = [Candidate(workers[0].id, workers[0].public, b"m" * 32)]
+    prepared.refill(first)
+    for _ in range(4):
+        assert prepared.take(first)
+    prepared.refill([Candidate(w.id, w.public, b"m" * 32) for w in workers[1:]])
+    assert len(prepared) == 8
+    assert prepared.take(first) == {}
+
+
 def test_a_setup_made_for_another_key_is_refused() -> None:
     worker, other = Worker(), Worker()
     wrong = {worker.id: prepare_sender(other.public)}  # would wrap the request's key for `other`
