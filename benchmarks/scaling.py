@@ -163,8 +163,17 @@ class Bench:
     """The network: proxy 1 (``Network``'s own, with client 1), then proxy 2 with client 2, and
     client 3, a second client of proxy 1. The workers serve both proxies."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        workers: int = WORKERS,
+        capacity: int = CAPACITY,
+        worker: dict[str, Any] | None = None,
+        proxy_2: dict[str, Any] | None = None,
+    ) -> None:
         root.mkdir(parents=True, exist_ok=True)
+        self.workers = workers
         pins = [
             {"address": f"127.0.0.1:{free_port()}", "public_key": identity(root / name)}
             for name in ("proxy.key", "proxy-2.key")
@@ -172,10 +181,10 @@ class Bench:
         client_keys = {name: identity(root / f"{name}.key") for name in ("client", "client-2", "client-3")}
         self.net = Network(
             root,
-            workers=WORKERS,
-            capacity=CAPACITY,
+            workers=workers,
+            capacity=capacity,
             proxy={"listen": pins[0]["address"], "client_keys": [client_keys["client"], client_keys["client-3"]]},
-            worker={"engine": "benchmark", "proxies": pins, "reconnect_max": 1.0},
+            worker={"engine": "benchmark", "proxies": pins, "reconnect_max": 1.0, **(worker or {})},
             client={"proxy": pins[0]},
             wait=False,
         )
@@ -187,6 +196,7 @@ class Bench:
             "worker_keys": self.net.worker_keys,
             "client_keys": [client_keys["client-2"]],
             "models": [MODEL],
+            **(proxy_2 or {}),
         }
         config = write_config(root / "proxy-2.toml", {"proxy": proxy_2})
         nodes["proxy-2"] = Node("proxy-2", ["proxy", "--config", str(config)], root)
@@ -208,7 +218,7 @@ class Bench:
                         raise RuntimeError(f"{node.name} exited early:\n{node.log[-3000:]}")
                 try:
                     last = httpx.get(url + "/models", timeout=2).json()
-                    if any(m["id"] == MODEL and m["workers"] == WORKERS for m in last.get("data", [])):
+                    if any(m["id"] == MODEL and m["workers"] == self.workers for m in last.get("data", [])):
                         break
                 except (httpx.HTTPError, ValueError, KeyError):
                     pass
@@ -226,7 +236,7 @@ class Bench:
         return {name: rss_mib(node.process.pid) for name, node in self.net.nodes.items()}
 
     def worker_requests(self) -> dict[str, int]:
-        return {f"worker-{i}": self.net.worker_requests_done(f"worker-{i}") for i in range(1, WORKERS + 1)}
+        return {f"worker-{i}": self.net.worker_requests_done(f"worker-{i}") for i in range(1, self.workers + 1)}
 
     def stop(self) -> None:
         self.net.stop()

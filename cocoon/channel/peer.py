@@ -32,6 +32,7 @@ from cocoon.protocol.messages import (
     STREAM_OPENING,
     Announce,
     Cancel,
+    Capacity,
     Data,
     Error,
     Goodbye,
@@ -45,7 +46,7 @@ from cocoon.protocol.messages import (
 log = logging.getLogger("cocoon.channel")
 
 READ_SIZE = 256 * 1024
-CONNECTION_MESSAGES = (Announce, Goodbye, Voucher)
+CONNECTION_MESSAGES = (Announce, Capacity, Goodbye, Voucher)
 CORK_LIMIT = 64 * 1024  # bytes of frames held back at most before ``flush`` writes them out
 # A connection with no write for this long is idle: what ``flush`` finds corked then leaves at
 # once (nothing is likely to join it this turn, and a request or a first token waits for nothing).
@@ -74,7 +75,7 @@ class PeerHandler(Protocol):
 
     def stream_cancelled(self, peer: Peer, message: Cancel) -> None: ...
 
-    def connection_message(self, peer: Peer, message: Announce | Goodbye | Voucher) -> None: ...
+    def connection_message(self, peer: Peer, message: Announce | Capacity | Goodbye | Voucher) -> None: ...
 
 
 class Inbox:

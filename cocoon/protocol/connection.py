@@ -25,6 +25,7 @@ from cocoon.protocol.messages import (
     STREAM_CLOSING,
     STREAM_OPENING,
     Announce,
+    Capacity,
     Challenge,
     Data,
     Error,
@@ -69,6 +70,7 @@ HANDSHAKE_MOVES: dict[tuple[Side, str, Phase, type], Phase] = {
 # Connection-level messages allowed once open: message type -> sides that may send it.
 OPEN_CONNECTION_MESSAGES: dict[type, frozenset[Side]] = {
     Announce: frozenset({Side.DIALER}),
+    Capacity: frozenset({Side.DIALER}),
     Ping: frozenset({Side.DIALER, Side.LISTENER}),
     Pong: frozenset({Side.DIALER, Side.LISTENER}),
     Goodbye: frozenset({Side.DIALER, Side.LISTENER}),

@@ -77,6 +77,14 @@ class Announce(_Message, tag="announce", frozen=True):
     paid_seqno: Annotated[int, Meta(ge=0, le=2**63 - 1)] = 0  # newest payout voucher held from this proxy
 
 
+class Capacity(_Message, tag="capacity", frozen=True):
+    """Worker → proxy: how many requests this worker takes from this proxy now, never more than
+    it announced: its slots and queue, less the requests it holds for its other proxies. A worker
+    serving several proxies sends it whenever that number changes."""
+
+    capacity: Annotated[int, Meta(ge=0, le=4096)]
+
+
 class Ping(_Message, tag="ping", frozen=True):
     nonce: Count
 
@@ -269,6 +277,7 @@ Message = (
     | Hello
     | Welcome
     | Announce
+    | Capacity
     | Ping
     | Pong
     | Goodbye

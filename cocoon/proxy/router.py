@@ -6,6 +6,7 @@ capacity. The market, prices and reputation plug in here later.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from cocoon.protocol.errors import ErrorCode
@@ -27,14 +28,22 @@ class WorkerEntry:
     inflight: int = 0
     draining: bool = False
     served: int = field(default=0)
+    share: int | None = None  # what the worker last said it takes from us now (``Capacity``)
+
+    @property
+    def capacity(self) -> int:
+        """Requests this worker takes from this proxy at once: as announced, or less while it
+        holds requests of its other proxies."""
+        return self.offer.capacity if self.share is None else min(self.share, self.offer.capacity)
 
     @property
     def load(self) -> float:
-        return self.inflight / self.offer.capacity
+        capacity = self.capacity
+        return self.inflight / capacity if capacity else math.inf
 
     @property
     def has_room(self) -> bool:
-        return not self.draining and self.inflight < self.offer.capacity
+        return not self.draining and self.inflight < self.capacity
 
 
 class Router:
@@ -50,6 +59,15 @@ class Router:
             entry.offer = offer
         self.known_models.add(offer.model)
         return entry
+
+    def set_capacity(self, worker_id: int, share: int) -> bool:
+        """The worker's share for us now; True when it has more room than before."""
+        entry = self.workers.get(worker_id)
+        if entry is None:
+            return False
+        before = entry.capacity
+        entry.share = share
+        return entry.capacity > before
 
     def remove(self, worker_id: int) -> None:
         self.workers.pop(worker_id, None)
@@ -111,7 +129,7 @@ class Router:
             infos[w.offer.model] = ModelInfo(
                 id=w.offer.model,
                 workers=old.workers + 1,
-                capacity=old.capacity + w.offer.capacity,
+                capacity=old.capacity + w.capacity,
                 max_tokens=max(old.max_tokens, w.offer.max_tokens),
             )
         return [infos[m] for m in sorted(infos)]

@@ -32,7 +32,7 @@ prices, which need no measuring."""
 def score(entry: WorkerEntry, stats: WorkerStats, preference: Preference) -> float:
     return raw_score(
         entry.offer.price_milli / 1000,
-        entry.inflight / entry.offer.capacity,
+        entry.load,
         stats.ttft,
         stats.tokens_per_second,
         stats.success_rate,

@@ -40,6 +40,7 @@ from cocoon.protocol.messages import (
     MAX_WORKER_OFFERS,
     Announce,
     Cancel,
+    Capacity,
     Data,
     End,
     Error,
@@ -853,7 +854,7 @@ class Proxy:
             WorkerOffer(
                 worker_id=peer.identity.public_key,
                 evidence=peer.identity.evidence,
-                capacity=entry.offer.capacity,
+                capacity=entry.capacity,
                 inflight=entry.inflight,
                 price_milli=entry.offer.price_milli,
                 ttft_ms=round(stats.ttft * 1000),
@@ -908,9 +909,14 @@ class _WorkerHandler:
     def stream_cancelled(self, peer: Peer, message: Cancel) -> None:
         pass
 
-    def connection_message(self, peer: Peer, message: Announce | Goodbye | Voucher) -> None:
+    def connection_message(self, peer: Peer, message: Announce | Capacity | Goodbye | Voucher) -> None:
         if isinstance(message, Voucher):
             log.warning("%s sent a voucher; workers are paid, they do not pay", peer.label)
+            return
+        if isinstance(message, Capacity):
+            # what the worker takes from us now, less what it holds for its other proxies
+            if self.proxy.router.set_capacity(id(peer), message.capacity):
+                asyncio.create_task(self.proxy._notify_slot())  # noqa: RUF006 - short-lived
             return
         if isinstance(message, Announce):
             payments = self.proxy.payments
@@ -959,8 +965,8 @@ class _ClientHandler:
     def stream_cancelled(self, peer: Peer, message: Cancel) -> None:
         self.proxy.cancel_relay(peer, message.stream_id)
 
-    def connection_message(self, peer: Peer, message: Announce | Goodbye | Voucher) -> None:
+    def connection_message(self, peer: Peer, message: Announce | Capacity | Goodbye | Voucher) -> None:
         if isinstance(message, Voucher):
             self.proxy.accept_voucher(peer, message)
-        elif isinstance(message, Announce):
-            log.warning("%s sent an announce; only workers announce", peer.label)
+        elif isinstance(message, (Announce, Capacity)):
+            log.warning("%s sent a worker's %s; only workers send it", peer.label, type(message).__name__)

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import msgspec
@@ -39,8 +40,19 @@ from cocoon.keys import parse_public_key, public_bytes
 from cocoon.openai.schemas import InvalidRequest, engine_params, parse_request
 from cocoon.payments.store import PaymentStore
 from cocoon.payments.vouchers import VoucherError
-from cocoon.protocol.errors import ErrorCode
-from cocoon.protocol.messages import Announce, Cancel, Data, End, Error, Goodbye, Open, StreamRequest, Voucher
+from cocoon.protocol.errors import ErrorCode, LocalProtocolError
+from cocoon.protocol.messages import (
+    Announce,
+    Cancel,
+    Capacity,
+    Data,
+    End,
+    Error,
+    Goodbye,
+    Open,
+    StreamRequest,
+    Voucher,
+)
 from cocoon.seal.errors import SealError
 from cocoon.seal.request import open_request, sealed_hash
 from cocoon.seal.response import ChunkSealer
@@ -58,6 +70,13 @@ MAX_COALESCED_BYTES = 16 * 1024  # and their encoded size at most (a larger chun
 MAX_TAKEN = 4096  # requests in the worker at once, running and queued (an announce names no more)
 
 
+def shares(taken: int, held: dict[int, int], connections: Iterable[int]) -> dict[int, int]:
+    """What each proxy connection may send now: the requests this worker takes at once, less
+    those it holds for the others (each proxy sees only its own)."""
+    total = sum(held.values())
+    return {c: max(0, taken - (total - held.get(c, 0))) for c in connections}
+
+
 class Worker:
     def __init__(
         self, settings: WorkerSettings, engine: Engine, key: Ed25519PrivateKey, attestation: NodeAttestation
@@ -73,6 +92,10 @@ class Worker:
         self._json = msgspec.json.Encoder()
         self.payments: WorkerPayments | None = None
         self._slots = asyncio.Semaphore(settings.capacity)  # the engine's; requests beyond them wait
+        self._announced: dict[int, Peer] = {}  # connections to proxies that know what we serve
+        self._held: dict[int, int] = {}  # per connection: its requests here, running or queued
+        self._told: dict[int, int] = {}  # per connection: the capacity it was last told
+        self._telling = False  # shares to tell at the end of this turn of the event loop
 
     def announce(self, proxy_key: bytes = b"") -> Announce:
         return Announce(
@@ -222,6 +245,9 @@ class Worker:
     async def _serve_proxy(self, address: str, peer: Peer) -> None:
         try:
             await peer.send(self.announce(peer.identity.public_key))
+            self._announced[id(peer)] = peer
+            self._told[id(peer)] = self.taken
+            self._tell_shares()  # (less than announced while other proxies' requests are here)
             await peer.serve(self)
         except PeerGone:
             pass
@@ -231,6 +257,36 @@ class Worker:
                 del self.connected[address]
             self._write_ready()
             self._cancel_all(peer)
+            self._announced.pop(id(peer), None)
+            self._told.pop(id(peer), None)
+            self._tell_shares()
+
+    def _tell_shares_soon(self) -> None:
+        """``_tell_shares`` once for whatever starts and ends in this turn of the event loop."""
+        if not self._telling:
+            self._telling = True
+            asyncio.get_running_loop().call_soon(self._tell_shares)
+
+    def _tell_shares(self) -> None:
+        """Tell each proxy how many requests it may send now, where that changed: a worker
+        serving several proxies would otherwise be offered its whole capacity by each, and refuse
+        what comes beyond it (``saturated``) where the proxy could have waited for it."""
+        self._telling = False
+        for connection, share in shares(self.taken, self._held, self._announced).items():
+            if self._told.get(connection) != share:
+                self._told[connection] = share
+                with contextlib.suppress(PeerGone, LocalProtocolError):
+                    self._announced[connection].send_nowait(Capacity(capacity=share))
+
+    def _release(self, key: tuple[int, int]) -> None:
+        """A request is done with (finished, failed or cancelled): its connection holds one less."""
+        self.active.pop(key, None)
+        held = self._held.get(key[0], 0) - 1
+        if held > 0:
+            self._held[key[0]] = held
+        else:
+            self._held.pop(key[0], None)
+        self._tell_shares_soon()
 
     # --- PeerHandler ------------------------------------------------------------------------
 
@@ -246,7 +302,9 @@ class Worker:
         key = (id(peer), message.stream_id)
         task = asyncio.create_task(self._serve(peer, message))
         self.active[key] = task
-        task.add_done_callback(lambda _: self.active.pop(key, None))
+        self._held[key[0]] = self._held.get(key[0], 0) + 1
+        task.add_done_callback(lambda _: self._release(key))
+        self._tell_shares_soon()
 
     def stream_cancelled(self, peer: Peer, message: Cancel) -> None:
         task = self.active.pop((id(peer), message.stream_id), None)
@@ -254,7 +312,7 @@ class Worker:
             log.info("request %d cancelled by the proxy", message.stream_id)
             task.cancel()
 
-    def connection_message(self, peer: Peer, message: Announce | Goodbye | Voucher) -> None:
+    def connection_message(self, peer: Peer, message: Announce | Capacity | Goodbye | Voucher) -> None:
         if isinstance(message, Voucher):
             if self.payments is None:
                 return

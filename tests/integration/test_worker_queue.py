@@ -71,3 +71,46 @@ def test_without_a_queue_the_worker_takes_only_what_its_engine_runs(tmp_path: Pa
         assert sorted(results, key=str) == sorted(["".join(f" w{j}" for j in range(20)), 429], key=str)
     finally:
         net.stop()
+
+
+def test_a_worker_serving_two_proxies_offers_each_what_the_other_leaves(tmp_path: Path) -> None:
+    """Each proxy was offered the worker's whole capacity, so a request through the second
+    proxy while the first one's filled the worker was refused at once (429); now the worker
+    tells each proxy its share (``capacity``), and the second proxy's request waits there for
+    the worker and is answered."""
+    from benchmarks.scaling import Bench
+
+    bench = Bench(
+        tmp_path,
+        workers=1,
+        capacity=1,
+        worker={**PACED, "queue": 0},
+        proxy_2={"queue_timeout": 20.0},
+    )
+    try:
+        bench.wait_ready()
+        first_url, second_url = bench.urls["client"], bench.urls["client-2"]
+
+        async def scenario() -> tuple[str | int, str | int, list[int]]:
+            async with openai.AsyncOpenAI(base_url=first_url, api_key="unused", max_retries=0, timeout=30) as api:
+                stream = await api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=20, stream=True)
+                chunks = aiter(stream)
+                first = (await anext(chunks)).choices[0].delta.content or ""  # the worker is busy now
+                async with httpx.AsyncClient(timeout=10) as http:
+                    seen = []
+                    for _ in range(100):  # proxy 2 learns that it may send nothing now
+                        book = (await http.get(second_url + "/market")).json()
+                        seen = [w["capacity"] for m in book["models"] for w in m["workers"]]
+                        if seen == [0]:
+                            break
+                        await asyncio.sleep(0.05)
+                second = asyncio.create_task(answers(second_url, 1))
+                rest = "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
+                return first + rest, (await second)[0], seen
+
+        first, second, seen = asyncio.run(scenario())
+        text = "".join(f" w{j}" for j in range(20))
+        assert seen == [0]
+        assert first == text and second == text  # waited at proxy 2 for the worker, then answered
+    finally:
+        bench.stop()

@@ -23,6 +23,7 @@ from cocoon.protocol.framing import encode_frame
 from cocoon.protocol.messages import (
     Announce,
     Cancel,
+    Capacity,
     Challenge,
     Data,
     End,
@@ -396,13 +397,14 @@ def test_closed_streams_free_capacity() -> None:
     assert deliver(listener, dialer.send(open_msg(3))) == [open_msg(3)]
 
 
-def test_announce_only_from_the_dialer() -> None:
+@pytest.mark.parametrize("message", [ANNOUNCE, Capacity(capacity=0)], ids=lambda m: type(m).__name__)
+def test_announce_and_capacity_only_from_the_dialer(message: Message) -> None:
     dialer, listener = pair()
-    assert deliver(listener, dialer.send(ANNOUNCE)) == [ANNOUNCE]
+    assert deliver(listener, dialer.send(message)) == [message]
     with pytest.raises(LocalProtocolError):
-        listener.send(ANNOUNCE)
+        listener.send(message)
     with pytest.raises(RemoteProtocolError):
-        deliver(dialer, frame(ANNOUNCE))
+        deliver(dialer, frame(message))
 
 
 @pytest.mark.parametrize("message", [Ping(nonce=1), Pong(nonce=1), Goodbye()], ids=lambda m: type(m).__name__)

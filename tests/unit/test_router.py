@@ -209,3 +209,18 @@ def test_route_error_message() -> None:
     router = Router()
     with pytest.raises(RouteError, match="The model `x` does not exist"):
         router.pick("x")
+
+
+def test_a_worker_shared_with_other_proxies_is_offered_only_its_share() -> None:
+    """A worker serving several proxies tells each what it takes from it now (``Capacity``):
+    its slots and queue less what it holds for the others."""
+    router = Router()
+    shared = router.announce(1, "shared", offer(capacity=2))
+    assert not router.set_capacity(1, 1)  # busy elsewhere: less room than before
+    router.acquire(shared)
+    assert not shared.has_room and route_error(router, "m") is ErrorCode.SATURATED
+    assert not router.set_capacity(1, 0)
+    assert shared.load == float("inf") and router.models()[0].capacity == 0
+    assert router.set_capacity(1, 5)  # more room: never more than announced
+    assert shared.capacity == 2 and router.pick("m") is shared
+    assert not router.set_capacity(99, 1)  # an unknown worker: nothing to change
