@@ -1,3 +1,3 @@
 """Cocoon in Python: a confidential, decentralized AI inference network."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

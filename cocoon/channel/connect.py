@@ -25,6 +25,16 @@ CLOSE_TIMEOUT = 1.0  # seconds a failed handshake's connection is given to close
 SOFTWARE = f"cocoon-py/{__version__}"
 
 
+def software_version(software: str) -> tuple[int, ...] | None:
+    """The version of a peer that runs this implementation (``cocoon-py/X.Y.Z``, from its
+    handshake), or None for any other software: what a newer message may be sent to."""
+    name, _, version = software.partition("/")
+    parts = version.split(".")
+    if name != "cocoon-py" or len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
+
+
 class ConnectionOptions(TypedDict, total=False):
     heartbeat_interval: float
     dead_after: float

@@ -348,6 +348,12 @@ def _voucher_peer(link: ProxyLink, came_on: Peer, channel: bytes) -> Peer:
     return came_on
 
 
+def _in_use(offer: WorkerOffer) -> float:
+    """The share of a worker's capacity for this proxy in use; above 1 when it has no room (a
+    worker that serves other proxies too may have none for this one)."""
+    return offer.inflight / offer.capacity if offer.capacity else 1.0 + offer.inflight
+
+
 def _offer(offer: WorkerOffer, prices: Prices) -> dict[str, Any]:
     coefficient = offer.price_milli / 1000
 
@@ -506,7 +512,7 @@ class ClientService:
         # best first for this request's preference: the proxy then chooses among the K we seal to
         offers.sort(
             key=lambda w: raw_score(
-                w.price_milli / 1000, w.inflight / max(1, w.capacity), w.ttft_ms / 1000,
+                w.price_milli / 1000, _in_use(w), w.ttft_ms / 1000,
                 w.tokens_per_second, w.success_rate, routing,
             )
         )  # fmt: skip

@@ -32,7 +32,7 @@ from cocoon.chain.access import open_ledger, open_wallet, parse_address
 from cocoon.chain.errors import ChainError
 from cocoon.chain.registry import RegistryState, RegistryWatcher, policy_from_registry
 from cocoon.channel.attested import AttestedVerifier
-from cocoon.channel.connect import HandshakeFailed, dial
+from cocoon.channel.connect import HandshakeFailed, dial, software_version
 from cocoon.channel.peer import Peer, PeerGone
 from cocoon.config import ConfigError, PeerPin, WorkerSettings, connection_options, split_address
 from cocoon.engine.base import Chunk, Engine, EngineError, EngineRequest, Finished
@@ -68,6 +68,7 @@ CLOSE_GRACE = 1.0  # seconds such a connection stays open after its last request
 MAX_COALESCED_CHUNKS = 16  # engine chunks that were ready together, sealed as one answer chunk at most
 MAX_COALESCED_BYTES = 16 * 1024  # and their encoded size at most (a larger chunk still goes alone)
 MAX_TAKEN = 4096  # requests in the worker at once, running and queued (an announce names no more)
+CAPACITY_SINCE = (0, 2, 0)  # proxies of this version on know the capacity message (older ones refuse it)
 
 
 def shares(taken: int, held: dict[int, int], connections: Iterable[int]) -> dict[int, int]:
@@ -92,7 +93,7 @@ class Worker:
         self._json = msgspec.json.Encoder()
         self.payments: WorkerPayments | None = None
         self._slots = asyncio.Semaphore(settings.capacity)  # the engine's; requests beyond them wait
-        self._announced: dict[int, Peer] = {}  # connections to proxies that know what we serve
+        self._sharing: dict[int, Peer] = {}  # connections to proxies told their share of our capacity
         self._held: dict[int, int] = {}  # per connection: its requests here, running or queued
         self._told: dict[int, int] = {}  # per connection: the capacity it was last told
         self._telling = False  # shares to tell at the end of this turn of the event loop
@@ -245,9 +246,11 @@ class Worker:
     async def _serve_proxy(self, address: str, peer: Peer) -> None:
         try:
             await peer.send(self.announce(peer.identity.public_key))
-            self._announced[id(peer)] = peer
-            self._told[id(peer)] = self.taken
-            self._tell_shares()  # (less than announced while other proxies' requests are here)
+            version = software_version(peer.identity.software)
+            if version is not None and version >= CAPACITY_SINCE:
+                self._sharing[id(peer)] = peer
+                self._told[id(peer)] = self.taken
+                self._tell_shares()  # (less than announced while other proxies' requests are here)
             await peer.serve(self)
         except PeerGone:
             pass
@@ -257,7 +260,7 @@ class Worker:
                 del self.connected[address]
             self._write_ready()
             self._cancel_all(peer)
-            self._announced.pop(id(peer), None)
+            self._sharing.pop(id(peer), None)
             self._told.pop(id(peer), None)
             self._tell_shares()
 
@@ -272,11 +275,11 @@ class Worker:
         serving several proxies would otherwise be offered its whole capacity by each, and refuse
         what comes beyond it (``saturated``) where the proxy could have waited for it."""
         self._telling = False
-        for connection, share in shares(self.taken, self._held, self._announced).items():
+        for connection, share in shares(self.taken, self._held, self._sharing).items():
             if self._told.get(connection) != share:
                 self._told[connection] = share
                 with contextlib.suppress(PeerGone, LocalProtocolError):
-                    self._announced[connection].send_nowait(Capacity(capacity=share))
+                    self._sharing[connection].send_nowait(Capacity(capacity=share))
 
     def _release(self, key: tuple[int, int]) -> None:
         """A request is done with (finished, failed or cancelled): its connection holds one less."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,37 +81,36 @@ def test_a_worker_serving_two_proxies_offers_each_what_the_other_leaves(tmp_path
     the worker and is answered."""
     from benchmarks.scaling import Bench
 
-    bench = Bench(
-        tmp_path,
-        workers=1,
-        capacity=1,
-        worker={**PACED, "queue": 0},
-        proxy_2={"queue_timeout": 20.0},
-    )
+    slow = {"engine": "benchmark", "bench_tokens_per_second": 10.0}  # 20 tokens: 2 s
+    bench = Bench(tmp_path, workers=1, capacity=1, worker={**slow, "queue": 0}, proxy_2={"queue_timeout": 20.0})
     try:
         bench.wait_ready()
         first_url, second_url = bench.urls["client"], bench.urls["client-2"]
 
-        async def scenario() -> tuple[str | int, str | int, list[int]]:
+        async def scenario() -> tuple[str, str | int, list[int], float]:
             async with openai.AsyncOpenAI(base_url=first_url, api_key="unused", max_retries=0, timeout=30) as api:
                 stream = await api.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=20, stream=True)
                 chunks = aiter(stream)
                 first = (await anext(chunks)).choices[0].delta.content or ""  # the worker is busy now
                 async with httpx.AsyncClient(timeout=10) as http:
-                    seen = []
+                    seen: list[int] = []
                     for _ in range(100):  # proxy 2 learns that it may send nothing now
                         book = (await http.get(second_url + "/market")).json()
                         seen = [w["capacity"] for m in book["models"] for w in m["workers"]]
                         if seen == [0]:
                             break
                         await asyncio.sleep(0.05)
+                sent = time.monotonic()
                 second = asyncio.create_task(answers(second_url, 1))
                 rest = "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
-                return first + rest, (await second)[0], seen
+                return first + rest, (await second)[0], seen, sent
 
-        first, second, seen = asyncio.run(scenario())
+        first, second, seen, second_sent = asyncio.run(scenario())
         text = "".join(f" w{j}" for j in range(20))
         assert seen == [0]
         assert first == text and second == text  # waited at proxy 2 for the worker, then answered
+        runs = sorted((float(a), float(b)) for _, a, b in ENGINE_DONE.findall(bench.net.nodes["worker-1"].log))
+        (_, first_end), (second_start, _) = runs[-2:]
+        assert second_sent < first_end <= second_start  # it was sent while the worker was busy
     finally:
         bench.stop()
