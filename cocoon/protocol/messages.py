@@ -79,8 +79,8 @@ class Announce(_Message, tag="announce", frozen=True):
 
 class Capacity(_Message, tag="capacity", frozen=True):
     """Worker → proxy: how many requests this worker takes from this proxy now, never more than
-    it announced: its slots and queue, less the requests it holds for its other proxies. A worker
-    serving several proxies sends it whenever that number changes."""
+    it announced. A worker serving several proxies sends it when it becomes full (each proxy is
+    told the requests it holds there: no room) and when it has room again (its whole capacity)."""
 
     capacity: Annotated[int, Meta(ge=0, le=4096)]
 

@@ -72,10 +72,14 @@ CAPACITY_SINCE = (0, 2, 0)  # proxies of this version on know the capacity messa
 
 
 def shares(taken: int, held: dict[int, int], connections: Iterable[int]) -> dict[int, int]:
-    """What each proxy connection may send now: the requests this worker takes at once, less
-    those it holds for the others (each proxy sees only its own)."""
-    total = sum(held.values())
-    return {c: max(0, taken - (total - held.get(c, 0))) for c in connections}
+    """What each proxy connection is told it may send: the whole capacity while the worker has
+    room, and only what it holds there once the worker is full (with requests of other proxies
+    too, which each proxy cannot see). Whether a proxy has room at a worker depends only on
+    whether the worker is full, so it is told at those changes alone: a message per request
+    start and end would wake an idle proxy hundreds of times a second."""
+    if sum(held.values()) < taken:
+        return dict.fromkeys(connections, taken)
+    return {c: held.get(c, 0) for c in connections}
 
 
 class Worker:
@@ -250,7 +254,7 @@ class Worker:
             if version is not None and version >= CAPACITY_SINCE:
                 self._sharing[id(peer)] = peer
                 self._told[id(peer)] = self.taken
-                self._tell_shares()  # (less than announced while other proxies' requests are here)
+                self._tell_shares()  # (no room while the worker is full with other proxies' requests)
             await peer.serve(self)
         except PeerGone:
             pass

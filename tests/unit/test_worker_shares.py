@@ -5,12 +5,12 @@ from __future__ import annotations
 from cocoon.worker.service import shares
 
 
-def test_each_proxy_is_offered_what_the_others_leave() -> None:
+def test_each_proxy_is_told_it_has_no_room_once_the_worker_is_full() -> None:
     assert shares(4, {}, [1, 2]) == {1: 4, 2: 4}
-    assert shares(4, {1: 3}, [1, 2]) == {1: 4, 2: 1}  # its own requests still count as its share
-    assert shares(4, {1: 3, 2: 1}, [1, 2]) == {1: 3, 2: 1}
-    assert shares(4, {1: 5}, [1, 2]) == {1: 4, 2: 0}  # never below none
-    assert shares(4, {3: 2}, [1, 2]) == {1: 2, 2: 2}  # a connection gone or closing still holds its requests
+    assert shares(4, {1: 3}, [1, 2]) == {1: 4, 2: 4}  # room left: nothing to tell (no message)
+    assert shares(4, {1: 3, 2: 1}, [1, 2]) == {1: 3, 2: 1}  # full: each keeps what it has, no more
+    assert shares(4, {1: 4}, [1, 2]) == {1: 4, 2: 0}
+    assert shares(4, {3: 4}, [1, 2]) == {1: 0, 2: 0}  # a connection gone or closing still holds its requests
 
 
 def test_only_proxies_that_know_the_capacity_message_are_sent_it() -> None:
