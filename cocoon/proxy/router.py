@@ -32,8 +32,8 @@ class WorkerEntry:
 
     @property
     def capacity(self) -> int:
-        """Requests this worker takes from this proxy at once: as announced, or less while it
-        holds requests of its other proxies."""
+        """Requests this worker takes from this proxy at once: as announced, or, while the
+        worker is full (with other proxies' requests too), what it last said it holds for us."""
         return self.offer.capacity if self.share is None else min(self.share, self.offer.capacity)
 
     @property

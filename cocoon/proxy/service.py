@@ -914,7 +914,7 @@ class _WorkerHandler:
             log.warning("%s sent a voucher; workers are paid, they do not pay", peer.label)
             return
         if isinstance(message, Capacity):
-            # what the worker takes from us now, less what it holds for its other proxies
+            # the worker is full (no room beyond what it holds for us) or has room again
             if self.proxy.router.set_capacity(id(peer), message.capacity):
                 asyncio.create_task(self.proxy._notify_slot())  # noqa: RUF006 - short-lived
             return

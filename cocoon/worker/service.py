@@ -21,6 +21,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -98,7 +99,7 @@ class Worker:
         self.payments: WorkerPayments | None = None
         self._slots = asyncio.Semaphore(settings.capacity)  # the engine's; requests beyond them wait
         self._sharing: dict[int, Peer] = {}  # connections to proxies told their share of our capacity
-        self._held: dict[int, int] = {}  # per connection: its requests here, running or queued
+        self._held: Counter[int] = Counter()  # per connection: its requests here, running or queued
         self._told: dict[int, int] = {}  # per connection: the capacity it was last told
         self._telling = False  # shares to tell at the end of this turn of the event loop
 
@@ -288,11 +289,9 @@ class Worker:
     def _release(self, key: tuple[int, int]) -> None:
         """A request is done with (finished, failed or cancelled): its connection holds one less."""
         self.active.pop(key, None)
-        held = self._held.get(key[0], 0) - 1
-        if held > 0:
-            self._held[key[0]] = held
-        else:
-            self._held.pop(key[0], None)
+        self._held[key[0]] -= 1
+        if self._held[key[0]] <= 0:
+            del self._held[key[0]]
         self._tell_shares_soon()
 
     # --- PeerHandler ------------------------------------------------------------------------
@@ -309,7 +308,7 @@ class Worker:
         key = (id(peer), message.stream_id)
         task = asyncio.create_task(self._serve(peer, message))
         self.active[key] = task
-        self._held[key[0]] = self._held.get(key[0], 0) + 1
+        self._held[key[0]] += 1
         task.add_done_callback(lambda _: self._release(key))
         self._tell_shares_soon()
 
