@@ -377,11 +377,25 @@ class Proxy:
 
     def renewed(self, peer: Peer) -> None:
         """A worker announced on ``peer``: its older connections asked to redial take no more
-        requests (they finish theirs and close)."""
+        requests; each closes once its requests are done (``_close_if_renewed``)."""
         key = peer.identity.public_key
-        for worker_id, other in self.worker_peers.items():
+        for worker_id, other in list(self.worker_peers.items()):
             if worker_id in self._renewing and other is not peer and other.identity.public_key == key:
                 self.router.drain(worker_id)
+                self._close_if_renewed(worker_id)
+
+    def _close_if_renewed(self, worker_id: int) -> None:
+        """Close a connection replaced by the worker's fresh one when it has no request left.
+        The proxy closes it, not the worker: only the proxy knows when it stopped routing there
+        (a worker closing it when idle cut a request the proxy sent before it read the announce).
+        The payout voucher for the last answer was queued before, and goes out first."""
+        entry = self.router.workers.get(worker_id)
+        peer = self.worker_peers.get(worker_id)
+        if worker_id in self._renewing and entry is not None and entry.draining and not entry.inflight and peer:
+            self._renewing.discard(worker_id)
+            task = asyncio.create_task(peer.aclose("replaced by the worker's fresh connection"))
+            self._background.append(task)
+            task.add_done_callback(self._background.remove)
 
     async def _notify_slot(self) -> None:
         async with self._slot_freed:
@@ -621,6 +635,7 @@ class Proxy:
                 outcome = await self._relay_to(client, request, entry, deadline)
             finally:
                 self.router.release(entry)
+                self._close_if_renewed(entry.worker_id)
                 await self._notify_slot()
             if outcome is Attempt.DONE:
                 return

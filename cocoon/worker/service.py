@@ -65,7 +65,7 @@ log = logging.getLogger("cocoon.worker")
 
 STABLE_AFTER = 10.0  # a connection that lasted this long resets the backoff
 IDLE_POLL = 0.05  # seconds between checks whether a connection told goodbye has requests left
-CLOSE_GRACE = 1.0  # seconds such a connection stays open after its last request
+CLOSE_GRACE = 5.0  # seconds such a connection stays open after its last request (``_close_when_idle``)
 MAX_COALESCED_CHUNKS = 16  # engine chunks that were ready together, sealed as one answer chunk at most
 MAX_COALESCED_BYTES = 16 * 1024  # and their encoded size at most (a larger chunk still goes alone)
 MAX_TAKEN = 4096  # requests in the worker at once, running and queued (an announce names no more)
@@ -340,10 +340,22 @@ class Worker:
             task.add_done_callback(self._closing.discard)
 
     async def _close_when_idle(self, peer: Peer) -> None:
-        while not peer.closed and any(peer_id == id(peer) for peer_id, _ in self.active):
+        """Close a connection the proxy said goodbye on, should the proxy not close it itself
+        (as proxies do once the fresh connection has announced and the old one's requests are
+        done): once the fresh connection is up and this one has had no request for
+        ``CLOSE_GRACE``. The proxy routes requests here until it reads the fresh connection's
+        announce, so an idle moment alone is no sign that none is on its way."""
+        loop = asyncio.get_running_loop()
+        idle_since: float | None = None
+        while not peer.closed:
+            if any(peer_id == id(peer) for peer_id, _ in self.active):
+                idle_since = None
+            elif idle_since is None:
+                idle_since = loop.time()
+            elif loop.time() - idle_since >= CLOSE_GRACE and peer not in self.connected.values():
+                await peer.aclose("the proxy said goodbye")
+                return
             await asyncio.sleep(IDLE_POLL)
-        await asyncio.sleep(CLOSE_GRACE)  # the payout voucher for the last answer is on its way
-        await peer.aclose("the proxy said goodbye")
 
     def _cancel_all(self, peer: Peer) -> None:
         for (peer_id, _), task in list(self.active.items()):

@@ -6,7 +6,9 @@
 ``seal_error`` (answer every request that it cannot open it, as for a request sealed for a key
 the worker no longer has, or garbage), ``unknown_code`` (send the first chunk, then fail with an
 error code no version of the protocol has, as a newer or a broken worker might), ``silent`` (take
-every request and never answer it, while the connection stays alive).
+every request and never answer it, while the connection stays alive), ``late_announce:SECONDS``
+(announce that late on every connection after the first, as a worker whose fresh connection at
+an attestation renewal is slow to come up). Several faults join with commas (``slow:0.1,…``).
 Run as ``python -m tests.integration.faulty_worker worker --config …``.
 """
 
@@ -21,7 +23,8 @@ from cocoon.cli import main
 from cocoon.config import WorkerSettings
 from cocoon.engine.base import Chunk, Engine, EngineError, EngineEvent, EngineRequest, ProgressCallback
 
-FAULT = os.environ.get("COCOON_TEST_FAULT", "")
+FAULTS = dict(item.partition(":")[::2] for item in os.environ.get("COCOON_TEST_FAULT", "").split(","))
+FAULT = next(iter(FAULTS))  # the faults without a value are used one at a time
 
 
 class FaultyEngine:
@@ -42,10 +45,10 @@ class FaultyEngine:
                 # the delays injected below make "the next chunk is ready already" untrue; left
                 # as it is, the worker would hold this chunk for the next (as it may), which stalls
                 event = Chunk(event.payload)
-            if FAULT.startswith("slow:") and isinstance(event, Chunk):
+            if "slow" in FAULTS and isinstance(event, Chunk):
                 # per token: a streamed chunk is one token, a whole answer is all of them
                 tokens = 1 if request.stream else int(event.payload.get("usage", {}).get("completion_tokens", 1))
-                await asyncio.sleep(float(FAULT.split(":", 1)[1]) * tokens)
+                await asyncio.sleep(float(FAULTS["slow"]) * tokens)
             if FAULT == "stall" and chunks == 1:
                 await asyncio.sleep(3600)
             if FAULT == "unknown_code" and chunks == 1:
@@ -105,6 +108,21 @@ if FAULT == "unknown_code":
         await real_send(self, peer, message)
 
     Worker._send = send_unknown_code  # type: ignore[method-assign]
+
+if "late_announce" in FAULTS:
+    from cocoon.channel.peer import Peer
+    from cocoon.worker.service import Worker
+
+    real_serve_proxy = Worker._serve_proxy
+    dialed: set[str] = set()
+
+    async def serve_proxy_announcing_late(self: Worker, address: str, peer: Peer) -> None:
+        if address in dialed:
+            await asyncio.sleep(float(FAULTS["late_announce"]))
+        dialed.add(address)
+        await real_serve_proxy(self, address, peer)
+
+    Worker._serve_proxy = serve_proxy_announcing_late  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     main()

@@ -102,31 +102,56 @@ def test_attest_show_command() -> None:
     assert garbage.returncode == 2 and garbage.stderr.startswith("cocoon: ")
 
 
-def test_no_request_is_cut_when_a_workers_attestation_expires(tmp_path: Path) -> None:
+def _renewing_network(tmp_path: Path, fault: str) -> Network:
     # The proxy trusts a worker's evidence for 12 s here (3600 by default): the connection must
     # end then. Before it does, the proxy asks the worker to redial; the old connection takes
-    # requests until the fresh one has announced, then finishes them and closes.
+    # requests until the fresh one has announced, then finishes them and the proxy closes it.
     policy = tmp_path / "policy.toml"
     policy.write_text('mode = "development"\ntees = ["sim"]\nmax_cache_seconds = 12\n'
                       '[proxy]\nimage_hashes = "*"\nmodel_hashes = "*"\n'
                       '[worker]\nimage_hashes = "*"\nmodel_hashes = "*"\n')  # fmt: skip
     net = Network(tmp_path / "net", workers=0, proxy={"policy": str(policy)}, worker={"reconnect_max": 1.0})
+    net.start_worker(1, fault=fault)
+    net.wait_workers(1)
+    return net
+
+
+def _ask_until(net: Network, deadline: float) -> int:
+    """Streamed requests one after another until ``deadline``; each must be answered whole."""
+    answered = 0
+    with httpx.Client(base_url=net.url, timeout=30) as http:
+        while time.monotonic() < deadline:
+            body = {"model": MODEL, "messages": LONG, "max_tokens": 8, "stream": True}
+            with http.stream("POST", "/chat/completions", json=body) as answer:
+                assert answer.status_code == 200, answer.read()
+                text = "".join(answer.iter_text())
+            assert "[DONE]" in text and '"error"' not in text, text[-300:]
+            answered += 1
+    return answered
+
+
+def test_no_request_is_cut_when_a_workers_attestation_expires(tmp_path: Path) -> None:
+    net = _renewing_network(tmp_path, "slow:0.1")  # about a second per answer below
     try:
-        net.start_worker(1, fault="slow:0.1")  # about a second per answer below
-        net.wait_workers(1)
-        deadline = time.monotonic() + 22  # past two renewals (at about 9 s and 18 s)
-        answered = 0
-        with httpx.Client(base_url=net.url, timeout=30) as http:
-            while time.monotonic() < deadline:
-                body = {"model": MODEL, "messages": LONG, "max_tokens": 8, "stream": True}
-                with http.stream("POST", "/chat/completions", json=body) as answer:
-                    assert answer.status_code == 200, answer.read()
-                    text = "".join(answer.iter_text())
-                assert "[DONE]" in text and '"error"' not in text, text[-300:]
-                answered += 1
+        answered = _ask_until(net, time.monotonic() + 22)  # past two renewals (at about 9 s and 18 s)
         assert answered >= 10
         proxy, worker = net.nodes["proxy"].log, net.nodes["worker-1"].log
         assert proxy.count("attestation expires soon") >= 2 and "attestation expired" not in proxy
         assert worker.count("connected to proxy") >= 3
+    finally:
+        net.stop()
+
+
+def test_no_request_is_cut_when_a_workers_fresh_connection_announces_late(tmp_path: Path) -> None:
+    # The proxy sends requests on the old connection until it reads the fresh one's announce,
+    # here 1.5 s after the goodbye: the old connection must stay open for them (a worker that
+    # closed it a second after its last request cut the one the proxy had just sent there).
+    net = _renewing_network(tmp_path, "slow:0.1,late_announce:1.5")
+    try:
+        answered = _ask_until(net, time.monotonic() + 15)  # past the renewal at about 9 s
+        assert answered >= 8
+        proxy = net.nodes["proxy"].log
+        assert proxy.count("attestation expires soon") >= 1 and "attestation expired" not in proxy
+        net.nodes["proxy"].wait_for_log("disconnected: replaced by the worker's fresh connection", timeout=10)
     finally:
         net.stop()
