@@ -575,11 +575,18 @@ class ClientService:
     async def _top_up(self, link: ProxyLink) -> None:
         """The proxy wants payment: deposit (when configured to) and name the channel again."""
         assert self.payments is not None
-        try:
+        for _ in range(2):
             peer = await self._peer(link)
-            link.set_payment(peer, await self.payments.attach(peer))
-        except PaymentSetupError as exc:
-            raise UpstreamError(ErrorCode.PAYMENT_REQUIRED, str(exc)) from exc
+            try:
+                link.set_payment(peer, await self.payments.attach(peer))
+                return
+            except PaymentSetupError as exc:
+                # the deposit takes seconds, in which the link may renew its connection and
+                # close the old one: the channel is then named on the fresh one (funded now)
+                if peer.closed and link.peer is not None and link.peer is not peer:
+                    continue
+                raise UpstreamError(ErrorCode.PAYMENT_REQUIRED, str(exc)) from exc
+        raise UpstreamError(ErrorCode.PAYMENT_REQUIRED, "the connection to the proxy kept changing during payment")
 
     async def start(self, kind: Kind, request: Request, body: bytes, link: ProxyLink) -> Call:
         _awaiting(link)  # refused before sealing when the connection is full (and again as sent)

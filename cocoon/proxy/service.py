@@ -15,6 +15,7 @@ import logging
 import math
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -96,6 +97,16 @@ WORKER_LIST_BUDGET = DEFAULT_MAX_FRAME - 64 * 1024  # bytes of offers in one wor
 OFFER_OVERHEAD = 512  # bytes an offer takes besides its evidence, at most
 
 
+@dataclass
+class Wanted:
+    """Which workers a request may go to: those it is sealed for (public keys, hex) at the
+    client's price cap (0: none), less those it was tried on."""
+
+    candidates: frozenset[str]
+    cap: int
+    tried: set[str] = field(default_factory=set)
+
+
 class Attempt(enum.Enum):
     DONE = "done"
     RETRY = "retry"
@@ -137,6 +148,7 @@ class Proxy:
         self._rng = random.Random()
         self.worker_peers: dict[int, Peer] = {}
         self._renewing: set[int] = set()  # worker connections asked to redial before their evidence expires
+        self._retiring: set[int] = set()  # worker connections drained and being closed (``_close_if_drained``)
         self._slot_freed = asyncio.Condition()
         self._waiting: dict[str, int] = {}  # per model: requests waiting for a slot
         self._relays: dict[tuple[int, int], asyncio.Task[None]] = {}
@@ -361,6 +373,7 @@ class Proxy:
             if expiring is not None:
                 expiring.cancel()
             self._renewing.discard(id(peer))
+            self._retiring.discard(id(peer))
             self.worker_peers.pop(id(peer), None)
             self.router.remove(id(peer))
             log.info("%s disconnected: %s", peer.label, peer.close_reason)
@@ -377,44 +390,53 @@ class Proxy:
 
     def renewed(self, peer: Peer) -> None:
         """A worker announced on ``peer``: its older connections asked to redial take no more
-        requests; each closes once its requests are done (``_close_if_renewed``)."""
+        requests, and close once their requests are done (``_close_if_drained``)."""
         key = peer.identity.public_key
         for worker_id, other in list(self.worker_peers.items()):
             if worker_id in self._renewing and other is not peer and other.identity.public_key == key:
                 self.router.drain(worker_id)
-                self._close_if_renewed(worker_id)
+                self._close_if_drained(worker_id)
 
-    def _close_if_renewed(self, worker_id: int) -> None:
-        """Close a connection replaced by the worker's fresh one when it has no request left.
-        The proxy closes it, not the worker: only the proxy knows when it stopped routing there
-        (a worker closing it when idle cut a request the proxy sent before it read the announce).
-        The payout voucher for the last answer was queued before, and goes out first."""
+    def _close_if_drained(self, worker_id: int) -> None:
+        """Close a worker connection that takes no more requests (replaced by the worker's fresh
+        one, or the worker said goodbye) once it has none left. The proxy closes it, not the
+        worker: only the proxy knows when it stopped routing there (a worker closing it when
+        idle cut a request the proxy sent before it read the fresh connection's announce). The
+        payout voucher for the last answer was queued before, and goes out first."""
         entry = self.router.workers.get(worker_id)
         peer = self.worker_peers.get(worker_id)
-        if worker_id in self._renewing and entry is not None and entry.draining and not entry.inflight and peer:
-            self._renewing.discard(worker_id)
-            task = asyncio.create_task(peer.aclose("replaced by the worker's fresh connection"))
-            self._background.append(task)
-            task.add_done_callback(self._background.remove)
+        if entry is None or not entry.draining or entry.inflight or peer is None or worker_id in self._retiring:
+            return
+        self._retiring.add(worker_id)
+        task = asyncio.create_task(peer.aclose("no longer used: drained"))
+        self._background.append(task)
+        task.add_done_callback(self._background.remove)
 
     async def _notify_slot(self) -> None:
         async with self._slot_freed:
             self._slot_freed.notify_all()
 
-    def _choose(
-        self, model: str, exclude: frozenset[int], only: frozenset[int] | None, preference: Preference
-    ) -> WorkerEntry:
+    def _choose(self, model: str, wanted: Wanted, preference: Preference) -> WorkerEntry:
         """Among workers with room and in good standing, the better of two random ones."""
         now = time.time()
-        # suspended workers are left out before the room check: an idle suspended worker must
-        # not hide that the good ones are busy (SATURATED: the request waits for a slot)
-        suspended = frozenset(
-            w.worker_id
-            for w in self.router.workers.values()
-            if w.offer.model == model and not self.reputation.stats(w.key).eligible(now)
-        )
+        # the connections are looked up at each choice: a worker that renews its connection
+        # while a request waits for it is found on the fresh one
+        suspended: set[int] = set()
+        excluded: set[int] = set()
+        allowed: set[int] = set()
+        for w in self.router.workers.values():
+            if w.offer.model != model:
+                continue
+            if w.key in wanted.tried:
+                excluded.add(w.worker_id)
+            if w.key in wanted.candidates and (not wanted.cap or w.offer.price_milli <= wanted.cap):
+                allowed.add(w.worker_id)
+            # suspended workers are left out before the room check: an idle suspended worker must
+            # not hide that the good ones are busy (SATURATED: the request waits for a slot)
+            if not self.reputation.stats(w.key).eligible(now):
+                suspended.add(w.worker_id)
         try:
-            entries = self.router.eligible(model, exclude | suspended, only)
+            entries = self.router.eligible(model, frozenset(excluded | suspended), frozenset(allowed))
         except RouteError as exc:
             if exc.code is ErrorCode.NO_WORKER and suspended:
                 raise RouteError(ErrorCode.NO_WORKER, f"every worker for model {model!r} is suspended") from None
@@ -422,20 +444,14 @@ class Proxy:
         stats = [self.reputation.stats(e.key) for e in entries]
         return entries[choose(entries, stats, preference, self._rng)]
 
-    async def _acquire(
-        self,
-        model: str,
-        exclude: frozenset[int],
-        only: frozenset[int] | None = None,
-        preference: Preference = "balanced",
-    ) -> WorkerEntry:
+    async def _acquire(self, model: str, wanted: Wanted, preference: Preference = "balanced") -> WorkerEntry:
         """A worker slot for ``model``, waiting up to ``queue_timeout`` while all are busy."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.queue_timeout
         async with self._slot_freed:
             while True:
                 try:
-                    entry = self._choose(model, exclude, only, preference)
+                    entry = self._choose(model, wanted, preference)
                 except RouteError as exc:
                     remaining = deadline - loop.time()
                     if (
@@ -609,33 +625,25 @@ class Proxy:
 
     async def _relay(self, client: Peer, request: Open) -> None:
         sid = request.stream_id
-        tried: set[int] = set()
         # the body is sealed for these workers only: no other could open it
-        candidates = set(request.candidates)
-        cap = request.max_price_milli
-        only = frozenset(
-            wid
-            for wid, peer in self.worker_peers.items()
-            if peer.identity.public_key in candidates
-            and (not cap or (entry := self.router.workers.get(wid)) is None or entry.offer.price_milli <= cap)
-        )
+        wanted = Wanted(frozenset(key.hex() for key in request.candidates), request.max_price_milli)
         preference = request.routing if request.routing in PREFERENCES else "balanced"
         outcome = Attempt.RETRY
         deadline = asyncio.get_running_loop().time() + self.settings.request_timeout  # across retries
         for _ in range(MAX_ATTEMPTS):
             try:
-                entry = await self._acquire(request.model, frozenset(tried), only, preference)
+                entry = await self._acquire(request.model, wanted, preference)
             except RouteError as exc:
-                if tried:  # the candidates are used up: report why the last one failed
+                if wanted.tried:  # the candidates are used up: report why the last one failed
                     break
                 await _send_quietly(client, Error(stream_id=sid, code=exc.code, message=str(exc)))
                 return
-            tried.add(entry.worker_id)
+            wanted.tried.add(entry.key)
             try:
                 outcome = await self._relay_to(client, request, entry, deadline)
             finally:
                 self.router.release(entry)
-                self._close_if_renewed(entry.worker_id)
+                self._close_if_drained(entry.worker_id)
                 await self._notify_slot()
             if outcome is Attempt.DONE:
                 return
@@ -823,7 +831,15 @@ class Proxy:
             return 0
         if charge is None:
             return 0
-        worker.send_nowait(self.payments.payout_message(charge))
+        payout = self.payments.payout_message(charge)
+        if not worker.send_nowait(payout):
+            # the connection closed after the answer's end (one the worker replaced, closed by
+            # the worker): its fresh connection carries the voucher, or the next one makes up
+            # for it (vouchers are cumulative)
+            key = worker.identity.public_key
+            for other in self.worker_peers.values():
+                if other.identity.public_key == key and other.send_nowait(payout):
+                    break
         return charge.cost
 
     def list_models(self, client: Peer, message: ListModels) -> None:
@@ -961,6 +977,7 @@ class _WorkerHandler:
         else:
             self.proxy.router.drain(id(peer))
             log.info("%s is draining: %s", peer.label, message.reason)
+            self.proxy._close_if_drained(id(peer))
 
 
 class _ClientHandler:

@@ -34,7 +34,7 @@ from cocoon.chain.errors import ChainError
 from cocoon.chain.registry import RegistryState, RegistryWatcher, policy_from_registry
 from cocoon.channel.attested import AttestedVerifier
 from cocoon.channel.connect import HandshakeFailed, dial, software_version
-from cocoon.channel.peer import Peer, PeerGone
+from cocoon.channel.peer import Peer, PeerGone, expiry_notice
 from cocoon.config import ConfigError, PeerPin, WorkerSettings, connection_options, split_address
 from cocoon.engine.base import Chunk, Engine, EngineError, EngineRequest, Finished
 from cocoon.keys import parse_public_key, public_bytes
@@ -66,6 +66,7 @@ log = logging.getLogger("cocoon.worker")
 STABLE_AFTER = 10.0  # a connection that lasted this long resets the backoff
 IDLE_POLL = 0.05  # seconds between checks whether a connection told goodbye has requests left
 CLOSE_GRACE = 5.0  # seconds such a connection stays open after its last request (``_close_when_idle``)
+HANDOVER = 1.0  # seconds between a fresh connection's announce and the goodbye on the one it replaces
 MAX_COALESCED_CHUNKS = 16  # engine chunks that were ready together, sealed as one answer chunk at most
 MAX_COALESCED_BYTES = 16 * 1024  # and their encoded size at most (a larger chunk still goes alone)
 MAX_TAKEN = 4096  # requests in the worker at once, running and queued (an announce names no more)
@@ -93,7 +94,9 @@ class Worker:
         self.attestation = attestation
         self.active: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._closing: set[asyncio.Task[None]] = set()  # connections closing once their requests end
-        self._goodbyes: dict[int, asyncio.Event] = {}  # per connection: set when the proxy said goodbye
+        self._goodbyes: dict[int, asyncio.Event] = {}  # per connection: set when it is to be replaced
+        self._replacing: dict[str, Peer] = {}  # per proxy: the connection we replace ourselves (``_renew``)
+        self._retiring: set[int] = set()  # connections closing once replaced and idle (``_close_when_idle``)
         self.connected: dict[str, Peer] = {}
         self._json = msgspec.json.Encoder()
         self.payments: WorkerPayments | None = None
@@ -249,6 +252,8 @@ class Worker:
             delay = min(delay * 2, self.settings.reconnect_max)
 
     async def _serve_proxy(self, address: str, peer: Peer) -> None:
+        loop = asyncio.get_running_loop()
+        renewal: asyncio.TimerHandle | None = None
         try:
             await peer.send(self.announce(peer.identity.public_key))
             version = software_version(peer.identity.software)
@@ -256,10 +261,20 @@ class Worker:
                 self._sharing[id(peer)] = peer
                 self._told[id(peer)] = self.taken
                 self._tell_shares()  # (no room while the worker is full with other proxies' requests)
+            replaced = self._replacing.pop(address, None)
+            if replaced is not None:
+                # a moment for the proxy to read the announce: it routes to this connection
+                # before the old one stops taking requests, and none gets "no worker"
+                loop.call_later(HANDOVER, self._say_goodbye, replaced)
+            renew_in = self._renew_in(peer, replaced)
+            if renew_in is not None:
+                renewal = loop.call_later(renew_in, self._renew, address, peer)
             await peer.serve(self)
         except PeerGone:
             pass
         finally:
+            if renewal is not None:
+                renewal.cancel()
             self._goodbyes.pop(id(peer), None)
             if self.connected.get(address) is peer:  # not yet replaced by a fresh connection
                 del self.connected[address]
@@ -268,6 +283,50 @@ class Worker:
             self._sharing.pop(id(peer), None)
             self._told.pop(id(peer), None)
             self._tell_shares()
+
+    @staticmethod
+    def _renew_in(peer: Peer, replaced: Peer | None) -> float | None:
+        """Seconds until we renew ``peer`` ourselves, before the proxy's evidence expires in our
+        eyes (``Peer`` cuts the connection then); None when it is not renewed: no expiry, too
+        short-lived, or a renewal that gained nothing (the proxy's evidence itself ends then).
+        The proxy usually asks first (``goodbye``), when ours nears its end in its eyes."""
+        expires_at = peer.identity.expires_at
+        if expires_at is None:
+            return None
+        if replaced is not None and replaced.identity.expires_at is not None:
+            if expires_at <= replaced.identity.expires_at:
+                log.warning("proxy %s: a fresh connection is trusted no longer than the old one; "
+                            "it will be cut when the proxy's evidence expires", peer.label)  # fmt: skip
+                return None
+        lifetime = expires_at - time.time()
+        notice = expiry_notice(lifetime)
+        return None if notice is None else max(0.0, lifetime - notice)
+
+    def _renew(self, address: str, peer: Peer) -> None:
+        """The proxy's evidence expires soon in our eyes: dial a fresh connection; once it has
+        announced, the old one says goodbye (``_say_goodbye``), finishes its requests and closes."""
+        if peer.closed or self.connected.get(address) is not peer or not (goodbye := self._goodbyes.get(id(peer))):
+            return  # (replaced already: the proxy asked first)
+        log.info("proxy %s: its attestation expires soon; renewing the connection", peer.label)
+        self._replacing[address] = peer
+        goodbye.set()  # the proxy loop dials a fresh connection
+        self._close_soon(peer)
+
+    def _say_goodbye(self, peer: Peer) -> None:
+        with contextlib.suppress(PeerGone, LocalProtocolError):
+            peer.send_nowait(Goodbye(reason="renewed: your attestation expires soon"))
+
+    def _close_soon(self, peer: Peer) -> None:
+        """Close ``peer`` when it is no longer needed (``_close_when_idle``), once."""
+        if id(peer) in self._retiring:
+            return
+        self._retiring.add(id(peer))
+        task = asyncio.create_task(self._close_when_idle(peer, self._address_of(peer)))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _address_of(self, peer: Peer) -> str | None:
+        return next((address for address, connected in self.connected.items() if connected is peer), None)
 
     def _tell_shares_soon(self) -> None:
         """``_tell_shares`` once for whatever starts and ends in this turn of the event loop."""
@@ -333,29 +392,32 @@ class Worker:
             # is about to expire in its eyes): finish what runs, then close; the proxy loop has
             # dialed a fresh connection, with fresh evidence, meanwhile.
             log.info("proxy %s said goodbye: %s; closing once its requests are done", peer.label, message.reason)
+            self._close_soon(peer)  # (first: it looks up the proxy's address, which the redial takes)
             if goodbye := self._goodbyes.get(id(peer)):
                 goodbye.set()  # the proxy loop dials a fresh connection meanwhile
-            task = asyncio.create_task(self._close_when_idle(peer))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
 
-    async def _close_when_idle(self, peer: Peer) -> None:
-        """Close a connection the proxy said goodbye on, should the proxy not close it itself
-        (as proxies do once the fresh connection has announced and the old one's requests are
-        done): once the fresh connection is up and this one has had no request for
-        ``CLOSE_GRACE``. The proxy routes requests here until it reads the fresh connection's
-        announce, so an idle moment alone is no sign that none is on its way."""
+    async def _close_when_idle(self, peer: Peer, address: str | None) -> None:
+        """Close a connection that is being replaced, should the proxy not close it itself (as
+        proxies do once it has no request left and they route no more there): once a fresh
+        connection to that proxy is up and this one has had no request for ``CLOSE_GRACE`` since.
+        The proxy routes requests here until it reads the fresh connection's announce, so an
+        idle moment alone is no sign that none is on its way; without a fresh connection (it
+        failed) this one stays, until ``Peer`` cuts it at expiry."""
         loop = asyncio.get_running_loop()
         idle_since: float | None = None
-        while not peer.closed:
-            if any(peer_id == id(peer) for peer_id, _ in self.active):
-                idle_since = None
-            elif idle_since is None:
-                idle_since = loop.time()
-            elif loop.time() - idle_since >= CLOSE_GRACE and peer not in self.connected.values():
-                await peer.aclose("the proxy said goodbye")
-                return
-            await asyncio.sleep(IDLE_POLL)
+        try:
+            while not peer.closed:
+                fresh = self.connected.get(address) if address is not None else None
+                if fresh is None or fresh is peer or any(peer_id == id(peer) for peer_id, _ in self.active):
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = loop.time()
+                elif loop.time() - idle_since >= CLOSE_GRACE:
+                    await peer.aclose("replaced by a fresh connection")
+                    return
+                await asyncio.sleep(IDLE_POLL)
+        finally:
+            self._retiring.discard(id(peer))
 
     def _cancel_all(self, peer: Peer) -> None:
         for (peer_id, _), task in list(self.active.items()):

@@ -102,15 +102,18 @@ def test_attest_show_command() -> None:
     assert garbage.returncode == 2 and garbage.stderr.startswith("cocoon: ")
 
 
-def _renewing_network(tmp_path: Path, fault: str) -> Network:
-    # The proxy trusts a worker's evidence for 12 s here (3600 by default): the connection must
-    # end then. Before it does, the proxy asks the worker to redial; the old connection takes
-    # requests until the fresh one has announced, then finishes them and the proxy closes it.
+def _renewing_network(tmp_path: Path, fault: str, trusting: str = "proxy") -> Network:
+    # The proxy (or the worker) trusts the other's evidence for 12 s here (3600 by default): the
+    # connection must end then. Before it does, the proxy asks the worker to redial (or the
+    # worker redials by itself); the old connection takes requests until the fresh one has
+    # announced, then finishes them and the proxy closes it.
     policy = tmp_path / "policy.toml"
     policy.write_text('mode = "development"\ntees = ["sim"]\nmax_cache_seconds = 12\n'
                       '[proxy]\nimage_hashes = "*"\nmodel_hashes = "*"\n'
                       '[worker]\nimage_hashes = "*"\nmodel_hashes = "*"\n')  # fmt: skip
-    net = Network(tmp_path / "net", workers=0, proxy={"policy": str(policy)}, worker={"reconnect_max": 1.0})
+    settings = {"proxy": {}, "worker": {"reconnect_max": 1.0}}
+    settings[trusting]["policy"] = str(policy)
+    net = Network(tmp_path / "net", workers=0, **settings)
     net.start_worker(1, fault=fault)
     net.wait_workers(1)
     return net
@@ -152,6 +155,21 @@ def test_no_request_is_cut_when_a_workers_fresh_connection_announces_late(tmp_pa
         assert answered >= 8
         proxy = net.nodes["proxy"].log
         assert proxy.count("attestation expires soon") >= 1 and "attestation expired" not in proxy
-        net.nodes["proxy"].wait_for_log("disconnected: replaced by the worker's fresh connection", timeout=10)
+        net.nodes["proxy"].wait_for_log("disconnected: no longer used: drained", timeout=10)
+    finally:
+        net.stop()
+
+
+def test_a_worker_renews_its_connection_itself_when_the_proxys_evidence_expires_first(tmp_path: Path) -> None:
+    # the worker trusts the proxy for 12 s, the proxy the worker for an hour: the proxy never
+    # asks the worker to redial, and the worker must renew the connection before it ends
+    net = _renewing_network(tmp_path, "slow:0.1", trusting="worker")
+    try:
+        answered = _ask_until(net, time.monotonic() + 15)  # past the renewal at about 9 s
+        assert answered >= 8
+        worker = net.nodes["worker-1"].log
+        assert "renewing the connection" in worker and "attestation expired" not in worker
+        assert "asked to redial" not in net.nodes["proxy"].log
+        net.nodes["proxy"].wait_for_log("disconnected: no longer used: drained", timeout=10)
     finally:
         net.stop()

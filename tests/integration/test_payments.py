@@ -213,6 +213,11 @@ def test_a_client_whose_deposit_is_used_up_is_refused_until_it_tops_up(chain: Ch
         net.stop()
 
 
+def _voucher_seqno(net: Network) -> int:
+    """The sequence number of the newest voucher in the proxy's books (0: none)."""
+    return max((row["seqno"] for row in rows(net.root / "proxy-payments.db", "proxy_in")), default=0)
+
+
 def _served(net: Network) -> bool:
     try:
         ask(net, "Hello", stream=False, max_tokens=4)
@@ -386,6 +391,10 @@ def test_a_client_claiming_a_newer_voucher_it_cannot_show_does_not_stop_the_prox
     net = Network(tmp_path / "net", workers=1, chain=chain, client_module="tests.integration.rollback_claiming_client")
     try:
         ask(net, "Hello", stream=False)  # the claim is ignored at the first attach already
+        # the answer's voucher was sent before the answer reached the caller, and is committed
+        # soon after: a proxy stopped before would lose it (a client attaching again names its
+        # newest voucher, and the proxy takes it then; this one names a claim instead)
+        wait_until(lambda: _voucher_seqno(net) > 0, what="the proxy to commit the voucher")
         net.nodes["proxy"].stop()
         net.start_proxy()  # and at the reattach, to a channel with vouchers in the proxy's books
         net.wait_workers(1)
@@ -393,8 +402,8 @@ def test_a_client_claiming_a_newer_voucher_it_cannot_show_does_not_stop_the_prox
         proxy = net.nodes["proxy"]
         assert proxy.alive() and "refusing to run" not in proxy.log
         assert proxy.log.count("ignored the newest voucher it names") >= 2  # the log spans both runs
-        (proxy_in,) = rows(net.root / "proxy-payments.db", "proxy_in")
-        assert 0 < proxy_in["seqno"] < 10**9
+        wait_until(lambda: _voucher_seqno(net) > 1, what="the proxy to commit the next voucher")
+        assert _voucher_seqno(net) < 10**9
     finally:
         net.stop()
 

@@ -1,4 +1,5 @@
-"""The proxy's choice of a worker leaves suspended workers out before looking for room."""
+"""The proxy's choice of a worker: suspended workers are left out before looking for room, and
+the workers a request is sealed for are found on whichever connection they have now."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from cocoon.protocol.errors import ErrorCode
 from cocoon.protocol.messages import Announce
 from cocoon.proxy.reputation import FAILURES_TO_SUSPEND, Reputation
 from cocoon.proxy.router import RouteError, Router
-from cocoon.proxy.service import Proxy
+from cocoon.proxy.service import Proxy, Wanted
+
+BOTH = Wanted(frozenset({"aa", "bb"}), 0)
+OFFER = Announce(model="m", engine="e", capacity=1, max_tokens=100)
 
 
 def chooser(tmp_path: Path) -> Proxy:
@@ -29,15 +33,54 @@ def test_an_idle_suspended_worker_does_not_hide_that_the_good_ones_are_busy(tmp_
     proxy.router.announce(2, "bad", Announce(model="m", engine="e", capacity=1, max_tokens=100), "bb")
     for _ in range(FAILURES_TO_SUSPEND):
         proxy.reputation.failure("bb", time.time())
-    assert proxy._choose("m", frozenset(), None, "balanced") is good
+    assert proxy._choose("m", BOTH, "balanced") is good
     proxy.router.acquire(good)  # the good one is busy, the suspended one idle
     with pytest.raises(RouteError) as busy:
-        proxy._choose("m", frozenset(), None, "balanced")
+        proxy._choose("m", BOTH, "balanced")
     assert busy.value.code is ErrorCode.SATURATED  # so the request waits for a slot
     proxy.router.release(good)
     proxy.reputation.failure("aa", time.time())
     for _ in range(FAILURES_TO_SUSPEND):
         proxy.reputation.failure("aa", time.time())
     with pytest.raises(RouteError) as none:
-        proxy._choose("m", frozenset(), None, "balanced")
+        proxy._choose("m", BOTH, "balanced")
     assert none.value.code is ErrorCode.NO_WORKER and "suspended" in str(none.value)
+
+
+def test_a_request_waiting_for_a_worker_finds_it_on_its_fresh_connection(tmp_path: Path) -> None:
+    # the worker renews its connection (its attestation) while the request waits for it: the
+    # fresh connection has another id, and the old one takes no more requests
+    proxy = chooser(tmp_path)
+    old = proxy.router.announce(1, "worker", OFFER, "aa")
+    proxy.router.acquire(old)
+    wanted = Wanted(frozenset({"aa"}), 0)
+    with pytest.raises(RouteError) as busy:
+        proxy._choose("m", wanted, "balanced")
+    assert busy.value.code is ErrorCode.SATURATED
+    fresh = proxy.router.announce(2, "worker", OFFER, "aa")
+    proxy.router.drain(1)
+    assert proxy._choose("m", wanted, "balanced") is fresh
+
+
+def test_a_worker_tried_is_not_tried_again_on_its_fresh_connection(tmp_path: Path) -> None:
+    proxy = chooser(tmp_path)
+    proxy.router.announce(1, "worker", OFFER, "aa")
+    other = proxy.router.announce(3, "other", OFFER, "bb")
+    wanted = Wanted(frozenset({"aa", "bb"}), 0, tried={"aa"})
+    proxy.router.announce(2, "worker", OFFER, "aa")
+    proxy.router.drain(1)
+    assert proxy._choose("m", wanted, "balanced") is other
+    with pytest.raises(RouteError):
+        proxy._choose("m", Wanted(frozenset({"aa"}), 0, tried={"aa"}), "balanced")
+
+
+def test_only_the_workers_sealed_for_within_the_price_cap_are_chosen(tmp_path: Path) -> None:
+    proxy = chooser(tmp_path)
+    cheap = proxy.router.announce(1, "cheap", OFFER, "aa")
+    dear = Announce(model="m", engine="e", capacity=1, max_tokens=100, price_milli=2000)
+    proxy.router.announce(2, "dear", dear, "bb")
+    proxy.router.announce(3, "not sealed for", OFFER, "cc")
+    for _ in range(20):
+        assert proxy._choose("m", Wanted(frozenset({"aa", "bb"}), 1000), "cheapest") is cheap
+    with pytest.raises(RouteError):
+        proxy._choose("m", Wanted(frozenset({"bb"}), 1000), "balanced")

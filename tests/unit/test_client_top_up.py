@@ -1,0 +1,69 @@
+"""A client topping up its channel while its connection to the proxy is renewed: the deposit
+takes seconds, and the connection it asked on may have closed by then."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from cocoon.client.payments import PaymentSetupError
+from cocoon.client.service import ClientService, UpstreamError
+from cocoon.protocol.errors import ErrorCode
+
+
+@dataclass
+class PeerStub:
+    closed: bool = False
+
+
+class LinkStub:
+    """Test double: the link's current connection, and where the channel was named."""
+
+    def __init__(self, peer: PeerStub) -> None:
+        self.peer: PeerStub | None = peer
+        self.named: tuple[PeerStub, str] | None = None
+
+    async def get(self) -> PeerStub:
+        assert self.peer is not None
+        return self.peer
+
+    def set_payment(self, peer: PeerStub, channel: str) -> None:
+        self.named = (peer, channel)
+
+
+class RenewingDuringDepositPaymentsStub:
+    """Test double: the first ``attach`` deposits, and meanwhile the link renews its connection
+    (the old one closes), so naming the channel on the old one fails."""
+
+    def __init__(self, link: LinkStub, fresh: PeerStub | None) -> None:
+        self.link, self.fresh, self.calls = link, fresh, 0
+
+    async def attach(self, peer: PeerStub) -> str:
+        self.calls += 1
+        if self.calls == 1:
+            peer.closed = True
+            if self.fresh is not None:
+                self.link.peer = self.fresh
+            raise PaymentSetupError("the proxy did not answer about payment: closed")
+        return "channel"
+
+
+def service(payments: RenewingDuringDepositPaymentsStub) -> ClientService:
+    client = ClientService.__new__(ClientService)  # only the top-up is exercised
+    client.payments = payments  # type: ignore[assignment]
+    return client
+
+
+async def test_the_channel_is_named_on_the_fresh_connection_after_a_renewal() -> None:
+    old, fresh = PeerStub(), PeerStub()
+    link = LinkStub(old)
+    await service(RenewingDuringDepositPaymentsStub(link, fresh))._top_up(link)  # type: ignore[arg-type]
+    assert link.named == (fresh, "channel")
+
+
+async def test_a_connection_lost_without_a_fresh_one_is_still_a_payment_error() -> None:
+    link = LinkStub(PeerStub())
+    with pytest.raises(UpstreamError) as refused:
+        await service(RenewingDuringDepositPaymentsStub(link, None))._top_up(link)  # type: ignore[arg-type]
+    assert refused.value.code == ErrorCode.PAYMENT_REQUIRED and link.named is None
