@@ -73,6 +73,8 @@ CLOSED_WRITE_OFF_DELAY = 2.0
 MAX_BILLED_ENDS = 64  # answers billed last per client connection, kept for a cancel that crosses their end
 MAX_CLOSED_REMEMBERED = 10_000  # recently closed client connections kept, before the older are forgotten
 MAX_ATTEMPTS = 3  # a request whose worker fails before its first chunk is retried, twice at most
+BUSY_RETRY = 0.02  # seconds before a request a worker refused as full tries again (doubling)
+BUSY_RETRY_MAX = 0.5
 SAVE_EVERY = 10.0  # seconds between saves of the reputation file
 # errors caused by the request, not by the worker: they neither count against it nor retry
 CLIENT_FAULTS = frozenset({ErrorCode.BAD_REQUEST, ErrorCode.TOO_LARGE, ErrorCode.UNKNOWN_MODEL})
@@ -444,6 +446,18 @@ class Proxy:
         stats = [self.reputation.stats(e.key) for e in entries]
         return entries[choose(entries, stats, preference, self._rng)]
 
+    def _next_reinstatement(self, model: str) -> float:
+        """Seconds until the next suspended worker for ``model`` is eligible again (inf: none)."""
+        now = time.time()
+        ends = [
+            stats.suspended_until - now
+            for w in self.router.workers.values()
+            if w.offer.model == model
+            and not (stats := self.reputation.stats(w.key)).banned
+            and stats.suspended_until > now
+        ]
+        return max(0.0, min(ends)) if ends else math.inf
+
     async def _acquire(self, model: str, wanted: Wanted, preference: Preference = "balanced") -> WorkerEntry:
         """A worker slot for ``model``, waiting up to ``queue_timeout`` while all are busy."""
         loop = asyncio.get_running_loop()
@@ -463,7 +477,8 @@ class Proxy:
                     self._waiting[model] = self._waiting.get(model, 0) + 1
                     try:
                         with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(remaining):
+                            # (nothing is notified when a suspension ends: look again then)
+                            async with asyncio.timeout(min(remaining, self._next_reinstatement(model))):
                                 await self._slot_freed.wait()
                     finally:
                         self._waiting[model] -= 1
@@ -629,8 +644,12 @@ class Proxy:
         wanted = Wanted(frozenset(key.hex() for key in request.candidates), request.max_price_milli)
         preference = request.routing if request.routing in PREFERENCES else "balanced"
         outcome = Attempt.RETRY
-        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout  # across retries
-        for _ in range(MAX_ATTEMPTS):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.request_timeout  # across retries
+        busy_until = min(deadline, loop.time() + self.settings.queue_timeout)  # waiting for room, in all
+        busy_wait = BUSY_RETRY
+        attempts = 0
+        while attempts < MAX_ATTEMPTS:
             try:
                 entry = await self._acquire(request.model, wanted, preference)
             except RouteError as exc:
@@ -638,7 +657,6 @@ class Proxy:
                     break
                 await _send_quietly(client, Error(stream_id=sid, code=exc.code, message=str(exc)))
                 return
-            wanted.tried.add(entry.key)
             try:
                 outcome = await self._relay_to(client, request, entry, deadline)
             finally:
@@ -647,6 +665,16 @@ class Proxy:
                 await self._notify_slot()
             if outcome is Attempt.DONE:
                 return
+            if outcome is Attempt.BUSY and loop.time() + busy_wait < busy_until:
+                # Full with other proxies' requests (it told us it had room, and so it did others):
+                # the request waits for room as it would have here, instead of a 429 at once. The
+                # worker's capacity message (no room for us) arrives meanwhile, and ``_acquire``
+                # then waits for its "room again" or picks another candidate.
+                await asyncio.sleep(busy_wait)
+                busy_wait = min(2 * busy_wait, BUSY_RETRY_MAX)
+                continue
+            wanted.tried.add(entry.key)
+            attempts += 1
             why = {Attempt.BUSY: "is full", Attempt.TIMED_OUT: "timed out"}.get(outcome, "failed")
             log.info("request %d: worker %s %s before its first chunk; trying another", sid, entry.label, why)
         if outcome is Attempt.BUSY:  # full, not broken: the client may come back (429, Retry-After)

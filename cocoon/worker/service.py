@@ -255,12 +255,16 @@ class Worker:
         loop = asyncio.get_running_loop()
         renewal: asyncio.TimerHandle | None = None
         try:
-            await peer.send(self.announce(peer.identity.public_key))
+            if not peer.send_nowait(self.announce(peer.identity.public_key)):
+                raise PeerGone(peer.close_reason or "connection closed")
             version = software_version(peer.identity.software)
             if version is not None and version >= CAPACITY_SINCE:
                 self._sharing[id(peer)] = peer
                 self._told[id(peer)] = self.taken
                 self._tell_shares()  # (no room while the worker is full with other proxies' requests)
+            # in one write with the announce: a proxy reading the announce alone would send
+            # requests that the "no room" after it then refuses
+            await peer.flush()
             replaced = self._replacing.pop(address, None)
             if replaced is not None:
                 # a moment for the proxy to read the announce: it routes to this connection

@@ -3,6 +3,7 @@
 ``COCOON_TEST_FAULT`` selects the fault: ``slow:SECONDS`` (sleep that long per token),
 ``fail_first`` (fail before the first chunk, every time), ``stall`` (send one chunk, then hang),
 ``full`` (answer every request "at capacity", as a worker kept busy by other proxies does),
+``full_first:N`` (so answer the first N requests, then serve: a slot another proxy took first),
 ``seal_error`` (answer every request that it cannot open it, as for a request sealed for a key
 the worker no longer has, or garbage), ``unknown_code`` (send the first chunk, then fail with an
 error code no version of the protocol has, as a newer or a broken worker might), ``silent`` (take
@@ -69,14 +70,23 @@ def make_faulty_engine(settings: WorkerSettings) -> Engine:
 
 cocoon.run.make_engine = make_faulty_engine
 
-if FAULT in ("full", "seal_error"):
+if FAULT in ("full", "full_first", "seal_error"):
     from cocoon.channel.peer import Peer
     from cocoon.protocol.errors import ErrorCode
     from cocoon.protocol.messages import Error, StreamRequest
     from cocoon.worker.service import Worker
 
+    real_stream_opened = Worker.stream_opened
+    refusals = int(FAULTS["full_first"] or 1) if FAULT == "full_first" else 0
+
     def always_refuse(self: Worker, peer: Peer, message: StreamRequest) -> None:
-        if FAULT == "full":
+        global refusals
+        if FAULT == "full_first":
+            if refusals <= 0:
+                real_stream_opened(self, peer, message)
+                return
+            refusals -= 1
+        if FAULT in ("full", "full_first"):
             error = Error(stream_id=message.stream_id, code=ErrorCode.SATURATED, message="worker at capacity")
         else:
             error = Error(stream_id=message.stream_id, code=ErrorCode.SEAL_ERROR, message="cannot open the request")

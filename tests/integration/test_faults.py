@@ -399,7 +399,7 @@ def test_two_hundred_concurrent_streams_complete_or_get_429(tmp_path: Path) -> N
 def test_a_worker_that_refuses_through_no_fault_of_its_own_keeps_its_standing(
     tmp_path: Path, fault: str, refused: type[openai.APIStatusError], says: str
 ) -> None:
-    net = Network(tmp_path, workers=0)
+    net = Network(tmp_path, workers=0, proxy={"queue_timeout": 1.0})  # (a full worker is waited for that long)
     try:
         net.start_worker(1, fault=fault)
         net.wait_workers(1)

@@ -74,6 +74,22 @@ def test_without_a_queue_the_worker_takes_only_what_its_engine_runs(tmp_path: Pa
         net.stop()
 
 
+def test_a_request_a_worker_refuses_as_full_waits_for_room_there_instead_of_a_429(tmp_path: Path) -> None:
+    # A worker serving several proxies tells each that it has room again once one of its slots
+    # frees; two of them may then send a request for it, and it refuses the second (saturated).
+    # That proxy tries again shortly, within its queue_timeout, as if it had waited for the slot.
+    net = Network(tmp_path, workers=0, worker=PACED)
+    try:
+        net.start_worker(1, fault="full_first:2")  # the test double: its first two refusals
+        net.wait_workers(1)
+        assert asyncio.run(answers(net.url, 1)) == ["".join(f" w{j}" for j in range(20))]
+        assert net.nodes["proxy"].log.count("trying another") == 0  # waited for room, no failure
+        (listed,) = httpx.get(net.url + "/market", timeout=10).json()["models"][0]["workers"]
+        assert listed["state"] == "available" and listed["errors"] == 0
+    finally:
+        net.stop()
+
+
 def test_a_worker_serving_two_proxies_offers_each_what_the_other_leaves(tmp_path: Path) -> None:
     """Each proxy was offered the worker's whole capacity, so a request through the second
     proxy while the first one's filled the worker was refused at once (429); now the worker

@@ -3,9 +3,12 @@ the workers a request is sealed for are found on whichever connection they have 
 
 from __future__ import annotations
 
+import asyncio
+import math
 import random
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -84,3 +87,19 @@ def test_only_the_workers_sealed_for_within_the_price_cap_are_chosen(tmp_path: P
         assert proxy._choose("m", Wanted(frozenset({"aa", "bb"}), 1000), "cheapest") is cheap
     with pytest.raises(RouteError):
         proxy._choose("m", Wanted(frozenset({"bb"}), 1000), "balanced")
+
+
+async def test_a_request_waiting_for_room_takes_a_worker_as_its_suspension_ends(tmp_path: Path) -> None:
+    # nothing notifies the waiters when a suspension ends: they look again at that time, instead
+    # of waiting for a busy worker (or the queue timeout, then a 429) with an idle one eligible
+    proxy = chooser(tmp_path)
+    proxy.settings = SimpleNamespace(queue_timeout=5.0, max_queue=10)  # type: ignore[assignment]
+    proxy._slot_freed, proxy._waiting = asyncio.Condition(), {}
+    proxy.router.acquire(proxy.router.announce(1, "busy", OFFER, "aa"))
+    proxy.router.announce(2, "suspended", OFFER, "bb")
+    proxy.reputation.stats("bb").suspended_until = time.time() + 0.3
+    assert proxy._next_reinstatement("m") == pytest.approx(0.3, abs=0.1)
+    started = time.monotonic()
+    entry = await proxy._acquire("m", BOTH)
+    assert entry.key == "bb" and time.monotonic() - started < 2.0
+    assert proxy._next_reinstatement("m") == math.inf
