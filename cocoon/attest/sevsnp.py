@@ -307,9 +307,10 @@ def _spki_sha256(cert: x509.Certificate) -> str:
 
 
 def _check_issued(cert: x509.Certificate, issuer: x509.Certificate, what: str) -> None:
-    """AMD signs every certificate in the chain with RSASSA-PSS, SHA-384, salt length 48."""
-    if cert.issuer != issuer.subject:
-        raise AttestationError("bad_chain", f"{what}: issuer name does not match the issuing certificate")
+    """AMD signs every certificate in the chain with RSASSA-PSS, SHA-384, salt length 48.
+    The signature is checked before the names are read: decoding the names of a forged or
+    corrupted certificate can warn or fail inside ``cryptography`` (an attribute of a length
+    its type does not allow), and a certificate whose signature verifies has genuine names."""
     if cert.signature_algorithm_oid != SignatureAlgorithmOID.RSASSA_PSS:
         raise AttestationError("bad_chain", f"{what}: not signed with RSASSA-PSS")
     key = issuer.public_key()
@@ -319,6 +320,8 @@ def _check_issued(cert: x509.Certificate, issuer: x509.Certificate, what: str) -
         key.verify(cert.signature, cert.tbs_certificate_bytes, _PSS_SHA384, hashes.SHA384())
     except InvalidSignature:
         raise AttestationError("bad_chain", f"{what}: signature does not verify") from None
+    if cert.issuer != issuer.subject:
+        raise AttestationError("bad_chain", f"{what}: issuer name does not match the issuing certificate")
 
 
 def _check_validity(name: str, cert: x509.Certificate, now: datetime) -> None:

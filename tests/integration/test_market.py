@@ -73,9 +73,12 @@ def test_cheapest_sends_most_traffic_to_the_cheapest(market: Network) -> None:
 
 
 def test_balanced_spreads_the_traffic(market: Network) -> None:
-    counts = shares(market, run(market, 16, routing="balanced"))
+    # The fastest worker here wins every pair it is drawn into (half of them): about half of the
+    # requests, so 32 of them keep a chance draw past three quarters near one in a thousand (16
+    # did not: 14 of 16 once in CI)
+    counts = shares(market, run(market, 32, routing="balanced"))
     assert sum(1 for c in counts.values() if c > 0) >= 2, counts
-    assert max(counts.values()) <= 12, counts  # no single worker takes three quarters
+    assert max(counts.values()) <= 24, counts  # no single worker takes three quarters
 
 
 def test_price_cap_is_never_violated(market: Network) -> None:
