@@ -66,6 +66,24 @@ def expiry_notice(lifetime: float) -> float | None:
     return min(EXPIRY_NOTICE, lifetime / 4)
 
 
+def renewal_delay(peer: Peer, replaced: Peer | None, name: str) -> float | None:
+    """Seconds until the side that needs ``peer`` renews it, before its peer's evidence expires
+    in our eyes (``Peer`` cuts it then); None when it is not renewed: no expiry, too short-lived,
+    or a renewal that gained nothing over ``replaced`` (the peer's evidence itself ends then).
+    ``name`` says which peer in the warning."""
+    expires_at = peer.identity.expires_at
+    if expires_at is None:
+        return None
+    if replaced is not None and replaced.identity.expires_at is not None:
+        if expires_at <= replaced.identity.expires_at:
+            log.warning("%s: a fresh connection is trusted no longer than the old one; "
+                        "it will be cut when the peer's evidence expires", name)  # fmt: skip
+            return None
+    lifetime = expires_at - time.time()
+    notice = expiry_notice(lifetime)
+    return None if notice is None else max(0.0, lifetime - notice)
+
+
 class PeerGone(Exception):
     """The connection is closed; nothing more can be sent on it."""
 

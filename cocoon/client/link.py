@@ -14,7 +14,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cocoon.channel.connect import ConnectionOptions, HandshakeFailed, dial
-from cocoon.channel.peer import Peer, expiry_notice
+from cocoon.channel.peer import Peer, renewal_delay
 from cocoon.channel.verify import PeerVerifier
 from cocoon.protocol.errors import ErrorCode
 from cocoon.protocol.messages import Error
@@ -168,7 +168,7 @@ class ProxyLink:
             else:
                 log.info("renewed the connection to proxy %s:%d; the old one closes once its %d requests "
                          "in flight are done", self.host, self.port, len(replaced.awaiting))  # fmt: skip
-            renew_in = self._renew_in(hop, replaced)
+            renew_in = renewal_delay(hop.peer, replaced.peer if replaced else None, f"proxy {self.host}:{self.port}")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(renew_in):
                     await asyncio.shield(hop.serving)
@@ -222,21 +222,6 @@ class ProxyLink:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
         return replaced
-
-    def _renew_in(self, hop: Hop, replaced: Hop | None) -> float | None:
-        """Seconds until ``hop`` is renewed; None when it is not (no expiry, too short-lived, or
-        a renewal that gained nothing: the proxy's evidence itself ends then)."""
-        expires_at = hop.peer.identity.expires_at
-        if expires_at is None:
-            return None
-        if replaced is not None and replaced.peer.identity.expires_at is not None:
-            if expires_at <= replaced.peer.identity.expires_at:
-                log.warning("proxy %s:%d: a fresh connection is trusted no longer than the old one; "
-                            "it will be cut when the proxy's evidence expires", self.host, self.port)  # fmt: skip
-                return None
-        lifetime = expires_at - time.time()
-        notice = expiry_notice(lifetime)
-        return None if notice is None else max(0.0, lifetime - notice)
 
     async def _close_when_idle(self, hop: Hop) -> None:
         """Close a replaced connection once every request and question sent on it has ended

@@ -34,7 +34,7 @@ from cocoon.chain.errors import ChainError
 from cocoon.chain.registry import RegistryState, RegistryWatcher, policy_from_registry
 from cocoon.channel.attested import AttestedVerifier
 from cocoon.channel.connect import HandshakeFailed, dial, software_version
-from cocoon.channel.peer import Peer, PeerGone, expiry_notice
+from cocoon.channel.peer import Peer, PeerGone, renewal_delay
 from cocoon.config import ConfigError, PeerPin, WorkerSettings, connection_options, split_address
 from cocoon.engine.base import Chunk, Engine, EngineError, EngineRequest, Finished
 from cocoon.keys import parse_public_key, public_bytes
@@ -270,7 +270,7 @@ class Worker:
                 # a moment for the proxy to read the announce: it routes to this connection
                 # before the old one stops taking requests, and none gets "no worker"
                 loop.call_later(HANDOVER, self._say_goodbye, replaced)
-            renew_in = self._renew_in(peer, replaced)
+            renew_in = renewal_delay(peer, replaced, f"proxy {peer.label}")
             if renew_in is not None:
                 renewal = loop.call_later(renew_in, self._renew, address, peer)
             await peer.serve(self)
@@ -287,24 +287,6 @@ class Worker:
             self._sharing.pop(id(peer), None)
             self._told.pop(id(peer), None)
             self._tell_shares()
-
-    @staticmethod
-    def _renew_in(peer: Peer, replaced: Peer | None) -> float | None:
-        """Seconds until we renew ``peer`` ourselves, before the proxy's evidence expires in our
-        eyes (``Peer`` cuts the connection then); None when it is not renewed: no expiry, too
-        short-lived, or a renewal that gained nothing (the proxy's evidence itself ends then).
-        The proxy usually asks first (``goodbye``), when ours nears its end in its eyes."""
-        expires_at = peer.identity.expires_at
-        if expires_at is None:
-            return None
-        if replaced is not None and replaced.identity.expires_at is not None:
-            if expires_at <= replaced.identity.expires_at:
-                log.warning("proxy %s: a fresh connection is trusted no longer than the old one; "
-                            "it will be cut when the proxy's evidence expires", peer.label)  # fmt: skip
-                return None
-        lifetime = expires_at - time.time()
-        notice = expiry_notice(lifetime)
-        return None if notice is None else max(0.0, lifetime - notice)
 
     def _renew(self, address: str, peer: Peer) -> None:
         """The proxy's evidence expires soon in our eyes: dial a fresh connection; once it has

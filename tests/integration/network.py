@@ -32,6 +32,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stream_until(url: str, deadline: float, **extra: Any) -> int:
+    """Streamed chat requests one after another until ``deadline`` (monotonic); each must be
+    answered whole (a 200, the final ``[DONE]``, no error event). How many were answered."""
+    answered = 0
+    with httpx.Client(base_url=url, timeout=30) as http:
+        while time.monotonic() < deadline:
+            messages = [{"role": "user", "content": "Say hi."}]
+            body = {"model": MODEL, "messages": messages, "max_tokens": 8, "stream": True, **extra}
+            with http.stream("POST", "/chat/completions", json=body) as answer:
+                assert answer.status_code == 200, answer.read()
+                text = "".join(answer.iter_text())
+            assert "[DONE]" in text and '"error"' not in text, text[-300:]
+            answered += 1
+    return answered
+
+
 def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

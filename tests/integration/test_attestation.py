@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.network import MODEL, Network
+from tests.integration.network import MODEL, Network, stream_until
 from tests.unit.attest.conftest import VECTORS
 
 pytestmark = pytest.mark.integration
@@ -119,24 +119,10 @@ def _renewing_network(tmp_path: Path, fault: str, trusting: str = "proxy") -> Ne
     return net
 
 
-def _ask_until(net: Network, deadline: float) -> int:
-    """Streamed requests one after another until ``deadline``; each must be answered whole."""
-    answered = 0
-    with httpx.Client(base_url=net.url, timeout=30) as http:
-        while time.monotonic() < deadline:
-            body = {"model": MODEL, "messages": LONG, "max_tokens": 8, "stream": True}
-            with http.stream("POST", "/chat/completions", json=body) as answer:
-                assert answer.status_code == 200, answer.read()
-                text = "".join(answer.iter_text())
-            assert "[DONE]" in text and '"error"' not in text, text[-300:]
-            answered += 1
-    return answered
-
-
 def test_no_request_is_cut_when_a_workers_attestation_expires(tmp_path: Path) -> None:
     net = _renewing_network(tmp_path, "slow:0.1")  # about a second per answer below
     try:
-        answered = _ask_until(net, time.monotonic() + 22)  # past two renewals (at about 9 s and 18 s)
+        answered = stream_until(net.url, time.monotonic() + 22)  # past two renewals (at about 9 s and 18 s)
         assert answered >= 10
         proxy, worker = net.nodes["proxy"].log, net.nodes["worker-1"].log
         assert proxy.count("attestation expires soon") >= 2 and "attestation expired" not in proxy
@@ -151,7 +137,7 @@ def test_no_request_is_cut_when_a_workers_fresh_connection_announces_late(tmp_pa
     # closed it a second after its last request cut the one the proxy had just sent there).
     net = _renewing_network(tmp_path, "slow:0.1,late_announce:1.5")
     try:
-        answered = _ask_until(net, time.monotonic() + 15)  # past the renewal at about 9 s
+        answered = stream_until(net.url, time.monotonic() + 15)  # past the renewal at about 9 s
         assert answered >= 8
         proxy = net.nodes["proxy"].log
         assert proxy.count("attestation expires soon") >= 1 and "attestation expired" not in proxy
@@ -165,7 +151,7 @@ def test_a_worker_renews_its_connection_itself_when_the_proxys_evidence_expires_
     # asks the worker to redial, and the worker must renew the connection before it ends
     net = _renewing_network(tmp_path, "slow:0.1", trusting="worker")
     try:
-        answered = _ask_until(net, time.monotonic() + 15)  # past the renewal at about 9 s
+        answered = stream_until(net.url, time.monotonic() + 15)  # past the renewal at about 9 s
         assert answered >= 8
         worker = net.nodes["worker-1"].log
         assert "renewing the connection" in worker and "attestation expired" not in worker

@@ -27,7 +27,7 @@ from cocoon.chain.wallet import Wallet
 from cocoon.keys import load_or_create_identity
 from cocoon.payments.prices import PriceParams, request_cost, split
 from cocoon.up_chain import UP_PARAMS, wallet_key
-from tests.integration.network import MODEL, Chain, Network
+from tests.integration.network import MODEL, Chain, Network, stream_until
 
 pytestmark = pytest.mark.integration
 
@@ -350,19 +350,9 @@ def test_no_request_is_cut_or_written_off_when_the_proxys_attestation_expires_fo
         deadline = time.monotonic() + 20  # past two expiries
 
         def caller(n: int) -> int:
-            answered = 0
-            with httpx.Client(base_url=net.url, timeout=30) as http:
-                while time.monotonic() < deadline:
-                    messages = [{"role": "user", "content": "Say hi."}]
-                    # (at temperature 0: sampled, an answer's usage may claim a ninth token, which
-                    # the client refuses as more than max_tokens; an engine matter, not this one's)
-                    body = {"model": MODEL, "messages": messages, "max_tokens": 8, "stream": True, "temperature": 0}
-                    with http.stream("POST", "/chat/completions", json=body) as answer:
-                        assert answer.status_code == 200, answer.read()
-                        text = "".join(answer.iter_text())
-                    assert "[DONE]" in text and '"error"' not in text, text[-300:]
-                    answered += 1
-            return answered
+            # (at temperature 0: sampled, an answer's usage may claim a ninth token, which the
+            # client refuses as more than max_tokens; an engine matter, not this one's)
+            return stream_until(net.url, deadline, temperature=0)
 
         with ThreadPoolExecutor(2) as pool:
             answered = sum(pool.map(caller, range(2)))

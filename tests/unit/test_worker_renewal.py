@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 import cocoon.worker.service as service
+from cocoon.channel.peer import renewal_delay
 from cocoon.worker.service import Worker
 
 GRACE = 0.1
@@ -22,7 +23,7 @@ class IdentityStub:
 
 @dataclass
 class PeerStub:
-    """Test double: what ``_close_when_idle`` and ``_renew_in`` read of a connection."""
+    """Test double: what ``_close_when_idle`` and ``renewal_delay`` read of a connection."""
 
     identity: IdentityStub = field(default_factory=IdentityStub)
     label: str = "proxy"
@@ -74,11 +75,11 @@ async def test_the_old_connection_stays_when_the_fresh_one_fails(monkeypatch: py
 
 def test_a_worker_renews_before_the_proxys_evidence_expires_in_its_eyes() -> None:
     now = time.time()
-    assert Worker._renew_in(PeerStub(IdentityStub(now + 1000)), None) == pytest.approx(940, abs=2)  # type: ignore[arg-type]
-    assert Worker._renew_in(PeerStub(IdentityStub(now + 40)), None) == pytest.approx(30, abs=2)  # type: ignore[arg-type]
-    assert Worker._renew_in(PeerStub(IdentityStub(None)), None) is None  # type: ignore[arg-type]
-    assert Worker._renew_in(PeerStub(IdentityStub(now + 1)), None) is None  # type: ignore[arg-type]
+    assert renewal_delay(PeerStub(IdentityStub(now + 1000)), None, "proxy") == pytest.approx(940, abs=2)  # type: ignore[arg-type]
+    assert renewal_delay(PeerStub(IdentityStub(now + 40)), None, "proxy") == pytest.approx(30, abs=2)  # type: ignore[arg-type]
+    assert renewal_delay(PeerStub(IdentityStub(None)), None, "proxy") is None  # type: ignore[arg-type]
+    assert renewal_delay(PeerStub(IdentityStub(now + 1)), None, "proxy") is None  # type: ignore[arg-type]
     # a fresh connection trusted no longer than the old one: its evidence itself ends then
     old = PeerStub(IdentityStub(now + 1000))
-    assert Worker._renew_in(PeerStub(IdentityStub(now + 1000)), old) is None  # type: ignore[arg-type]
-    assert Worker._renew_in(PeerStub(IdentityStub(now + 2000)), old) is not None  # type: ignore[arg-type]
+    assert renewal_delay(PeerStub(IdentityStub(now + 1000)), old, "proxy") is None  # type: ignore[arg-type]
+    assert renewal_delay(PeerStub(IdentityStub(now + 2000)), old, "proxy") is not None  # type: ignore[arg-type]
