@@ -279,6 +279,7 @@ def run_client(settings: ClientSettings) -> None:
             access_log=False,
             timeout_graceful_shutdown=2,
             lifespan="off",
+            proxy_headers=False,  # nothing here uses the caller's address: no X-Forwarded-* layer per request
             # httptools (a dependency) rather than h11: about a fifth less of the client's CPU
             # per streamed token (docs/benchmarks.md); uvicorn falls back to h11 without it
             http="auto",

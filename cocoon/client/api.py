@@ -8,14 +8,16 @@ that disconnects cancels its request all the way to the worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from cocoon.client.service import Call, ClientService, UpstreamError
 from cocoon.openai.errors import error_body, from_code
@@ -32,16 +34,43 @@ class BodyTooLarge(Exception):
 class EventStream(StreamingResponse):
     """A server-sent event stream whose status line and headers leave together with its first
     event. The first event is ready when the response starts (the first answer chunk has come),
-    so the caller gets headers and first token in one read instead of waking twice."""
+    so the caller gets headers and first token in one read instead of waking twice.
 
-    async def stream_response(self, send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
-        events = aiter(self.body_iterator)
-        first = await anext(events, None)
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        if first is not None:
-            await send({"type": "http.response.body", "body": first, "more_body": True})
-            async for chunk in events:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    It runs in the request's own task, where Starlette would start a task group (a task for the
+    events, one watching for a disconnect): the first event leaves without waiting for a turn of
+    the event loop. ``watcher`` (the handler's, reused) ends when the caller leaves, which
+    cancels the stream and gives ``call`` up."""
+
+    def __init__(
+        self,
+        content: AsyncGenerator[bytes, None],
+        *,
+        watcher: asyncio.Task[None] | None = None,
+        call: Call | None = None,
+        media_type: str = "text/event-stream",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(content, media_type=media_type, headers=headers)
+        self.events = content
+        self.watcher = watcher
+        self.call = call
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watcher = self.watcher or asyncio.create_task(_disconnected(receive))
+        try:
+            await _unless_disconnected(self.call, self.stream_response(send), watcher)
+        finally:
+            watcher.cancel()
+
+    async def stream_response(self, send: Send) -> None:
+        events = self.events
+        async with contextlib.aclosing(events):  # a stream cut short still cleans up at once
+            first = await anext(events, None)
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            if first is not None:
+                await send({"type": "http.response.body", "body": first, "more_body": True})
+                async for chunk in events:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
@@ -131,15 +160,16 @@ def build_app(service: ClientService, *, max_body_bytes: int) -> Starlette:
             return error_response(400, error_body(str(exc), "invalid_request_error", exc.param))
         # Watch for the caller going away while we wait: that cancels the request upstream.
         watcher = asyncio.create_task(_disconnected(request.receive))
+        watching = True
         try:
             begun = await _unless_disconnected(None, service.begin(kind, parsed, body), watcher)
             if begun is None:
                 return Response(status_code=499)
             call, first = begun
             if parsed.stream:
-                watcher.cancel()
+                watching = False  # the stream watches for the caller leaving from here on
                 return EventStream(
-                    call.events(first), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+                    call.events(first), watcher=watcher, call=call, headers={"Cache-Control": "no-cache"}
                 )
             answer = await _unless_disconnected(call, call.response(first), watcher)
             if answer is None:
@@ -148,7 +178,8 @@ def build_app(service: ClientService, *, max_body_bytes: int) -> Starlette:
         except UpstreamError as exc:
             return upstream_error_response(exc)
         finally:
-            watcher.cancel()
+            if watching:
+                watcher.cancel()
 
     async def chat_completions(request: Request) -> Response:
         return await completions(request, "chat")

@@ -9,7 +9,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import msgspec
@@ -273,7 +273,7 @@ class Call:
             await self.abort("bad answer")
             raise
 
-    async def events(self, first: Message) -> AsyncIterator[bytes]:
+    async def events(self, first: Message) -> AsyncGenerator[bytes, None]:
         """The SSE stream, one event per answer chunk; an error after the first chunk becomes an
         error event. The events of chunks that arrived together leave in one write; none waits
         for a later chunk."""

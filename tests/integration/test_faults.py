@@ -37,8 +37,10 @@ def client_of(network: Network, **options: float) -> openai.OpenAI:
 
 @pytest.fixture
 def single_slot(tmp_path: Path) -> Iterator[Network]:
-    """One worker with one slot, and a proxy that does not queue: the second request is 429."""
-    net = Network(tmp_path, workers=1, capacity=1, proxy={"queue_timeout": 0.0})
+    """One worker with one slot and no queue, and a proxy that does not queue: the second request
+    is 429. (With the worker's default queue of one, the second request waits there for the slot,
+    up to the worker's 5 s queue timeout: a 429 only where the first answer takes longer.)"""
+    net = Network(tmp_path, workers=1, capacity=1, proxy={"queue_timeout": 0.0}, worker={"queue": 0})
     try:
         yield net
     finally:

@@ -1,14 +1,15 @@
-"""The client's SSE response: headers leave with the first event, and nothing is lost after."""
+"""The client's SSE response: headers leave with the first event, and nothing is lost after; it
+runs in the request's task, and a caller who leaves stops it at once."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, MutableMapping
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, MutableMapping
+from typing import Any, cast
 
 import pytest
 
-from cocoon.client.api import EventStream
+from cocoon.client.api import EventStream, _disconnected
 
 
 class BrokenBeforeTheFirstEvent(Exception):
@@ -72,3 +73,72 @@ def test_a_failure_before_the_first_event_sends_no_status_line(spec: str) -> Non
     causes = group.exceptions if isinstance(group, BaseExceptionGroup) else (group,)
     assert any(isinstance(cause, BrokenBeforeTheFirstEvent) for cause in causes)
     assert sent == []
+
+
+class CallDouble:
+    """Test double of the call behind the stream: records being given up."""
+
+    def __init__(self) -> None:
+        self.aborted: list[str] = []
+
+    async def abort(self, reason: str) -> None:
+        self.aborted.append(reason)
+
+
+def test_the_first_event_leaves_before_the_event_loop_takes_a_turn() -> None:
+    # Starlette's own response starts a task for the events: one more turn of the event loop,
+    # on the way to the caller's first token, behind whatever else was ready to run
+    log: list[str] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"data: {1}\n\n"
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        log.append(message["type"])
+
+    async def receive() -> MutableMapping[str, Any]:
+        await asyncio.Event().wait()
+        return {}
+
+    async def main() -> None:
+        asyncio.get_running_loop().call_soon(log.append, "a turn of the event loop")
+        await EventStream(body())({"type": "http", "asgi": {"spec_version": "2.3"}}, receive, send)
+
+    asyncio.run(main())
+    assert log[:3] == ["http.response.start", "http.response.body", "http.response.body"]
+
+
+def test_a_caller_who_leaves_mid_stream_stops_it_and_gives_the_call_up_at_once() -> None:
+    sent: list[bytes] = []
+    closed: list[str] = []
+    call = CallDouble()
+
+    async def body() -> AsyncGenerator[bytes, None]:
+        try:
+            for n in range(1000):
+                yield b"data: {%d}\n\n" % n
+                await asyncio.sleep(0.001)
+        finally:
+            closed.append("events closed")  # the call's own clean-up runs here
+
+    async def main() -> None:
+        left = asyncio.Event()
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(message.get("body", b""))
+            if len(sent) == 4:  # the caller leaves after three events
+                left.set()
+
+        async def receive() -> MutableMapping[str, Any]:
+            await left.wait()
+            return {"type": "http.disconnect"}
+
+        watcher = asyncio.create_task(_disconnected(receive))
+        stream = EventStream(body(), watcher=watcher, call=cast(Any, call))
+        await asyncio.wait_for(stream({"type": "http", "asgi": {"spec_version": "2.3"}}, receive, send), 5)
+        assert watcher.done()
+
+    asyncio.run(main())
+    assert closed == ["events closed"]
+    assert call.aborted == ["caller disconnected"]
+    assert 4 <= len(sent) < 10 and b"" not in sent[1:]  # stopped, and never ended as if complete
