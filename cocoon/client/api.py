@@ -167,10 +167,10 @@ def build_app(service: ClientService, *, max_body_bytes: int) -> Starlette:
                 return Response(status_code=499)
             call, first = begun
             if parsed.stream:
+                headers = {"Cache-Control": "no-cache"}
+                stream = EventStream(call.events(first), watcher=watcher, call=call, headers=headers)
                 watching = False  # the stream watches for the caller leaving from here on
-                return EventStream(
-                    call.events(first), watcher=watcher, call=call, headers={"Cache-Control": "no-cache"}
-                )
+                return stream
             answer = await _unless_disconnected(call, call.response(first), watcher)
             if answer is None:
                 return Response(status_code=499)
