@@ -87,6 +87,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.cpu import tree_cpu_seconds
 from benchmarks.harness import Result, Suite, format_value
 from benchmarks.overhead_servers import (
     LITELLM_VERSION,
@@ -94,7 +95,6 @@ from benchmarks.overhead_servers import (
     Service,
     Trace,
     close_idle_connections,
-    cpu_seconds,
     delta_content,
     ensure_litellm,
     ensure_nginx,
@@ -259,7 +259,7 @@ class Meters:
         self.load: list[float] = []
 
     def add(self, name: str, pid: int) -> None:
-        self.read[name] = lambda: cpu_seconds(pid)
+        self.read[name] = lambda: tree_cpu_seconds(pid)
 
     def snapshot(self) -> dict[str, float]:
         return {name: read() for name, read in self.read.items()}

@@ -212,36 +212,6 @@ async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> Any:
             yield data
 
 
-# --- CPU accounting ----------------------------------------------------------------------------
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it."""
-    found = [pid]
-    for tid_dir in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = (tid_dir / "children").read_text().split()
-        except OSError:
-            continue
-        for child in children:
-            found.extend(descendants(int(child)))
-    return found
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its descendants (the living ones)."""
-    total = 0.0
-    for p in descendants(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14 and 15)
-    return total
-
-
 # --- processes ---------------------------------------------------------------------------------
 
 

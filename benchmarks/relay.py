@@ -25,11 +25,11 @@ exactly once inside that span, whatever any process buffers on the way):
 - **delivered tokens/s**: tokens received by the callers per wall second. The load generator,
   the client and the worker share the 2 cores with the proxy and each costs more per token than
   the proxy, so this is the whole network's ceiling on this machine, not the proxy's.
-- **tokens per proxy CPU-second** ("per core"): the batch's tokens divided by the CPU time
-  (user + system, ``/proc/PID/stat``) the proxy process used meanwhile: what one proxy process
-  on one fully used core delivers, the figure the 50,000 tokens/s target is about. The proxy is
-  never the bottleneck here, so this is a lower bound: a saturated proxy reads more frames per
-  system call and does better.
+- **tokens per proxy CPU-second** ("per core"): the batch's tokens divided by the CPU time the
+  proxy process used meanwhile (its threads' time on a CPU, to the nanosecond:
+  ``benchmarks/cpu.py``): what one proxy process on one fully used core delivers, the figure
+  the 50,000 tokens/s target is about. The proxy is never the bottleneck here, so this is a
+  lower bound: a saturated proxy reads more frames per system call and does better.
 - **inter-token latency** (ITL): the gaps between consecutive events of one stream as its caller
   receives them, pooled (p50/p90/p99; the value is the median over repeats of each batch's p99).
   Unpaced, it mostly shows how the streams share the machine.
@@ -70,6 +70,7 @@ from typing import Any, TypeVar, cast
 
 import httpx
 
+from benchmarks.cpu import cpu_seconds, runqueue_seconds
 from benchmarks.harness import Suite, percentile
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,28 +90,8 @@ STAGGER = 0.5  # paced streams start spread over this many seconds, as independe
 SETTLE = 0.5  # and their gaps count from this long after the last one started
 TARGET_TOKENS_PER_CORE = 50_000.0
 TARGET_ADDED_ITL = 0.002
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 T = TypeVar("T")
 PATTERN = b"data: {"  # one SSE event per answer chunk (the [DONE] marker does not match)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux ``/proc/PID/stat``)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
-
-
-def runqueue_seconds(pid: int) -> float:
-    """Time a process's threads have spent runnable but waiting for a CPU (``schedstat``); NaN
-    where the kernel keeps no such statistics."""
-    total = 0
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-    return total / 1e9
 
 
 @contextlib.contextmanager

@@ -17,9 +17,9 @@ Measured over a timed window after a warm-up:
 - **requests/s**: answers received per wall second. On 2 shared cores the client (which
   seals every request and verifies and pays for every answer) and the worker take most of
   the CPU, so this is the whole network's rate here, not the proxy's.
-- **requests per proxy CPU-second** ("per core"): the same answers divided by the CPU time
-  (user + system, ``/proc/PID/stat``) the proxy process used in the window: what one proxy
-  process on one fully used core sustains. Target: ≥ 1,000 with payments on.
+- **requests per proxy CPU-second** ("per core"): the same answers divided by the CPU time the
+  proxy process used in the window (its threads' time on a CPU, to the nanosecond:
+  ``benchmarks/cpu.py``): what one proxy process on one fully used core sustains. Target: ≥ 1,000 with payments on.
 
 Baseline in the same run: the same network and load with payments off (no chain), so the
 ratio is what payments cost the proxy. The paying nodes poll the registry and settle at the
@@ -37,8 +37,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cpu import cpu_seconds
 from benchmarks.harness import Suite, percentile
-from benchmarks.relay import BENCH_PROXY, bench_worker, chat_body, cpu_seconds, isolated_home, pids_of
+from benchmarks.relay import BENCH_PROXY, bench_worker, chat_body, isolated_home, pids_of
 from tests.integration.network import MODEL, Chain, Network
 
 # the defaults of ``cocoon.config`` for the background chain work (the test settings poll and

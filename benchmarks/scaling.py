@@ -42,6 +42,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.cpu import cpu_seconds
 from benchmarks.harness import Suite, rss_mib
 from cocoon.keys import load_or_create_identity, public_bytes
 from tests.integration.network import MODEL, Network, Node, free_port, toml_value
@@ -143,12 +144,6 @@ def identity(path: Path) -> str:
     return public_bytes(load_or_create_identity(path)).hex()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def write_config(path: Path, tables: dict[str, dict[str, Any]]) -> Path:
     path.write_text(
         "\n".join(
@@ -227,10 +222,8 @@ class Bench:
                 time.sleep(0.1)
 
     def cpu_seconds(self) -> float:
-        """CPU time (user + system) of every node so far, and of this process (the load)."""
-        total = sum(cpu_seconds(node.process.pid) for node in self.net.nodes.values())
-        own = os.times()
-        return total + own.user + own.system
+        """CPU time of every node so far, and of this process (the load)."""
+        return sum(cpu_seconds(node.process.pid) for node in self.net.nodes.values()) + cpu_seconds(os.getpid())
 
     def rss(self) -> dict[str, float]:
         return {name: rss_mib(node.process.pid) for name, node in self.net.nodes.items()}
@@ -339,7 +332,7 @@ def measure(suite: Suite, bench: Bench, total_target: int, seconds: float) -> No
     for mode, figure in figures.items():
         suite.record(
             f"CPU per request, {mode}", "s", figure.cpu, baseline=f"CPU per request, {one}" if mode != one else "",
-            note="user + system time of every node and the load generator / answers",
+            note="CPU time of every node and the load generator / answers",
         )  # fmt: skip
     for mode, figure in figures.items():
         in_flight = len(MODES[mode]) * CONCURRENCY
