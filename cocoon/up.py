@@ -143,6 +143,20 @@ proxy = {{ address = "127.0.0.1:{proxy_port}", public_key = "{proxy_key}" }}
     return config
 
 
+def stop_on_signals() -> dict[signal.Signals, Any]:
+    """Raise ``_Stop`` at the first SIGINT or SIGTERM and ignore the ones after it, so that a
+    second Ctrl-C (or a supervisor's signal on top of the terminal's) cannot cut the shutdown
+    the first one began; the handlers it replaced, for the caller to put back."""
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        raise _Stop
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return previous
+
+
 def run_up(
     *, port: int, workers: int, capacity: int, state_dir: Path | None, once: bool, prompt: str, chain: bool = True
 ) -> int:
@@ -158,10 +172,7 @@ def run_up(
         raise UpError(f"port {port} is in use; pick another with --port (0 = any free port)")
     proxy_port = _free_port()
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        raise _Stop
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = stop_on_signals()
     children: list[Child] = []
     try:
         local_chain = _start_chain(console, children, state, proxy_port, workers) if chain else None
