@@ -13,6 +13,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -123,6 +124,20 @@ def run_proxy(settings: ProxySettings) -> None:
     _run(_until_signalled(Proxy(settings, key, attestation).run()))
 
 
+MAX_URL = 2048
+
+
+def check_engine_url(url: str) -> None:
+    """``ConfigError`` unless ``url`` is an http(s) URL with a host (its text is not quoted: it
+    may hold a password)."""
+    try:
+        parsed = httpx.URL(url) if len(url) <= MAX_URL else None
+    except httpx.InvalidURL:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError(f"engine_url must be an http:// or https:// URL with a host, of at most {MAX_URL} characters")
+
+
 def make_engine(settings: WorkerSettings) -> Engine:
     if settings.engine == "benchmark":
         from cocoon.engine.synthetic import BenchmarkEngine
@@ -134,6 +149,7 @@ def make_engine(settings: WorkerSettings) -> Engine:
 
         if not settings.engine_url:
             raise ConfigError("engine openai_http needs engine_url (the server's base URL)")
+        check_engine_url(settings.engine_url)
         return OpenAIHttpEngine(
             settings.engine_url,
             model=settings.engine_model or None,

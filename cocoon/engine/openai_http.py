@@ -46,6 +46,7 @@ class OpenAIHttpEngine:
         self.base_url = base_url.rstrip("/")
         if not self.base_url.endswith("/v1"):
             self.base_url += "/v1"
+        self.shown_url = shown_url(self.base_url)  # for logs, status and errors: no credentials
         self.model = model
         self.max_tokens = max_tokens
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -54,16 +55,17 @@ class OpenAIHttpEngine:
     async def start(self, progress: ProgressCallback | None = None) -> None:
         """Wait for nothing: check the server answers and learn its model name if not given."""
         if progress:
-            progress(0, 1, f"contacting {self.base_url}")
+            progress(0, 1, f"contacting {self.shown_url}")
         try:
             response = await self._http.get(self.base_url + "/models")
             response.raise_for_status()
             models = [m.get("id") for m in response.json().get("data", [])]
         except (httpx.HTTPError, ValueError, AttributeError) as exc:
-            raise EngineError(f"engine at {self.base_url} does not answer /models: {exc}") from exc
+            detail = str(exc).replace(self.base_url, self.shown_url)  # httpx quotes the URL in some errors
+            raise EngineError(f"engine at {self.shown_url} does not answer /models: {detail}") from exc
         if self.model is None:
             if not models:
-                raise EngineError(f"engine at {self.base_url} lists no model")
+                raise EngineError(f"engine at {self.shown_url} lists no model")
             self.model = str(models[0])
         if progress:
             progress(1, 1, f"engine ready: {self.model}")
@@ -176,6 +178,15 @@ async def _data_lines(response: httpx.Response) -> AsyncIterator[list[bytes]]:
             yield batch
     if buffer.startswith(b"data:"):  # a last line without its line end
         yield [buffer[5:].strip()]
+
+
+def shown_url(url: str) -> str:
+    """``url`` as it may be shown: without the user name, password and query it may carry."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "(an invalid URL)"
+    return str(parsed.copy_with(userinfo=b"", query=None))
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

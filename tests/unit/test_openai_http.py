@@ -123,3 +123,41 @@ async def test_an_oversized_stream_line_is_refused() -> None:
         async for _ in engine._relay_stream(EngineRequest("chat", {"messages": []}, True), response):
             pass
     await engine.aclose()
+
+
+def test_the_url_shown_carries_no_credentials_and_no_query() -> None:
+    from cocoon.engine.openai_http import shown_url
+
+    assert shown_url("http://user:s3cret@[::1]:8080/v1?key=abc") == "http://[::1]:8080/v1"
+    assert shown_url("https://engine.example/v1") == "https://engine.example/v1"
+
+
+async def test_an_engine_url_with_a_password_never_shows_it() -> None:
+    # where the engine cannot be reached: the worker logs progress, writes it to its status file
+    # and prints the error
+    seen: list[str] = []
+    engine = OpenAIHttpEngine("http://user:s3cret@127.0.0.1:1/v1?key=abc")
+    with pytest.raises(EngineError) as excinfo:
+        await engine.start(lambda done, total, what: seen.append(what))
+    await engine.aclose()
+    shown = " ".join([*seen, str(excinfo.value)])
+    assert "127.0.0.1:1" in shown
+    assert "s3cret" not in shown and "user" not in shown and "abc" not in shown
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[zz::1", "ftp://zz.example/v1", "zz.example:8000", "http://", "http://zz/" + "x" * 3000]
+)
+def test_a_bad_engine_url_is_a_config_error_that_does_not_quote_it(url: str) -> None:
+    from cocoon.config import ConfigError
+    from cocoon.run import check_engine_url
+
+    with pytest.raises(ConfigError) as excinfo:
+        check_engine_url(url)
+    assert "zz" not in str(excinfo.value)
+
+
+def test_an_engine_url_with_credentials_is_accepted() -> None:
+    from cocoon.run import check_engine_url
+
+    check_engine_url("http://user:s3cret@127.0.0.1:8080/v1")
