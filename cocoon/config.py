@@ -23,6 +23,7 @@ HexKey = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{64}$")]
 LogLevel = Literal["debug", "info", "warning", "error"]
 Nano = Annotated[int, Meta(ge=0, le=2**63 - 1)]  # an amount of nanoTON
 TON = 10**9
+MAX_CONFIG_BYTES = 1024 * 1024  # a node's config is a few KiB; more is a mistake (or /dev/zero)
 
 
 class ConfigError(Exception):
@@ -154,9 +155,15 @@ def load_settings(cls: type[S], role: str, path: Path | None, overrides: dict[st
     values: dict[str, Any] = {}
     if path is not None:
         try:
-            document = tomllib.loads(path.read_text())
+            with path.open("rb") as file:
+                raw = file.read(MAX_CONFIG_BYTES + 1)
+            if len(raw) > MAX_CONFIG_BYTES:
+                raise ConfigError(f"config {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB")
+            document = tomllib.loads(raw.decode())
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config {path} is not UTF-8 text (byte {exc.start})") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
         table = document.get(role, {})

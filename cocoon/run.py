@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 import signal
+import socket
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -301,7 +302,11 @@ def run_client(settings: ClientSettings) -> None:
             http="auto",
         )
         server = uvicorn.Server(config)
-        serving = asyncio.create_task(server.serve())
+        try:  # bound here: uvicorn ends the process (SystemExit, a traceback) when it cannot bind
+            listener = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        except OSError as exc:
+            raise ConfigError(f"the client cannot listen on {settings.listen}: {exc.strerror or exc}") from exc
+        serving = asyncio.create_task(server.serve(sockets=[listener]))
         while not server.started and not serving.done():
             await asyncio.sleep(0.02)
         if serving.done():

@@ -47,6 +47,20 @@ def test_top_level_help_and_version() -> None:
     assert cocoon("--version").stdout.startswith("cocoon ")
 
 
+def test_a_client_whose_port_is_taken_says_so_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = cocoon(
+            "client", "--listen", f"127.0.0.1:{port}", "--proxy", f"127.0.0.1:{free_port()}={'ab' * 32}",
+            "--status-file", str(tmp_path / "status.json"),
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"cocoon: the client cannot listen on 127.0.0.1:{port}")
+
+
 def test_bad_config_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[proxy]\nlisten = 12\n")

@@ -154,6 +154,18 @@ def test_invalid_toml(tmp_path: Path) -> None:
     assert str(path) in message
 
 
+def test_a_config_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "cocoon.toml"
+    path.write_bytes(b"\xff\xfe[proxy]\n")
+    assert config_error(ProxySettings, "proxy", path) == f"config {path} is not UTF-8 text (byte 0)"
+
+
+def test_a_config_too_large_is_not_read_whole(tmp_path: Path) -> None:
+    path = tmp_path / "cocoon.toml"
+    path.write_text("# " + "x" * (2 * 1024 * 1024) + "\n")
+    assert config_error(ProxySettings, "proxy", path) == f"config {path} is larger than 1024 KiB"
+
+
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "absent.toml"
     message = config_error(ProxySettings, "proxy", path)
