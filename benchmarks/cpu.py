@@ -1,17 +1,18 @@
-"""CPU accounting of the processes a benchmark measures (Linux ``/proc``).
+"""CPU accounting of the processes a benchmark measures (Linux).
 
-``cpu_seconds`` adds up each live thread's time on a CPU as the scheduler counts it
-(``/proc/PID/task/TID/schedstat``, in nanoseconds). ``/proc/PID/stat`` counts in clock ticks of
-10 ms, and a batch of the relay scenario lasts a tenth of a second on a fast machine: the proxy's
-share of it was three or four ticks, and "tokens per proxy CPU-second" moved by a third between
-repeats for that alone. A thread that ended during the measurement is not in the scheduler's
-sum, so processes that start and stop threads as they work (llama.cpp's) are read in ticks
-(``tree_cpu_seconds``), which count the ended threads too.
+``cpu_seconds`` reads a process's CPU-time clock, the one ``clock_getcpuclockid(3)`` names:
+the scheduler's count, to the nanosecond, of all its threads, those that have ended too.
+``/proc/PID/stat`` counts in clock ticks of 10 ms, and a batch of the relay scenario lasts a
+tenth of a second on a fast machine: the proxy's share of it was three or four ticks, and
+"tokens per proxy CPU-second" moved by a third between repeats for that alone. (The threads'
+own ``schedstat`` sums are as precise but lose the threads that ended: llama.cpp's, and the
+load generator's executor threads between two batches.)
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -23,21 +24,27 @@ def ticks_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14 and 15)
 
 
+def _process_clock(pid: int) -> int:
+    """The clock id of a process's CPU time (Linux: ``MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)``,
+    what glibc's ``clock_getcpuclockid`` returns)."""
+    return ((~pid) << 3) | 2
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process so far, all its threads, to the nanosecond; in clock ticks where
+    its CPU-time clock cannot be read."""
+    try:
+        return time.clock_gettime(_process_clock(pid))
+    except OSError:
+        return ticks_cpu_seconds(pid)
+
+
 def _schedstat(pid: int, field: int) -> float:
     """One field of ``schedstat`` (nanoseconds), summed over the process's live threads."""
     total = 0
     for task in os.listdir(f"/proc/{pid}/task"):
         total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[field])
     return total / 1e9
-
-
-def cpu_seconds(pid: int) -> float:
-    """Time the process's live threads have spent on a CPU, to the nanosecond; in clock ticks
-    where the kernel keeps no scheduler statistics."""
-    try:
-        return _schedstat(pid, 0)
-    except (OSError, IndexError, ValueError):
-        return ticks_cpu_seconds(pid)
 
 
 def runqueue_seconds(pid: int) -> float:
@@ -63,11 +70,11 @@ def descendants(pid: int) -> list[int]:
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its living descendants, in clock ticks."""
+    """CPU time (``cpu_seconds``) of a process and its living descendants."""
     total = 0.0
     for p in descendants(pid):
         try:
-            total += ticks_cpu_seconds(p)
+            total += cpu_seconds(p)
         except OSError:
             continue
     return total
