@@ -45,6 +45,9 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     assert rows[("rate", "payments on: per proxy CPU-second")]["ratio"] > 0  # against payments off, same run
     half = rows[("relay", "half load: added inter-token latency (p99 per run)")]
     assert half["target"] == "p99 ≤ 2 ms" and isinstance(half["met"], bool)
+    failed = rows[("rate", "payments on: failed requests")]
+    assert failed["value"] == 0 and failed["met"] is True
+    assert "no stream failed" in half["note"]
     errors = re.findall(r"(\d+) errors", done.stderr)
     assert errors and set(errors) == {"0"}, done.stderr[-3000:]  # every batch answered every request
     table = (out / "bench.md").read_text()
