@@ -392,7 +392,7 @@ def client(
             config,
             dict(
                 proxy=_pin(proxy[0]) if proxy else None,
-                proxies=[_pin(p) for p in proxy[1:]] if proxy and len(proxy) > 1 else None,
+                proxies=[_pin(p) for p in proxy[1:]] if proxy else None,  # flags replace the file's list
                 listen=listen,
                 max_body_bytes=max_body_bytes,
                 request_timeout=request_timeout,
@@ -425,9 +425,11 @@ def client(
 
 @app.command()
 def up(
-    port: Annotated[int, typer.Option(help="Port of the client's OpenAI API; 0 picks a free one.")] = 8000,
-    workers: Annotated[int, typer.Option(help="Number of workers to start.")] = 2,
-    capacity: Annotated[int, typer.Option(help="Concurrent requests per worker.")] = 2,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port of the client's OpenAI API; 0 picks a free one.")
+    ] = 8000,
+    workers: Annotated[int, typer.Option(min=1, max=16, help="Number of workers to start.")] = 2,
+    capacity: Annotated[int, typer.Option(min=1, max=64, help="Concurrent requests per worker.")] = 2,
     state_dir: Annotated[
         Path | None, typer.Option(help="Where keys, configs and logs of this network go. Default: <data dir>/up.")
     ] = None,
@@ -457,7 +459,7 @@ def up(
                 chain=chain,
             )
         )
-    except UpError as exc:
+    except (UpError, KeyFileError, OSError) as exc:  # a state dir that is a file, keys with loose modes
         fail(str(exc))
 
 

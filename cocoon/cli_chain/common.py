@@ -150,8 +150,13 @@ def checked(make: Callable[[], T]) -> T:
 # --- values on the command line and in the output ---
 
 
+MAX_NUMBER_TEXT = 64
+
+
 def fixed_point(text: str, option: str, decimals: int, *, unit: str, maximum: int, positive: bool = False) -> int:
     """The decimal ``text`` times 10^``decimals``, exactly, as an integer in 0..``maximum``."""
+    if len(text) > MAX_NUMBER_TEXT:  # before any conversion: int() refuses over 4,300 digits with a traceback
+        raise Refused(f"{option} takes {unit}, not {len(text)} characters")
     try:
         value = Decimal(text.strip())
     except InvalidOperation:

@@ -61,6 +61,16 @@ def test_a_client_whose_port_is_taken_says_so_in_one_line(tmp_path: Path) -> Non
     assert result.stderr.strip().splitlines()[-1].startswith(f"cocoon: the client cannot listen on 127.0.0.1:{port}")
 
 
+def test_up_with_a_state_dir_that_is_a_file_or_a_port_out_of_range_says_so(tmp_path: Path) -> None:
+    a_file = tmp_path / "state"
+    a_file.write_text("")
+    result = cocoon("up", "--state-dir", str(a_file), "--no-chain")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("cocoon: ") and "Not a directory" in result.stderr
+    result = cocoon("up", "--port", "70000", "--state-dir", str(tmp_path / "up"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "--port" in result.stderr
+
+
 def test_bad_config_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[proxy]\nlisten = 12\n")

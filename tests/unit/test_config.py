@@ -227,3 +227,26 @@ def test_the_worker_command_takes_its_queue_from_the_command_line(monkeypatch: p
     assert [(s.queue, s.queue_timeout) for s in started] == [(3, 0.5)]
     result = CliRunner().invoke(app, ["worker", "--engine", "benchmark", "--queue", "-1"])
     assert result.exit_code != 0 and "queue" in result.output and not started[1:]
+
+
+def test_proxy_flags_of_the_client_replace_the_proxies_of_its_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from cocoon.cli import app
+
+    key = "ab" * 32
+    config = write(
+        tmp_path,
+        f'[client]\nproxy = {{ address = "10.0.0.1:9300", public_key = "{key}" }}\n'
+        f'proxies = [{{ address = "10.0.0.2:9300", public_key = "{key}" }}]\n',
+    )
+    started: list[ClientSettings] = []
+    monkeypatch.setattr("cocoon.run.run_client", started.append)
+    monkeypatch.setattr("cocoon.run.setup_logging", lambda *args, **kwargs: None)
+    result = CliRunner().invoke(app, ["client", "--config", str(config), "--proxy", f"127.0.0.1:9300={key}"])
+    assert result.exit_code == 0, result.output
+    (settings,) = started
+    assert settings.proxy is not None and settings.proxy.address == "127.0.0.1:9300"
+    assert settings.proxies == []
