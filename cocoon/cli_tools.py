@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from cocoon.files import read_bounded
+
 
 def fail(message: str) -> None:
     """End the command with one line on stderr and exit code 2."""
@@ -18,11 +20,14 @@ def fail(message: str) -> None:
 attest_app = typer.Typer(help="Inspect and verify TEE quotes, reports and evidence files.", no_args_is_help=True)
 
 
+MAX_EVIDENCE_FILE = 4 * 1024 * 1024  # a quote is kilobytes, an evidence file with collateral tens of them
+
+
 def _read(path: Path) -> bytes:
     try:
-        return path.read_bytes()
+        return read_bounded(path, MAX_EVIDENCE_FILE)
     except OSError as exc:
-        fail(f"cannot read {path}: {exc.strerror}")
+        fail(f"cannot read {path}: {exc.strerror or exc}")
         raise  # unreachable: _fail exits
 
 

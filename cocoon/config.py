@@ -15,6 +15,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from cocoon.channel.connect import ConnectionOptions
+from cocoon.files import FileTooLarge, read_bounded
 from cocoon.protocol.framing import DEFAULT_MAX_FRAME
 
 Seconds = Annotated[float, Meta(gt=0, le=86400)]
@@ -155,11 +156,9 @@ def load_settings(cls: type[S], role: str, path: Path | None, overrides: dict[st
     values: dict[str, Any] = {}
     if path is not None:
         try:
-            with path.open("rb") as file:
-                raw = file.read(MAX_CONFIG_BYTES + 1)
-            if len(raw) > MAX_CONFIG_BYTES:
-                raise ConfigError(f"config {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB")
-            document = tomllib.loads(raw.decode())
+            document = tomllib.loads(read_bounded(path, MAX_CONFIG_BYTES).decode())
+        except FileTooLarge as exc:
+            raise ConfigError(f"config {exc}") from exc
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
         except UnicodeDecodeError as exc:

@@ -9,6 +9,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from cocoon.files import FileTooLarge, read_bounded
+
+MAX_KEY_FILE = 64 * 1024  # a PEM key is a few hundred bytes
+
 
 class KeyFileError(Exception):
     pass
@@ -32,7 +36,9 @@ def load_identity(path: Path) -> Ed25519PrivateKey:
     if mode & 0o077:
         raise KeyFileError(f"{path} is readable by others (mode {mode:o}); run chmod 600 on it")
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(read_bounded(path, MAX_KEY_FILE), password=None)
+    except FileTooLarge as exc:
+        raise KeyFileError(f"{exc}: not a key file") from exc
     except (ValueError, TypeError) as exc:  # TypeError: the key is encrypted
         raise KeyFileError(f"{path} is not an unencrypted PEM private key") from exc
     if not isinstance(key, Ed25519PrivateKey):

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from cocoon.files import read_bounded
+
 HexHash = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
 TeeName = Literal["tdx", "sev-snp", "sim"]
 TcbStatus = Literal[
@@ -76,11 +78,14 @@ def development_policy() -> Policy:
     ).check()
 
 
+MAX_POLICY_FILE = 1024 * 1024
+
+
 def load_policy(path: Path) -> Policy:
     try:
-        document = tomllib.loads(path.read_text())
+        document = tomllib.loads(read_bounded(path, MAX_POLICY_FILE).decode())
         return msgspec.convert(document, Policy).check()
     except OSError as exc:
-        raise PolicyError(f"cannot read policy {path}: {exc.strerror}") from exc
-    except (tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
+        raise PolicyError(f"cannot read policy {path}: {exc.strerror or exc}") from exc
+    except (tomllib.TOMLDecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise PolicyError(f"invalid policy {path}: {exc}") from exc
