@@ -157,41 +157,57 @@ def market(
     """Show the price book: per model, the live workers, their prices, free capacity and speed."""
     import httpx
     from rich.console import Console
-    from rich.table import Table
 
     try:
         response = httpx.get(url.rstrip("/") + "/market", timeout=10)
         book = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
         fail(f"cannot read the price book from {url}: {exc}")
         return
+    if not isinstance(book, dict):
+        fail(f"{url} did not answer with a price book")
+        return
     if response.status_code != 200:
-        fail(f"the client answered {response.status_code}: {book.get('error', {}).get('message', '')}")
+        error = book.get("error")
+        message = error.get("message", "") if isinstance(error, dict) else ""
+        fail(f"the client answered {response.status_code}: {message}")
     if as_json:
         typer.echo(json.dumps(book, indent=2))
         return
+    try:
+        tables = [_market_table(entry) for entry in book.get("models") or []]
+    except (KeyError, TypeError, AttributeError, ValueError):
+        fail(f"{url} answered a price book this version cannot read (try --json)")
+        return
     console = Console()
-    for entry in book.get("models", []):
-        table = Table(title=entry["model"])
-        for column in (
-            "worker",
-            "state",
-            "price ×",
-            "free",
-            "TTFT ms",
-            "tokens/s",
-            "success",
-            "nanoTON / 1M prompt",
-            "/ 1M completion",
-        ):
-            table.add_column(column)
-        for w in entry["workers"]:
-            prices = w["nano_ton_per_million_tokens"]
-            table.add_row(
-                w["worker"][:12], w.get("state", "available"), f"{w['price_coefficient']:.3f}",
-                f"{w['free']}/{w['capacity']}", str(w["ttft_ms"]),
-                str(w["tokens_per_second"]), str(w["success_rate"]), str(prices["prompt"]), str(prices["completion"]),
-            )  # fmt: skip
+    for table in tables:
         console.print(table)
-    if not book.get("models"):
+    if not tables:
         typer.echo("no live workers")
+
+
+def _market_table(entry: dict[str, Any]) -> Any:
+    """One model of the price book as a table (``KeyError``/``TypeError`` where it is malformed)."""
+    from rich.table import Table
+
+    table = Table(title=str(entry["model"]))
+    for column in (
+        "worker",
+        "state",
+        "price ×",
+        "free",
+        "TTFT ms",
+        "tokens/s",
+        "success",
+        "nanoTON / 1M prompt",
+        "/ 1M completion",
+    ):
+        table.add_column(column)
+    for w in entry["workers"]:
+        prices = w["nano_ton_per_million_tokens"]
+        table.add_row(
+            str(w["worker"])[:12], str(w.get("state", "available")), f"{w['price_coefficient']:.3f}",
+            f"{w['free']}/{w['capacity']}", str(w["ttft_ms"]),
+            str(w["tokens_per_second"]), str(w["success_rate"]), str(prices["prompt"]), str(prices["completion"]),
+        )  # fmt: skip
+    return table
