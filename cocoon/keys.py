@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -25,10 +26,24 @@ def load_or_create_identity(path: Path) -> Ed25519PrivateKey:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+    create_private_file(path, pem)
     return key
+
+
+def create_private_file(path: Path, data: bytes) -> None:
+    """Create ``path`` (mode 0600) holding ``data``, whole or not at all: a write cut short (a
+    full disk, a crash) must not leave a truncated key that every later start refuses. Written to
+    a temporary file beside it and synced, then linked into place, which fails if ``path`` has
+    appeared meanwhile (as ``O_EXCL`` would)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
 
 
 def load_identity(path: Path) -> Ed25519PrivateKey:

@@ -32,6 +32,33 @@ def test_creates_key_with_private_modes(tmp_path: Path) -> None:
     assert path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
 
 
+def test_a_key_whose_write_fails_leaves_no_file_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a truncated key would make every later start fail with "not an unencrypted PEM"
+    import os
+
+    def full_disk(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    path = tmp_path / "node.key"
+    with pytest.raises(OSError, match="No space"):
+        load_or_create_identity(path)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert isinstance(load_or_create_identity(path), Ed25519PrivateKey)
+    assert [p.name for p in tmp_path.iterdir()] == ["node.key"] and mode_of(path) == 0o600
+
+
+def test_a_key_file_that_appeared_meanwhile_is_not_overwritten(tmp_path: Path) -> None:
+    from cocoon.keys import create_private_file
+
+    path = tmp_path / "node.key"
+    path.write_bytes(b"theirs")
+    with pytest.raises(FileExistsError):
+        create_private_file(path, b"ours")
+    assert path.read_bytes() == b"theirs" and [p.name for p in tmp_path.iterdir()] == ["node.key"]
+
+
 def test_reloads_the_same_key(tmp_path: Path) -> None:
     path = tmp_path / "node.key"
     first = load_or_create_identity(path)
