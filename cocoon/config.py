@@ -182,6 +182,11 @@ def load_settings(cls: type[S], role: str, path: Path | None, overrides: dict[st
         settings.payments_db = str(data_dir() / f"{role}-payments.db")
     if settings.chain and not settings.root:
         raise ConfigError(f"{role}: a chain needs the registry's address (root)")
+    if settings.dead_after <= settings.heartbeat_interval:
+        # a peer would be declared dead before its next heartbeat was due
+        raise ConfigError(f"invalid {role} setting: dead_after must be longer than heartbeat_interval")
+    if isinstance(settings, WorkerSettings) and settings.reconnect_min > settings.reconnect_max:
+        raise ConfigError(f"invalid {role} setting: reconnect_min must not be longer than reconnect_max")
     return settings
 
 

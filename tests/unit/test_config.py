@@ -250,3 +250,16 @@ def test_proxy_flags_of_the_client_replace_the_proxies_of_its_config(
     (settings,) = started
     assert settings.proxy is not None and settings.proxy.address == "127.0.0.1:9300"
     assert settings.proxies == []
+
+
+@pytest.mark.parametrize(
+    ("cls", "role", "text", "why"),
+    [
+        (ProxySettings, "proxy", "heartbeat_interval = 5\ndead_after = 5\n", "dead_after must be longer"),
+        (WorkerSettings, "worker", "reconnect_min = 20\nreconnect_max = 10\n", "reconnect_min must not be longer"),
+    ],
+)
+def test_settings_that_contradict_each_other_are_refused(
+    tmp_path: Path, cls: type[ProxySettings] | type[WorkerSettings], role: str, text: str, why: str
+) -> None:
+    assert why in config_error(cls, role, write(tmp_path, f"[{role}]\n{text}"))
