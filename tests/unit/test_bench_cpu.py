@@ -3,10 +3,12 @@ included."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -41,18 +43,25 @@ def test_a_thread_that_ended_still_counts() -> None:
     assert cpu.cpu_seconds(os.getpid()) - before >= 0.19
 
 
-def test_another_processs_time_is_read_as_precisely() -> None:
+@contextlib.contextmanager
+def child_that_burnt(seconds: float) -> Iterator[tuple[int, float]]:
+    """A child process that has used ``seconds`` of CPU and waits: its pid and the CPU time it
+    counted itself."""
     script = (
-        "import time\nend = time.process_time() + 0.123\nwhile time.process_time() < end: pass\n"
+        f"import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
         "print(time.process_time(), flush=True)\ninput()"
     )
     with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as child:
         try:
             assert child.stdout is not None
-            own = float(child.stdout.readline())
-            assert own <= cpu.cpu_seconds(child.pid) < own + 0.005
+            yield child.pid, float(child.stdout.readline())
         finally:
             child.kill()
+
+
+def test_another_processs_time_is_read_as_precisely() -> None:
+    with child_that_burnt(0.123) as (pid, own):
+        assert own <= cpu.cpu_seconds(pid) < own + 0.005
 
 
 def test_without_a_cpu_clock_it_counts_in_ticks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,15 +73,6 @@ def test_without_a_cpu_clock_it_counts_in_ticks(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_a_process_tree_counts_its_children() -> None:
-    script = (
-        "import sys, time\nend = time.process_time() + 0.3\n"
-        "while time.process_time() < end: pass\nprint('done', flush=True)\nsys.stdin.read()"
-    )
-    with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as child:
-        try:
-            assert child.stdout is not None and child.stdout.readline() == b"done\n"
-            assert child.pid in cpu.descendants(os.getpid())
-            others = cpu.tree_cpu_seconds(os.getpid()) - cpu.cpu_seconds(os.getpid())
-            assert others >= 0.25
-        finally:
-            child.kill()
+    with child_that_burnt(0.3) as (pid, own):
+        assert pid in cpu.descendants(os.getpid())
+        assert cpu.tree_cpu_seconds(os.getpid()) - cpu.cpu_seconds(os.getpid()) >= own
