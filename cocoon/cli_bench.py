@@ -58,6 +58,9 @@ def bench(
             failed.append(name)
             suite.progress(f"FAILED: {exc!r}")
             traceback.print_exc()
+            # in the results too: the figures it recorded before failing are partial
+            why = f"FAILED: {type(exc).__name__}: {str(exc)[:200]}; its figures above are partial"
+            suite.record("scenario completed", "", [], target="yes", met=False, note=why)
     json_path, md_path = suite.write()
     typer.echo(md_path.read_text())
     typer.echo(f"results: {json_path} and {md_path}", err=True)
