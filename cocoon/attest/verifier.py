@@ -76,7 +76,8 @@ class EvidenceVerifier:
 
     def verify(self, raw: bytes, *, role: str, channel_key: bytes, now: int) -> Verdict:
         """Verify ``raw`` evidence for a peer in ``role`` holding ``channel_key``."""
-        digest = hashlib.sha256(raw).digest()
+        # per role: the checks a role's policy adds (its images, a worker's model) are in the verdict
+        digest = hashlib.sha256(raw).digest() + role.encode()
         verdict = self._cache.get(digest)
         # a verdict about to expire is made anew rather than reused: a peer that reconnects to
         # renew its trust before the old one runs out then gets a fresh lifetime

@@ -132,6 +132,15 @@ def test_model_not_in_the_policy(authority: SimAuthority) -> None:
     assert reason(verifier, sim_evidence(authority)) == "model_not_allowed"
 
 
+def test_a_verdict_cached_for_one_role_is_not_used_for_another(authority: SimAuthority) -> None:
+    # A worker's evidence first presented as a proxy's (refused as the wrong role, once its
+    # vendor and proxy-policy checks passed) must not skip the worker policy's checks later
+    verifier = dev_verifier(authority, worker={"image_hashes": "*", "model_hashes": ["11" * 32]})
+    raw = sim_evidence(authority)
+    assert reason(verifier, raw, role="proxy", key=bytes(32)) == "wrong_role"
+    assert reason(verifier, raw, role="worker") == "model_not_allowed"
+
+
 def test_tcb_status_not_allowed() -> None:
     """A real, valid quote whose TCB status (UpToDate) this policy does not list."""
     now = unix("2025-07-01T00:00:00Z")
