@@ -18,7 +18,7 @@ from cocoon.attest import ccel, sevsnp
 from cocoon.attest.claims import Claims, check_report_data, check_validity, decode_claims
 from cocoon.attest.collateral import CollateralStore
 from cocoon.attest.dcap import fmspc_of, verify_tdx
-from cocoon.attest.errors import AttestationError
+from cocoon.attest.errors import AttestationError, MalformedEvidence
 from cocoon.attest.evidence import Evidence, decode_evidence
 from cocoon.attest.image import snp_image_hash, tdx_image_hash, tdx_measurements
 from cocoon.attest.policy import Policy
@@ -84,7 +84,12 @@ class EvidenceVerifier:
         renew_before = min(REVERIFY_BEFORE, self.policy.max_cache_seconds / 2)
         if verdict is None or now >= verdict.expires_at - renew_before:
             self._cache.pop(digest, None)
-            verdict = self._verify(decode_evidence(raw), role, now)
+            try:
+                verdict = self._verify(decode_evidence(raw), role, now)
+            except AttestationError:
+                raise
+            except Exception as exc:  # evidence is untrusted: whatever breaks on it rejects it
+                raise MalformedEvidence(f"the evidence could not be checked ({type(exc).__name__})") from exc
             self._cache[digest] = verdict
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)

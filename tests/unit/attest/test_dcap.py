@@ -56,3 +56,17 @@ def test_garbage_collateral_is_a_named_error() -> None:
     with pytest.raises(AttestationError) as excinfo:
         verify_tdx(vector("tdx/dcap-qvl/tdx_quote"), b"x" * 300_000, unix("2025-07-01T00:00:00Z"))
     assert excinfo.value.code == "bad_collateral"
+
+
+@pytest.mark.parametrize(
+    "collateral",
+    [
+        b"[" * 100_000,  # nested past the JSON parser's recursion limit
+        b'{"tcb_info": "{\\"issueDate\\": 5, \\"nextUpdate\\": 6}", "qe_identity": "{}"}',  # a number for a date
+        b'{"tcb_info": 7}',
+    ],
+)
+def test_collateral_of_any_shape_is_a_named_error(collateral: bytes) -> None:
+    with pytest.raises(AttestationError) as excinfo:
+        collateral_window(collateral)
+    assert excinfo.value.code == "bad_collateral"

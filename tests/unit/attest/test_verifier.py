@@ -141,6 +141,16 @@ def test_a_verdict_cached_for_one_role_is_not_used_for_another(authority: SimAut
     assert reason(verifier, raw, role="worker") == "model_not_allowed"
 
 
+def test_whatever_breaks_on_the_evidence_rejects_it(authority: SimAuthority, monkeypatch: pytest.MonkeyPatch) -> None:
+    # fail closed: an unexpected error on untrusted evidence is a rejection the callers handle
+    # (a worker's or client's connection loop), never an exception that ends them
+    def broken(*args: object) -> object:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr("cocoon.attest.verifier.verify_sim_quote", broken)
+    assert reason(dev_verifier(authority), sim_evidence(authority)) == "malformed"
+
+
 def test_tcb_status_not_allowed() -> None:
     """A real, valid quote whose TCB status (UpToDate) this policy does not list."""
     now = unix("2025-07-01T00:00:00Z")
