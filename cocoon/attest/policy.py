@@ -43,6 +43,24 @@ class RolePolicy(Struct, forbid_unknown_fields=True):
         return self.model_hashes == "*" or model_hash.hex() in self.model_hashes
 
 
+Spl = Annotated[int, Meta(ge=0, le=255)]
+
+
+class SnpMinTcb(Struct, forbid_unknown_fields=True):
+    """The lowest SEV-SNP security patch levels accepted (AMD publishes no TCB status for SNP, as
+    Intel does for TDX: a report is as current as the firmware it names)."""
+
+    bootloader: Spl = 0
+    tee: Spl = 0
+    snp: Spl = 0
+    microcode: Spl = 0
+
+    def below(self, bootloader: int, tee: int, snp: int, microcode: int) -> list[str]:
+        """The levels of a TCB that are below these minimums, by name."""
+        levels = {"bootloader": bootloader, "tee": tee, "snp": snp, "microcode": microcode}
+        return [name for name, level in levels.items() if level < getattr(self, name)]
+
+
 class Policy(Struct, forbid_unknown_fields=True):
     mode: Literal["production", "development"] = "production"
     tees: list[TeeName] = msgspec.field(default_factory=lambda: ["tdx", "sev-snp"])
@@ -50,6 +68,8 @@ class Policy(Struct, forbid_unknown_fields=True):
     proxy: RolePolicy = msgspec.field(default_factory=RolePolicy)
     worker: RolePolicy = msgspec.field(default_factory=RolePolicy)
     max_cache_seconds: Annotated[int, Meta(ge=0, le=86400)] = 3600
+    # a production policy accepts SEV-SNP only with these minimums (see SnpMinTcb)
+    sev_snp_min_tcb: SnpMinTcb | None = None
 
     @property
     def production(self) -> bool:

@@ -231,17 +231,17 @@ def parse_report(data: bytes) -> SnpReport:
     )
 
 
-def verify_report(report: SnpReport, vcek_der: bytes, chain_pem: bytes, now: datetime) -> None:
+def verify_report(report: SnpReport, vcek_der: bytes, chain_pem: bytes, now: datetime) -> TcbVersion:
     """Check that ``report`` was signed by ``vcek_der``, that the VCEK belongs to this chip and
     TCB, and that VCEK <- ASK <- ARK (``chain_pem``: ASK then ARK) ends in a pinned AMD root,
-    every certificate valid at ``now``. Raises ``AttestationError``; returns nothing on success.
-    Policy (debug, measurement, TCB minimums) is the caller's business."""
-    _verify_report(report, vcek_der, chain_pem, now, ARK_SPKI_SHA256)
+    every certificate valid at ``now``. Raises ``AttestationError``; returns the report's TCB,
+    which the VCEK vouches for. Policy (debug, measurement, TCB minimums) is the caller's business."""
+    return _verify_report(report, vcek_der, chain_pem, now, ARK_SPKI_SHA256)
 
 
 def _verify_report(
     report: SnpReport, vcek_der: bytes, chain_pem: bytes, now: datetime, pinned: Mapping[str, str]
-) -> None:
+) -> TcbVersion:
     """``verify_report`` with the pinned roots as a parameter, so tests can show that a
     self-made chain fails only for its root."""
     if now.tzinfo is None:
@@ -282,6 +282,7 @@ def _verify_report(
         _check_vcek_binding(vcek, report, product)
     except _CERT_ERRORS as e:
         raise MalformedEvidence(f"unusable certificate: {e}") from None
+    return decode_tcb(report.reported_tcb, product)
 
 
 def _load_certs(vcek_der: bytes, chain_pem: bytes) -> tuple[x509.Certificate, x509.Certificate, x509.Certificate]:

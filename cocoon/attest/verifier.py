@@ -168,14 +168,25 @@ class EvidenceVerifier:
 
     def _snp(self, evidence: Evidence, now: int) -> VendorVerdict:
         report = sevsnp.parse_report(evidence.quote)
-        sevsnp.verify_report(
+        tcb = sevsnp.verify_report(
             report, evidence.vcek, evidence.cert_chain, datetime.datetime.fromtimestamp(now, datetime.UTC)
         )
         if report.debug_allowed:  # after the signature checks, so a report shows it verified
             raise AttestationError("debug_tee", "the SNP guest policy allows DEBUG")
         measurements = {"measurement": report.measurement.hex(), "host_data": report.host_data.hex()}
         image = snp_image_hash(report.measurement, report.host_data)
-        return VendorVerdict("UpToDate", (), 2**40, report.report_data, image, measurements)
+        return VendorVerdict(self.snp_status(tcb), (), 2**40, report.report_data, image, measurements)
+
+    def snp_status(self, tcb: sevsnp.TcbVersion) -> str:
+        """A TCB status for an SEV-SNP TCB, which AMD does not rate: "OutOfDate" below the
+        policy's minimums, "UpToDate" at or above them. A production policy without minimums
+        accepts no SEV-SNP platform: any firmware AMD ever signed a VCEK for would pass."""
+        minimum = self.policy.sev_snp_min_tcb
+        if minimum is None:
+            if self.policy.production:
+                raise AttestationError("tcb_status", "the policy sets no minimum SEV-SNP TCB (sev_snp_min_tcb)")
+            return "UpToDate"
+        return "OutOfDate" if minimum.below(tcb.bootloader, tcb.tee, tcb.snp, tcb.microcode) else "UpToDate"
 
     def _collateral(self, raw_quote: bytes, pem_chain: bytes, now: int) -> bytes:
         if self.collateral is None:

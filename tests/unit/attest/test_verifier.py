@@ -241,6 +241,34 @@ def test_real_sev_snp_report_is_rejected_for_its_debug_bit() -> None:
     assert reason(EvidenceVerifier(Policy()), raw) == "debug_tee"
 
 
+def real_snp_tcb() -> object:
+    from cocoon.attest import sevsnp
+
+    report = sevsnp.parse_report(vector("sev-snp/go-sev-guest/attestation.bin"))
+    now = datetime.datetime.fromtimestamp(NOW, datetime.UTC)
+    return sevsnp.verify_report(
+        report, vector("sev-snp/go-sev-guest/vcek.der"), vector("sev-snp/go-sev-guest/ask_ark_milan.pem"), now
+    )
+
+
+def test_sev_snp_is_rated_against_the_policys_minimum_tcb() -> None:
+    # AMD rates no SEV-SNP TCB: without minimums, any firmware AMD ever issued a VCEK for would pass
+    from cocoon.attest.policy import SnpMinTcb
+
+    tcb = real_snp_tcb()
+    assert (tcb.bootloader, tcb.snp, tcb.microcode) == (2, 5, 68)  # type: ignore[attr-defined]
+    with pytest.raises(AttestationError) as excinfo:
+        EvidenceVerifier(Policy()).snp_status(tcb)  # type: ignore[arg-type]
+    assert excinfo.value.code == "tcb_status" and "sev_snp_min_tcb" in str(excinfo.value)
+    at = Policy(sev_snp_min_tcb=SnpMinTcb(bootloader=2, snp=5, microcode=68))
+    assert EvidenceVerifier(at).snp_status(tcb) == "UpToDate"  # type: ignore[arg-type]
+    newer = Policy(sev_snp_min_tcb=SnpMinTcb(bootloader=2, snp=5, microcode=69))
+    assert EvidenceVerifier(newer).snp_status(tcb) == "OutOfDate"  # type: ignore[arg-type]
+    assert EvidenceVerifier(development_policy()).snp_status(tcb) == "UpToDate"  # type: ignore[arg-type]
+    loaded = msgspec.convert({"sev_snp_min_tcb": {"snp": 22, "microcode": 213}}, Policy)
+    assert loaded.sev_snp_min_tcb == SnpMinTcb(snp=22, microcode=213)
+
+
 def test_event_log_must_replay_to_the_quoted_rtmrs(authority: SimAuthority) -> None:
     log = vector("tdx/go-tdx-guest/ccel/ccel_data.dat")
     rtmrs = ccel.replay_rtmrs(ccel.parse_event_log(log))
