@@ -203,6 +203,11 @@ class EngineRun:
     start: float  # when the engine took it
     end: float  # when the engine finished it
 
+    def within(self, sent: float, answered: float) -> bool:
+        """Whether this run can be the one of a request sent and answered then (monotonic): a
+        log line taken for another request's would pair the wrong engine timing with it."""
+        return sent <= self.start <= self.end <= answered
+
 
 def engine_waits(traces: list[Trace], runs: list[EngineRun]) -> None:
     """Give each trace of one (e) batch its engine's figures: ``engine_first``, and
@@ -494,7 +499,8 @@ class Scenario:
             self.fail(config, exc, "while measured")
             return None
         if timed and len(runs := await self.wait_engine_runs(done + 1)) > done:
-            trace.engine_first = runs[done].first
+            if runs[done].within(started, time.monotonic()):  # that line is this request's
+                trace.engine_first = runs[done].first
         if config.shares_server:
             self.server_last = prompt
         config.sent += 1
@@ -725,9 +731,11 @@ class Scenario:
                         if p in base:
                             engines[-1].append(trace.engine_first / base[p].ttft)
 
-        def added(streams: str, per_repeat: list[list[float]], note: str) -> None:
+        def added(streams: str, per_repeat: list[list[float]], measured: int, note: str) -> None:
             """The target figure: the median over repeats of each repeat's median."""
             runs = [statistics.median(d) for d in per_repeat if d]
+            paired = sum(len(d) for d in per_repeat)
+            note += f"; {paired} of {measured} requests paired with their engine's run in the worker's log"
             self.suite.record(
                 f"(e) − its engine, same request: time to first token added, {streams}",
                 "s",
@@ -741,6 +749,7 @@ class Scenario:
         added(
             "1 stream",
             own,
+            sum(len(e.probes[r]) + len(e.single[r]) for r in range(len(e.single))),
             "the caller's time to first token minus the engine's in the worker for the same request "
             "(from handing it the request to its first chunk, the worker's log; one machine, one clock): "
             "everything the network does, without llama.cpp's own variation between runs",
@@ -773,6 +782,7 @@ class Scenario:
         added(
             f"{STREAMS} streams",
             own,
+            sum(len(batch) for batch in e.multi),
             "per request, the caller's time to first token minus the time the worker's one engine spent on the "
             "batch's other requests while it waited, minus its engine's own time to first token (the worker's log): "
             "everything the network does, the hand-over from one queued request to the next included",

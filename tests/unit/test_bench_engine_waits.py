@@ -42,3 +42,10 @@ def test_a_run_that_began_before_its_request_was_sent_is_not_taken_for_it() -> N
     traces = [trace(0.0, 0.05)]
     engine_waits(traces, runs)
     assert traces[0].engine_first is None and traces[0].engine_wait is None
+
+
+def test_a_run_pairs_only_with_a_request_under_way_while_it_ran() -> None:
+    run = EngineRun(first=0.05, start=10.0, end=10.5)
+    assert run.within(9.9, 10.6)
+    assert not run.within(10.1, 10.6)  # the engine took it before this request was sent
+    assert not run.within(9.9, 10.4)  # or finished it after this request was answered
