@@ -485,15 +485,15 @@ class ClientService:
         cached = self._workers.get((id(link), model))
         if cached is None or now - cached[0] >= WORKER_LIST_MAX_AGE:
             return self._choose(await self._worker_list(link, model), model, max_price_milli, routing)
-        if now - cached[0] < WORKER_LIST_TTL:
-            return self._choose(cached, model, max_price_milli, routing)
         try:
             chosen = self._choose(cached, model, max_price_milli, routing)
-        except UpstreamError:  # nobody usable in the old list: perhaps in a fresh one
+        except UpstreamError:  # nobody usable in the list we had, however recent: a worker may
+            # have joined or come back since (the proxy lists it at once)
             return self._choose(await self._worker_list(link, model), model, max_price_milli, routing)
-        # asked for once this request has its first answer (``begin``): asked for now, the list
-        # would cross the proxy and wake this process while the request is on its way
-        self._stale_lists[(id(link), model)] = (link, model)
+        if now - cached[0] >= WORKER_LIST_TTL:
+            # asked for once this request has its first answer (``begin``): asked for now, the
+            # list would cross the proxy and wake this process while the request is on its way
+            self._stale_lists[(id(link), model)] = (link, model)
         return chosen
 
     def _refresh_stale_lists(self) -> None:

@@ -202,3 +202,27 @@ async def test_a_connection_with_as_many_requests_in_flight_as_an_open_may_name_
     with pytest.raises(UpstreamError) as caught:
         await client.start("chat", REQUEST, b"{}", link)
     assert caught.value.code == ErrorCode.SATURATED
+
+
+async def test_a_fresh_list_without_a_usable_worker_is_asked_for_again(
+    service: tuple[ClientService, list[str], list[float]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every worker in a list fetched a moment ago is suspended, and a new one joined since:
+    # the request must find it (it failed with "every worker is suspended" until the list aged)
+    client, _, now = service
+    asked: list[str] = []
+
+    async def worker_list(link: ProxyLink, model: str) -> tuple[float, list[Any]]:
+        asked.append(model)
+        return now[0], ["the new worker"]
+
+    def choose(listed: tuple[float, list[Any]], model: str, cap: int, routing: str) -> list[Candidate]:
+        if not listed[1]:
+            raise UpstreamError(ErrorCode.NO_WORKER, f"every worker for model {model!r} is suspended")
+        return CHOSEN
+
+    monkeypatch.setattr(client, "_worker_list", worker_list)
+    monkeypatch.setattr(client, "_choose", choose)
+    now[0] = WORKER_LIST_TTL / 10
+    assert await client.candidates(MODEL, 0, "balanced", client.pool.links[0]) == CHOSEN
+    assert asked == [MODEL]
