@@ -76,6 +76,18 @@ def answering(client: ClientService, monkeypatch: pytest.MonkeyPatch, *calls: Ca
     return pending
 
 
+def listing(client: ClientService, monkeypatch: pytest.MonkeyPatch, now: list[float], workers: list[Any]) -> list[str]:
+    """The proxy's answer to a worker list, ``workers``; the models it was asked for, in order."""
+    asked: list[str] = []
+
+    async def worker_list(link: ProxyLink, model: str) -> tuple[float, list[Any]]:
+        asked.append(model)
+        return now[0], workers
+
+    monkeypatch.setattr(client, "_worker_list", worker_list)
+    return asked
+
+
 CHOSEN = [Candidate(worker_id=b"w" * 32, hpke_key=b"k" * 32, model_hash=b"h" * 32)]
 
 
@@ -117,13 +129,7 @@ async def test_a_list_past_its_maximum_age_is_asked_for_before_the_request(
     service: tuple[ClientService, list[str], list[float]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client, refreshed, now = service
-    asked: list[str] = []
-
-    async def worker_list(link: ProxyLink, model: str) -> tuple[float, list[Any]]:
-        asked.append(model)
-        return now[0], []
-
-    monkeypatch.setattr(client, "_worker_list", worker_list)
+    asked = listing(client, monkeypatch, now, [])
     now[0] = WORKER_LIST_MAX_AGE + 1
     assert await client.candidates(MODEL, 0, "balanced", client.pool.links[0]) == CHOSEN
     assert asked == [MODEL] and refreshed == []
@@ -157,13 +163,7 @@ async def test_a_request_sealed_again_for_a_fresh_list_asks_for_no_other(
 ) -> None:
     client, refreshed, now = service
     now[0] = WORKER_LIST_TTL + 0.5
-    asked: list[str] = []
-
-    async def worker_list(link: ProxyLink, model: str) -> tuple[float, list[Any]]:
-        asked.append(model)
-        return now[0], []
-
-    monkeypatch.setattr(client, "_worker_list", worker_list)
+    asked = listing(client, monkeypatch, now, [])
     answering(client, monkeypatch, CallDouble(error=ErrorCode.NO_WORKER), CallDouble())
     call, _ = await client.begin("chat", REQUEST, b"{}")
     assert asked == [MODEL]  # the fresh list, before the request was sealed again
@@ -210,18 +210,13 @@ async def test_a_fresh_list_without_a_usable_worker_is_asked_for_again(
     # every worker in a list fetched a moment ago is suspended, and a new one joined since:
     # the request must find it (it failed with "every worker is suspended" until the list aged)
     client, _, now = service
-    asked: list[str] = []
-
-    async def worker_list(link: ProxyLink, model: str) -> tuple[float, list[Any]]:
-        asked.append(model)
-        return now[0], ["the new worker"]
+    asked = listing(client, monkeypatch, now, ["the new worker"])
 
     def choose(listed: tuple[float, list[Any]], model: str, cap: int, routing: str) -> list[Candidate]:
         if not listed[1]:
             raise UpstreamError(ErrorCode.NO_WORKER, f"every worker for model {model!r} is suspended")
         return CHOSEN
 
-    monkeypatch.setattr(client, "_worker_list", worker_list)
     monkeypatch.setattr(client, "_choose", choose)
     now[0] = WORKER_LIST_TTL / 10
     assert await client.candidates(MODEL, 0, "balanced", client.pool.links[0]) == CHOSEN
