@@ -119,7 +119,7 @@ class ProxyAccounts:
         # What reattaches wrote off counts against the stake for good: else a client that drops
         # every connection before the answer's end and reattaches would never pay at all.
         written_off = self.written_off(channel)
-        limit = stake + int(row.amount * WRITE_OFF_ALLOWANCE)
+        limit = stake + int(min(row.amount, row.total) * WRITE_OFF_ALLOWANCE)
         if written_off and row.unpaid + written_off >= limit:
             what = (
                 f"{written_off} nanoTON of answers whose end never reached this client were written off "
@@ -221,9 +221,12 @@ class ProxyAccounts:
         ``store.flush`` soon after, when no charge comes first."""
         return self._accept(signed, now)[0]
 
-    def _accept(self, signed: SignedVoucher, now: int, *, bill_up_to: bool = False) -> tuple[int, ChannelRow]:
-        """``accept_voucher``, and the channel's row after it. With ``bill_up_to``, the total
-        billed is raised to the voucher's amount in the same transaction where it was below."""
+    def _accept(self, signed: SignedVoucher, now: int) -> tuple[int, ChannelRow]:
+        """``accept_voucher``, and the channel's row after it. A voucher for more than was
+        billed raises the total billed to its amount, in the same transaction: what a client
+        signed for is owed (it lost none of our charges, or paid for an answer we wrote off),
+        and what was paid can never exceed what was billed (else the unpaid answers would
+        count negative against the stake, and the write-off allowance grow with the amount)."""
         channel = signed.voucher.channel
         row = self.store.channel(channel)
         if row is None or row.role != "proxy_in":
@@ -244,7 +247,7 @@ class ProxyAccounts:
             now=now,
             min_validity=MIN_VALIDITY,
         )
-        if bill_up_to and row.total < v.amount:
+        if row.total < v.amount:
             with self.store.transaction() as db:
                 self.store.set_voucher(db, channel, v.seqno, v.amount, v.expiry, signed.signature)
                 after = self.store.set_total(db, channel, at_least=v.amount)
@@ -285,7 +288,7 @@ class ProxyAccounts:
         recovered = unbilled = 0
         if newest is not None and newest.voucher.seqno > row.seqno:
             billed = row.total
-            recovered, row = self._accept(newest, now, bill_up_to=True)
+            recovered, row = self._accept(newest, now)
             unbilled = max(0, newest.voucher.amount - billed)
         excess = row.total - row.amount
         if excess <= 0:
@@ -307,18 +310,12 @@ class ProxyAccounts:
             candidates = _unique(itertools.chain(gone, newest_first()), skip=in_flight.keys())
             written_off = self._lower(channel, row, candidates, rest)
             return Reconciled(recovered=recovered, unbilled=unbilled, written_off=written_off)
-        never_delivered = [rid for rid, _ in self._rebuild(row)]
-        before = self.written_off(channel)
-        with self.store.transaction() as db:
-            self.store.set_total(db, channel)
-            # kept (so the id is never billed again) at cost 0
-            db.executemany("UPDATE requests SET cost = 0 WHERE request_id = ?", [(rid,) for rid in never_delivered])
-            self.store.add_meta(db, "written_off", excess)
-            self.store.add_meta(db, WRITTEN_OFF_KEY + channel.hex(), excess)
-        self._uncovered[channel] = deque()
+        # exactly the excess, from the newest answers billed: an older answer the voucher paid
+        # part of keeps the part it paid (the costs recorded add up to the total billed)
         self._pending.pop(channel, None)
-        self._written_off[channel] = before + excess
-        return Reconciled(recovered=recovered, unbilled=unbilled, written_off=excess)
+        latest = ((rid, cost) for rid, cost, _, _ in reversed(self.store.request_costs(channel)))
+        written_off = self._lower(channel, row, latest, excess)
+        return Reconciled(recovered=recovered, unbilled=unbilled, written_off=written_off)
 
     def _lower(self, channel: bytes, row: ChannelRow, costs: Iterable[tuple[bytes, int]], amount: int) -> int:
         """Write off ``amount`` nanoTON of what was billed on ``channel``, taken from the

@@ -57,13 +57,35 @@ def client_voucher(channel: bytes, request: PayAccount) -> SignedVoucher | None:
 class ClientChannel:
     channel: Channel
     state: ChannelState
+    client_key: bytes = b""
+    # the client's newest voucher when it pays for more than the channel held as it came (its
+    # last answer overdrew the deposit): taken once the chain shows the channel covers it
+    waiting: SignedVoucher | None = None
+
+    @property
+    def available(self) -> int:
+        """What the channel can still pay in all (redeemed already, or in its balance)."""
+        return self.state.balance + self.state.redeemed
 
 
 @dataclass
 class WorkerChannel:
     channel: Channel
     state: ChannelState
+    close_delay: int = 0  # the one its address was derived with (its payout vouchers name it)
     funding: asyncio.Task[None] | None = None
+
+
+def over_deposit(amount: int, client: ClientChannel) -> VoucherError | None:
+    """A client voucher for more than its channel can pay is refused: redeeming is all or
+    nothing, so holding it instead of the one before would leave nothing we could redeem (a
+    client that withdrew its balance above the stake, or signed an inflated amount, would keep
+    what it owes)."""
+    if amount <= client.available:
+        return None
+    return VoucherError(
+        "over_deposit", f"the voucher pays {amount} nanoTON, more than the channel holds ({client.available})"
+    )
 
 
 class ProxyPayments:
@@ -94,6 +116,7 @@ class ProxyPayments:
         self.commit_interval = commit_interval
         self.clients: dict[bytes, ClientChannel] = {}  # channel id → its chain view
         self.workers: dict[bytes, WorkerChannel] = {}  # worker key → its channel
+        self._close_delays: dict[bytes, int] = {}  # worker channel → the close delay it was derived with
         self._committed_seq = -1
         self._last_commit = 0.0
         self._flush: asyncio.TimerHandle | None = None
@@ -122,17 +145,30 @@ class ProxyPayments:
                 raise Rollback(f"worker channel {row.channel.hex()[:16]}… redeemed a voucher newer than ours")
         for row in self.store.channels("proxy_in"):
             client = Channel.at(self.ledger, "client", row.channel)
-            if (await client.state()).seqno > row.seqno:
+            state = await client.state()
+            if state.seqno > row.seqno:
                 raise Rollback(f"client channel {row.channel.hex()[:16]}… redeemed a voucher newer than ours")
+            if row.seqno and row.amount > state.redeemed:
+                # paid and not redeemed yet: settled whether or not its client comes back
+                self.clients.setdefault(row.channel, ClientChannel(client, state, row.peer_key))
 
     # --- clients ---
 
     async def attach(
-        self, client_key: bytes, request: PayAccount, first: bool, live: Collection[int] = frozenset()
+        self,
+        client_key: bytes,
+        request: PayAccount,
+        first: bool,
+        live: Collection[int] = frozenset(),
+        *,
+        only: bytes | None = None,
     ) -> PayTerms:
         """The channel between this client's wallet and ours, as the chain shows it. At the
         ``first`` attach of a connection, the books are reconciled with the client's newest
-        voucher; ``live`` names the client connections still open (``ProxyAccounts.reconcile``)."""
+        voucher; ``live`` names the client connections still open (``ProxyAccounts.reconcile``);
+        at a later one (after a deposit), that voucher is taken if it is new. ``only``: the
+        channel the connection is attached to already, the only one it may name again (one
+        connection, one channel: requests are billed to the channel they were admitted on)."""
         params = self.registry.params
         channel = Channel.client(
             self.ledger,
@@ -143,15 +179,27 @@ class ProxyPayments:
             client_key=client_key,
             proxy_key=self.public_key,
         )
-        state = await channel.state()
         cid = channel.account_id
-        row = self.accounts.open_client(cid, client_key)
-        if state.seqno > row.seqno:
+        if only is not None and cid != only:
+            raise VoucherError(
+                "wrong_channel", "this connection pays through another channel: name this one on a new connection"
+            )
+        state = await channel.state()
+        # no row for a channel with nothing on chain yet: naming made-up wallets costs us nothing
+        row = self.accounts.open_client(cid, client_key) if state.exists else self.accounts.client(cid)
+        if row is not None and row.role == "proxy_in" and row.peer_key != client_key:
+            raise VoucherError("wrong_channel", "this channel belongs to another party")
+        if row is not None and state.seqno > row.seqno:
             raise Rollback(f"client channel {cid.hex()[:16]}… redeemed voucher #{state.seqno}; we know #{row.seqno}")
-        if first:
+        client = self.clients[cid] = ClientChannel(channel, state, client_key)
+        if row is not None and first:
             now = int(time.time())
             try:
-                done = self.accounts.reconcile(cid, client_voucher(cid, request), now, live)
+                claimed = client_voucher(cid, request)
+                problem = over_deposit(claimed.voucher.amount, client) if claimed is not None else None
+                if problem is not None:
+                    raise problem
+                done = self.accounts.reconcile(cid, claimed, now, live)
             except VoucherError as exc:
                 # a claim that does not verify is worth nothing (it may name another of the
                 # client's channels): the books are reconciled as if it had named none
@@ -169,7 +217,18 @@ class ProxyPayments:
                 log.warning("client channel %s…: %d nanoTON billed but never delivered; not charged",
                             cid.hex()[:16], done.written_off)  # fmt: skip
             row = self.accounts.client(cid) or row
-        self.clients[cid] = ClientChannel(channel, state)
+        elif row is not None:
+            try:
+                claimed = client_voucher(cid, request)
+                if claimed is not None and claimed.voucher.seqno > row.seqno:
+                    # signed after the last one we took: lost on its way, or refused as beyond the
+                    # deposit, which the deposit this attach follows may cover now
+                    added = self._accept(client, claimed)
+                    row = self.accounts.client(cid) or row
+                    log.info("client channel %s…: the voucher it names covers %d nanoTON more",
+                             cid.hex()[:16], added)  # fmt: skip
+            except VoucherError as exc:
+                log.warning("client channel %s…: ignored the newest voucher it names: %s", cid.hex()[:16], exc)
         return PayTerms(
             stream_id=request.stream_id,
             root=account_id(self.root),
@@ -181,9 +240,9 @@ class ProxyPayments:
             balance=state.balance,
             stake=state.stake,
             redeemed=state.redeemed,
-            charged=row.total,
-            paid=row.amount,
-            seqno=row.seqno,
+            charged=row.total if row else 0,
+            paid=row.amount if row else 0,
+            seqno=row.seqno if row else 0,
         )
 
     def given_up(self, channel_id: bytes, request_id: bytes) -> None:
@@ -207,13 +266,26 @@ class ProxyPayments:
     def refusal(self, channel_id: bytes | None, awaiting: Collection[bytes]) -> str:
         if channel_id is None or channel_id not in self.clients:
             return "this proxy takes payment: attach a payment channel first"
-        state = self.clients[channel_id].state
+        client = self.clients[channel_id]
+        state = client.state
         if not state.exists:
             return "the payment channel has no deposit yet: deposit into it first"
+        if self.accounts.client(channel_id) is None:  # funded since it was named (a settlement round saw it)
+            self.accounts.open_client(channel_id, client.client_key)
+        if client.waiting is not None and client.waiting.voucher.amount <= client.available:
+            waiting, client.waiting = client.waiting, None
+            try:
+                self._accept(client, waiting)
+            except VoucherError as exc:  # (expired meanwhile, or one newer came)
+                log.warning("client channel %s…: a voucher held back is void: %s", channel_id.hex()[:16], exc)
         if not state.open:
             return "the payment channel is closing: open a new deposit"
         if state.stake < self.registry.params.min_client_stake:
-            return f"the channel's stake {state.stake} is below the minimum {self.registry.params.min_client_stake}"
+            # (redeeming takes the stake down with the balance once the balance falls below it)
+            return (
+                f"the channel's stake {state.stake} is below the minimum {self.registry.params.min_client_stake}: "
+                "top up with a stake (cocoon wallet topup --stake)"
+            )
         return self.accounts.refusal(
             channel_id,
             awaiting=awaiting if isinstance(awaiting, set) else set(awaiting),
@@ -253,6 +325,18 @@ class ProxyPayments:
             VoucherData(TAG_CLIENT_VOUCHER, message.channel, message.seqno, message.amount, message.expiry),
             message.signature,
         )
+        client = self.clients.get(message.channel)
+        if client is None:
+            raise VoucherError("wrong_channel", "no such client channel")
+        return self._accept(client, signed)
+
+    def _accept(self, client: ClientChannel, signed: SignedVoucher) -> int:
+        problem = over_deposit(signed.voucher.amount, client)
+        if problem is not None:
+            signed.verify(client.client_key)  # (a voucher that is not the client's is not held back)
+            if client.waiting is None or client.waiting.voucher.seqno < signed.voucher.seqno:
+                client.waiting = signed
+            raise problem
         added = self.accounts.accept_voucher(signed, int(time.time()))
         self._flush_soon()
         return added
@@ -280,34 +364,39 @@ class ProxyPayments:
             expiry=v.expiry,
             signature=charge.payout.signature,
             payer_wallet=account_id(self.wallet.address),
-            close_delay=self.registry.params.close_delay,
+            # the channel's own, which a change in the registry since it was derived does not move
+            close_delay=self._close_delays.get(v.channel, self.registry.params.close_delay),
         )
 
     # --- workers ---
 
     def add_worker(self, worker_key: bytes, wallet: bytes, paid_seqno: int = 0) -> None:
         """A worker announced its wallet: derive its channel and fund it in the background.
-        ``Rollback`` when the worker holds a newer payout voucher than our database."""
+        ``Rollback`` when the worker holds a newer payout voucher than our database has signed
+        it on any channel (the worker names the newest over all its channels with us: a new
+        wallet of its, or a new close delay in the registry, gives it a fresh channel)."""
+        close_delay = self.registry.params.close_delay
         channel = Channel.worker(
             self.ledger,
             root=self.root,
             proxy=self.wallet.address,
             worker=Address((0, wallet)),
-            close_delay=self.registry.params.close_delay,
+            close_delay=close_delay,
             proxy_key=self.public_key,
             worker_key=worker_key,
         )
-        row = self.store.channel(channel.account_id)
-        if paid_seqno > (row.seqno if row else 0):
+        signed = max((r.seqno for r in self.store.channels("proxy_out") if r.peer_key == worker_key), default=0)
+        if paid_seqno > signed:
             raise Rollback(
                 f"worker channel {channel.account_id.hex()[:16]}…: the worker holds payout #{paid_seqno}, "
-                f"our database only #{row.seqno if row else 0}"
+                f"our database only #{signed}"
             )
         existing = self.workers.get(worker_key)
         if existing is not None and existing.channel.account_id == channel.account_id:
             return
-        entry = WorkerChannel(channel, ChannelState(address="", exists=False))
+        entry = WorkerChannel(channel, ChannelState(address="", exists=False), close_delay)
         self.workers[worker_key] = entry
+        self._close_delays[channel.account_id] = close_delay
         self.store.add_channel(channel.account_id, "proxy_out", worker_key)
         entry.funding = asyncio.create_task(self._fund(entry))
 
@@ -319,7 +408,10 @@ class ProxyPayments:
             row = self.store.channel(entry.channel.account_id)
             owed = (row.amount - entry.state.redeemed) if row else 0
             if not entry.state.exists or entry.state.balance - owed < self.worker_deposit // 2:
-                await entry.channel.top_up(self.wallet, self.worker_deposit)
+                # enough for all we owe and a deposit more: redeeming is all or nothing, so a
+                # balance below the newest payout would let the worker redeem none of it
+                shortfall = max(0, owed - entry.state.balance) if entry.state.exists else 0
+                await entry.channel.top_up(self.wallet, self.worker_deposit + shortfall)
                 entry.state = await entry.channel.state()
                 log.info("funded worker channel %s…: balance %d", entry.channel.account_id.hex()[:16],
                          entry.state.balance)  # fmt: skip
@@ -335,7 +427,11 @@ class ProxyPayments:
             row = self.accounts.client(cid)
             if row is None or not row.seqno or row.unredeemed <= 0 or client.state.seqno >= row.seqno:
                 continue
-            if force or row.unredeemed >= self.redeem_threshold:
+            # The client may withdraw all but its stake at any time, and close the channel
+            # (refunded in full after the close delay): what it paid stays redeemable only while
+            # it is within the stake, and a closing channel is redeemed at once.
+            threshold = min(self.redeem_threshold, max(1, client.state.stake // 2))
+            if force or client.state.close_at or row.unredeemed >= threshold:
                 # Vouchers came during the redeems before this one: what goes on chain must be in
                 # the database first, or a restart would take the chain's newer seqno for a rollback.
                 self.store.flush()

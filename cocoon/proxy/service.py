@@ -171,7 +171,11 @@ class Proxy:
         self._live_numbers: set[int] = set()
         self._closed_at: dict[int, float] = {}  # client connection number → when it closed (loop time)
         self._numbering = itertools.count(1)
-        self._billed: dict[Peer, dict[int, bytes]] = {}  # per client connection: ``_billed_ends``
+        # per client connection: ``_billed_ends`` (stream id → request id and the channel billed)
+        self._billed: dict[Peer, dict[int, tuple[bytes, bytes]]] = {}
+        # request ids admitted and not yet done (with payments): a second request under the same
+        # id while the first runs would be served and never billed (the id is billed once)
+        self._ids_in_flight: set[bytes] = set()
         self._background: list[asyncio.Task[None]] = []
         self.stopped = asyncio.Event()  # set when the proxy must stop (a rollback was detected)
         self._closing = False
@@ -546,6 +550,8 @@ class Proxy:
                 return Error(stream_id=sid, code=ErrorCode.SATURATED, message="request rate limit reached")
             self._buckets[client_key] = (tokens - 1.0, now)
         if self.payments is not None:
+            if message.request_id in self._ids_in_flight:
+                return Error(stream_id=sid, code=ErrorCode.BAD_REQUEST, message="a request with this id is under way")
             if self.payments.store.request_billed(message.request_id):
                 return Error(stream_id=sid, code=ErrorCode.BAD_REQUEST, message="this request id was already served")
             channel = self._client_channels.get(client)
@@ -569,11 +575,13 @@ class Proxy:
         if self.payments is None:
             await _send_quietly(client, Error(stream_id=sid, code=ErrorCode.BAD_REQUEST, message="no payments here"))
             return
-        first = client not in self._client_channels
+        attached = self._client_channels.get(client)
         try:
             # answers that went out on the client's other open connections are not written off:
             # it may be renewing one of them, which still delivers its answers (and is paid for them)
-            terms = await self.payments.attach(client.identity.public_key, message, first, self._live_numbers)
+            terms = await self.payments.attach(
+                client.identity.public_key, message, attached is None, self._live_numbers, only=attached
+            )
         except Rollback as exc:
             self._rollback(exc)
             await _send_quietly(client, Error(stream_id=sid, code=ErrorCode.INTERNAL, message="proxy unavailable"))
@@ -605,13 +613,20 @@ class Proxy:
             return
         key = (id(client), message.stream_id)
         client_key = client.identity.public_key
-        task = asyncio.create_task(self._relay(client, message))
+        # the answer is billed to the channel it was admitted on, whatever the connection names later
+        channel = self._client_channels.get(client)
+        request_id = message.request_id if self.payments is not None else None
+        task = asyncio.create_task(self._relay(client, message, channel))
         self._relays[key] = task
         self._client_relays[client_key] = self._client_relays.get(client_key, 0) + 1
-        task.add_done_callback(lambda _: self._relay_done(key, client_key))
+        if request_id is not None:
+            self._ids_in_flight.add(request_id)
+        task.add_done_callback(lambda _: self._relay_done(key, client_key, request_id))
 
-    def _relay_done(self, key: tuple[int, int], client_key: bytes) -> None:
+    def _relay_done(self, key: tuple[int, int], client_key: bytes, request_id: bytes | None = None) -> None:
         self._relays.pop(key, None)
+        if request_id is not None:
+            self._ids_in_flight.discard(request_id)
         left = self._client_relays.get(client_key, 1) - 1
         if left > 0:
             self._client_relays[client_key] = left
@@ -625,12 +640,12 @@ class Proxy:
         # A client that takes an answer's end never cancels its stream after it: one that does
         # gave the request up before the end reached it (its cancel and our end crossed), and
         # cannot pay without the receipt the end carries. Written off, as at a reattach.
-        request_id = self._billed.get(client, {}).pop(stream_id, None)
-        channel = self._client_channels.get(client)
-        if request_id is not None and channel is not None and self.payments is not None:
+        billed = self._billed.get(client, {}).pop(stream_id, None)
+        if billed is not None and self.payments is not None:
+            request_id, channel = billed
             self.payments.given_up(channel, request_id)
 
-    def _billed_ends(self, client: Peer) -> dict[int, bytes]:
+    def _billed_ends(self, client: Peer) -> dict[int, tuple[bytes, bytes]]:
         """The client's streams whose answer was billed last (stream id → request id), the
         newest ``MAX_BILLED_ENDS``: a cancel that crosses the end comes within a round trip."""
         billed = self._billed.setdefault(client, {})
@@ -638,7 +653,9 @@ class Proxy:
             del billed[next(iter(billed))]
         return billed
 
-    async def _relay(self, client: Peer, request: Open) -> None:
+    async def _relay(self, client: Peer, request: Open, channel: bytes | None = None) -> None:
+        """Relay ``request`` to a worker, trying others when one fails before answering; its
+        answer is billed to ``channel`` (the client's payment channel when it was admitted)."""
         sid = request.stream_id
         # the body is sealed for these workers only: no other could open it
         wanted = Wanted(frozenset(key.hex() for key in request.candidates), request.max_price_milli)
@@ -658,7 +675,7 @@ class Proxy:
                 await _send_quietly(client, Error(stream_id=sid, code=exc.code, message=str(exc)))
                 return
             try:
-                outcome = await self._relay_to(client, request, entry, deadline)
+                outcome = await self._relay_to(client, request, entry, deadline, channel)
             finally:
                 self.router.release(entry)
                 self._close_if_drained(entry.worker_id)
@@ -685,7 +702,9 @@ class Proxy:
             error = Error(stream_id=sid, code=ErrorCode.WORKER_LOST, message="every candidate worker failed")
         await _send_quietly(client, error)
 
-    async def _relay_to(self, client: Peer, request: Open, entry: WorkerEntry, deadline: float) -> Attempt:
+    async def _relay_to(
+        self, client: Peer, request: Open, entry: WorkerEntry, deadline: float, channel: bytes | None = None
+    ) -> Attempt:
         """Relay one attempt, until ``deadline`` (loop time) at the latest. RETRY when the worker
         failed before its first chunk (nothing was sent to the client, so another worker may
         answer); DONE otherwise."""
@@ -778,9 +797,9 @@ class Proxy:
                         self.reputation.dispute(entry.key)
                         await client.send(Error(stream_id=sid, code=ErrorCode.BAD_RECEIPT, message=problem))
                         return Attempt.DONE
-                    cost = self._bill(client, worker, record, entry.offer.price_milli)
-                    if cost:
-                        self._billed_ends(client)[sid] = record.request_id
+                    cost = self._bill(client, worker, record, entry.offer.price_milli, channel)
+                    if cost and channel is not None:
+                        self._billed_ends(client)[sid] = (record.request_id, channel)
                     end = End(
                         stream_id=sid,
                         usage=message.usage,
@@ -845,10 +864,9 @@ class Proxy:
         finally:
             upstream.forward = None
 
-    def _bill(self, client: Peer, worker: Peer, record: UsageRecord, price_milli: int) -> int:
-        """Charge the client and credit the worker (committed before the end is released);
-        the worker gets its new payout voucher. The cost, or 0 without payments."""
-        channel = self._client_channels.get(client)
+    def _bill(self, client: Peer, worker: Peer, record: UsageRecord, price_milli: int, channel: bytes | None) -> int:
+        """Charge the client's ``channel`` and credit the worker (committed before the end is
+        released); the worker gets its new payout voucher. The cost, or 0 without payments."""
         if self.payments is None or channel is None:
             return 0
         try:

@@ -9,7 +9,7 @@ import pytest
 
 from cocoon.channel.peer import Peer
 from cocoon.channel.verify import PeerIdentity
-from cocoon.protocol.messages import PayAccount, PayTerms
+from cocoon.protocol.messages import Open, PayAccount, PayTerms
 from cocoon.proxy.payments import ProxyPayments
 from cocoon.proxy.service import Proxy
 
@@ -21,8 +21,12 @@ class SlowPayments:
 
     def __init__(self) -> None:
         self.gate = asyncio.Event()
+        self.only: list[bytes | None] = []  # the channel each attach was limited to
 
-    async def attach(self, client_key: bytes, request: PayAccount, first: bool, live: object = ()) -> PayTerms:
+    async def attach(
+        self, client_key: bytes, request: PayAccount, first: bool, live: object = (), *, only: bytes | None = None
+    ) -> PayTerms:
+        self.only.append(only)
         await self.gate.wait()
         return PayTerms(stream_id=request.stream_id, root=b"r" * 32, proxy_wallet=b"w" * 32, close_delay=3600,
                         channel=CHANNEL, min_stake=1, exists=True, balance=10, stake=1, redeemed=0, charged=0,
@@ -96,9 +100,39 @@ def test_a_cancel_that_crosses_a_billed_end_gives_that_answer_up() -> None:
     proxy._billed = {}
     client = cast(Peer, ClosingClient())
     proxy._client_channels = {client: CHANNEL}
-    proxy._billed_ends(client)[5] = b"r" * 16  # as ``_relay_to`` notes it when it bills the end
+    proxy._billed_ends(client)[5] = (b"r" * 16, CHANNEL)  # as ``_relay_to`` notes it when it bills the end
     proxy.cancel_relay(client, 7)  # a stream still running, or unknown: nothing billed
     assert payments.calls == []
     proxy.cancel_relay(client, 5)
     proxy.cancel_relay(client, 5)  # (once)
     assert payments.calls == [(CHANNEL, b"r" * 16)]
+
+
+async def test_a_request_is_billed_to_the_channel_it_was_admitted_on() -> None:
+    """A client must not move an admitted request's bill to another (empty) channel by naming
+    it before the answer ends: the relay carries the channel from admission, and a connection
+    attached to one channel asks the books for that one only."""
+    proxy = Proxy.__new__(Proxy)
+    payments = SlowPayments()
+    payments.gate.set()
+    proxy.payments = cast(ProxyPayments, payments)
+    proxy._client_channels = {}
+    proxy._live_numbers = set()
+    proxy._relays, proxy._client_relays, proxy._ids_in_flight = {}, {}, set()
+    relayed: list[bytes | None] = []
+
+    async def relay_double(client: Peer, request: Open, channel: bytes | None = None) -> None:
+        relayed.append(channel)
+
+    proxy._relay = relay_double  # type: ignore[method-assign]
+    proxy.admit = lambda client, message: None  # type: ignore[method-assign]
+    client = ClosingClient()
+    await proxy._attach(cast(Peer, client), PayAccount(stream_id=1, wallet=b"a" * 32))
+    assert payments.only == [None]
+    proxy.start_relay(cast(Peer, client), Open(stream_id=3, model="m", kind="chat", stream=True, max_tokens=0,
+                                               body=b"x", request_id=b"r" * 16))  # fmt: skip
+    proxy._client_channels[cast(Peer, client)] = b"\x08" * 32  # (what a second attach could not do)
+    await asyncio.gather(*proxy._relays.values())
+    assert relayed == [CHANNEL]
+    await proxy._attach(cast(Peer, client), PayAccount(stream_id=5, wallet=b"b" * 32))
+    assert payments.only == [None, b"\x08" * 32]

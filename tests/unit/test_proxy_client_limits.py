@@ -34,9 +34,11 @@ def limited(settings: ProxySettings) -> tuple[Proxy, asyncio.Event]:
     proxy._client_relays = {}
     proxy._buckets = {}
     proxy._buckets_pruned = 0.0
+    proxy._client_channels = {}
+    proxy._ids_in_flight = set()
     gate = asyncio.Event()
 
-    async def held_relay(client: Peer, message: Open) -> None:  # a request in flight until the gate opens
+    async def held_relay(client: Peer, request: Open, channel: bytes | None = None) -> None:  # in flight until released
         await gate.wait()
 
     proxy._relay = held_relay  # type: ignore[method-assign]
@@ -79,3 +81,36 @@ async def test_the_rate_limit_survives_reconnecting() -> None:
     assert "rate limit" in refused(again)
     gate.set()
     await asyncio.gather(*proxy._relays.values())
+
+
+class OpenBooksDouble:
+    """Test double for the proxy's payments at admission: nothing billed yet, nothing refused."""
+
+    class store:
+        @staticmethod
+        def request_billed(request_id: bytes) -> bool:
+            return False
+
+    def note_open(self, *args: Any) -> None:
+        pass
+
+    def refusal(self, channel: bytes | None, awaiting: object) -> str:
+        return ""
+
+
+async def test_a_request_id_under_way_is_not_admitted_twice() -> None:
+    """The id is billed once: a second request under it while the first runs would be served
+    and never billed (a client sealing many prompts under one id would pay for one)."""
+    proxy, gate = limited(ProxySettings())
+    proxy.payments = cast(Any, OpenBooksDouble())
+    client = ClientConnection(b"k" * 32)
+    proxy.start_relay(cast(Peer, client), Open(stream_id=1, model="m", kind="chat", stream=True, max_tokens=0,
+                                               body=b"x", request_id=b"r" * 16))  # fmt: skip
+    proxy.start_relay(cast(Peer, client), Open(stream_id=3, model="m", kind="chat", stream=True, max_tokens=0,
+                                               body=b"y", request_id=b"r" * 16))  # fmt: skip
+    (error,) = [m for m in client.sent if isinstance(m, Error)]
+    assert (error.stream_id, error.code) == (3, ErrorCode.BAD_REQUEST) and "under way" in error.message
+    gate.set()
+    await asyncio.gather(*proxy._relays.values())
+    await asyncio.sleep(0)
+    assert proxy._ids_in_flight == set()  # done: the books' own check takes over

@@ -204,6 +204,44 @@ def test_a_voucher_paying_beyond_what_was_billed_raises_the_total_with_it(
     assert row is not None and row.total == row.amount == 100
 
 
+def test_a_live_voucher_for_more_than_was_billed_is_counted_as_billed_and_switches_no_limit_off(
+    books: tuple[ProxyAccounts, ClientAccounts], keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    """A client that signs far more than it was billed must not make its later answers look paid
+    in advance (unpaid below zero) nor widen its write-off allowance (1 % of what it paid): the
+    total billed rises to the amount, and the deposit check sees it."""
+    proxy, _ = books
+    bill(proxy, keys, b"a" * 16, 100)
+    inflated = Voucher(TAG_CLIENT_VOUCHER, CLIENT_CHANNEL, 1, 10**12, NOW + 30 * 86400).sign(keys["client"])
+    assert proxy.accept_voucher(inflated, NOW) == 10**12
+    row = proxy.client(CLIENT_CHANNEL)
+    assert row is not None and row.total == row.amount == 10**12 and row.unpaid == 0
+    assert "top up" in proxy.refusal(CLIENT_CHANNEL, awaiting=set(), stake=100, available=10**9)
+    bill(proxy, keys, b"b" * 16, 300)  # (an answer already under way): unpaid again, against the stake
+    assert "stake" in proxy.refusal(CLIENT_CHANNEL, awaiting=set(), stake=300, available=10**13)
+
+
+def test_a_reattach_writes_off_exactly_what_the_newest_voucher_left_unpaid(
+    books: tuple[ProxyAccounts, ClientAccounts], keys: dict[str, Ed25519PrivateKey], tmp_path: Path
+) -> None:
+    """The excess comes off the newest answers: an older one the voucher paid in part keeps that
+    part, so the costs on record still add up to the total billed (a restart rebuilds from them)."""
+    proxy, client = books
+    bill(proxy, keys, b"a" * 16, 10)
+    bill(proxy, keys, b"b" * 16, 20)
+    client.pay(CLIENT_CHANNEL, b"a" * 16, 10, NOW)
+    paid = client.pay(CLIENT_CHANNEL, b"c" * 16, 5, NOW)  # paid 15 of the 30 billed
+    assert proxy.reconcile(CLIENT_CHANNEL, paid, NOW) == Reconciled(recovered=15, written_off=15)
+    costs = {rid: cost for rid, cost, _, _ in proxy.store.request_costs(CLIENT_CHANNEL)}
+    row = proxy.client(CLIENT_CHANNEL)
+    assert row is not None and row.total == row.amount == 15
+    assert costs == {b"a" * 16: 10, b"b" * 16: 5} and sum(costs.values()) == row.total
+    bill(proxy, keys, b"d" * 16, 7)  # delivered, not paid: after a restart it still counts as uncovered
+    restarted = ProxyAccounts(proxy.store, keys["proxy"])
+    restarted.open_client(CLIENT_CHANNEL, public_bytes(keys["client"]))
+    assert "not covered" in restarted.refusal(CLIENT_CHANNEL, awaiting=set(), stake=10**9, available=10**10)
+
+
 def test_the_worker_keeps_only_valid_newer_payouts(tmp_path: Path, keys: dict[str, Ed25519PrivateKey]) -> None:
     worker = WorkerAccounts(PaymentStore(tmp_path / "worker.db"))
     proxy_key = public_bytes(keys["proxy"])
