@@ -10,7 +10,10 @@ by the worker and opened by the client. A load generator in this process sends b
 1, 8, 64 and 256 streamed chat requests at once to the client's OpenAI API and counts the SSE
 events (one answer token each) as they arrive. It is a lean HTTP/1.1 reader on asyncio rather
 than ``httpx``, which costs about ten times more per read and would take the shared cores from
-the network it measures.
+the network it measures. Each read is timed by the kernel, as it received the bytes
+(``SO_TIMESTAMPNS`` on Linux), not as the load generator got round to reading them: it shares
+the 2 cores too, and its own waits for a CPU are not the network's latency (a read that takes
+several packets carries the time of the last, which can only lengthen the gap before it).
 
 The worker seals the tokens its engine had ready together as one answer chunk (one frame to
 relay); the client still writes one SSE event per token. Unpaced, the synthetic engine has
@@ -61,14 +64,16 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import statistics
+import struct
 import sys
 import tempfile
 import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import httpx
 
@@ -94,6 +99,8 @@ TARGET_TOKENS_PER_CORE = 50_000.0
 TARGET_ADDED_ITL = 0.002
 T = TypeVar("T")
 PATTERN = b"data: {"  # one SSE event per answer chunk (the [DONE] marker does not match)
+SO_TIMESTAMPNS = 35  # Linux (every architecture): each read's kernel receive time, a struct timespec
+READ_SIZE = 256 * 1024
 
 
 @contextlib.contextmanager
@@ -170,11 +177,11 @@ def chat_body(max_tokens: int, *, stream: bool) -> dict[str, Any]:
     }
 
 
-class _SSECounter(asyncio.Protocol):
+class _SSECounter:
     """One streamed HTTP request with ``Connection: close``: counts the SSE events of the answer
-    as they arrive and notes when each read came. A lean reader, so that the load generator
-    takes less of the shared cores than the network it measures (``httpx`` costs about ten
-    times more per read)."""
+    as they arrive and notes when each read came. A lean reader on a bare socket, so that the
+    load generator takes less of the shared cores than the network it measures (``httpx`` costs
+    about ten times more per read), and so that each read carries the kernel's receive time."""
 
     def __init__(self, request: bytes, batch: Batch, measure_from: float) -> None:
         self.request = request
@@ -186,13 +193,50 @@ class _SSECounter(asyncio.Protocol):
         self.status = 0
         self.carry = b""
         self.received = 0
-        self.last: float | None = None
+        self.last: float | None = None  # when the last event was read (perf_counter)
+        self.last_stamp = 0.0  # and received (the kernel's clock, or perf_counter without it)
+        self.stamped = False  # whether the kernel times the reads
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        cast(asyncio.WriteTransport, transport).write(self.request)  # uvloop's are not subclasses
+    async def run(self, host: str, port: int) -> None:
+        """Send the request and count the answer until the server closes the connection."""
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):  # (not Linux: the reads are timed as they are read)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            self.stamped = True
+        try:
+            await self.loop.sock_connect(sock, (host, port))
+            await self.loop.sock_sendall(sock, self.request)
+            self.loop.add_reader(sock.fileno(), self._readable, sock)
+            try:
+                await self.done
+            finally:
+                self.loop.remove_reader(sock.fileno())
+        finally:
+            sock.close()
 
-    def data_received(self, data: bytes) -> None:
-        now = time.perf_counter()
+    def _readable(self, sock: socket.socket) -> None:
+        while not self.done.done():
+            try:
+                data, ancillary, _, _ = sock.recvmsg(READ_SIZE, socket.CMSG_SPACE(16))
+            except BlockingIOError:
+                return
+            except OSError:
+                data, ancillary = b"", []
+            now = time.perf_counter()
+            if not data:
+                self.done.set_result(None)
+                return
+            stamp = now
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                    seconds, nanoseconds = struct.unpack("qq", value[:16])
+                    stamp = seconds + nanoseconds * 1e-9
+            self.data_received(data, now, stamp)
+
+    def data_received(self, data: bytes, now: float, stamp: float) -> None:
+        """``data`` read at ``now`` (perf_counter), received at ``stamp``: the gaps are between
+        receive times, the windows of the batch in read times."""
         if not self.status:
             self.head += data
             if b"\r\n\r\n" not in self.head:
@@ -207,17 +251,14 @@ class _SSECounter(asyncio.Protocol):
         self.received += count
         batch = self.batch
         if self.last is not None and self.last >= self.measure_from:
-            batch.gaps.append(now - self.last)
+            batch.gaps.append(max(0.0, stamp - self.last_stamp))
             batch.gap_times.append(now)
         if now >= self.measure_from:
             batch.gaps.extend([0.0] * (count - 1))
             batch.gap_times.extend([now] * (count - 1))
             batch.arrivals.append((now, count))
         self.last = now
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
+        self.last_stamp = stamp
 
 
 async def stream_batch(
@@ -231,7 +272,6 @@ async def stream_batch(
     streams at once)."""
     batch = Batch()
     ends: list[float] = []  # when each stream that succeeded received its last event
-    loop = asyncio.get_running_loop()
     parsed = httpx.URL(url)
     host, port = parsed.host, parsed.port or 80
     payload = json.dumps(chat_body(tokens, stream=True)).encode()
@@ -244,8 +284,8 @@ async def stream_batch(
         if stagger:
             await asyncio.sleep(stagger * index / streams)
         try:
-            _, counter = await loop.create_connection(lambda: _SSECounter(request, batch, measure_from), host, port)
-            await asyncio.wait_for(counter.done, 120.0)
+            counter = _SSECounter(request, batch, measure_from)
+            await asyncio.wait_for(counter.run(host, port), 120.0)
         except (OSError, TimeoutError):
             batch.errors += 1
             return
