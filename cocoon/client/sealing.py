@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,15 +39,27 @@ class Candidate:
 
 
 def verified_candidates(
-    offers: list[WorkerOffer], verifier: EvidenceVerifier, now: int
+    offers: list[WorkerOffer],
+    verifier: EvidenceVerifier,
+    now: int,
+    *,
+    model: str = "",
+    names: Mapping[bytes, str] | None = None,
 ) -> tuple[list[Candidate], list[str]]:
-    """The offers whose evidence verifies (in the proxy's order), and why the others did not."""
+    """The offers whose evidence verifies (in the proxy's order), and why the others did not.
+    With the registry's ``names`` (model hash → name), a worker must also attest the model the
+    registry calls ``model``: the name it announces is its word (or the proxy's, which lists
+    it), the hash its attestation's."""
     good, reasons = [], []
     for offer in offers:
         try:
             verdict = verifier.verify(offer.evidence, role="worker", channel_key=offer.worker_id, now=now)
         except AttestationError as exc:
             reasons.append(f"worker {offer.worker_id.hex()[:12]}: {exc}")
+            continue
+        if names is not None and names.get(verdict.claims.model_hash) != model:
+            attested = names.get(verdict.claims.model_hash, "a model the registry does not list")
+            reasons.append(f"worker {offer.worker_id.hex()[:12]}: it runs {attested!r}, not {model!r}")
             continue
         good.append(Candidate(offer.worker_id, verdict.claims.hpke_key, verdict.claims.model_hash, offer.price_milli))
     return good, reasons

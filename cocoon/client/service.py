@@ -518,7 +518,8 @@ class ClientService:
         )  # fmt: skip
         if standing and not offers:
             raise UpstreamError(ErrorCode.NO_WORKER, f"no worker for model {model!r} within the price cap")
-        good, reasons = verified_candidates(offers, self.verifier, int(now))
+        names = self.payments.registry.models if self.payments is not None else None  # (with a registry)
+        good, reasons = verified_candidates(offers, self.verifier, int(now), model=model, names=names)
         for reason in reasons:
             log.warning("not sealing to %s", reason)
         if not good:

@@ -656,6 +656,17 @@ class Proxy:
     async def _relay(self, client: Peer, request: Open, channel: bytes | None = None) -> None:
         """Relay ``request`` to a worker, trying others when one fails before answering; its
         answer is billed to ``channel`` (the client's payment channel when it was admitted)."""
+        try:
+            await self._relay_attempts(client, request, channel)
+        except Exception as exc:  # noqa: BLE001 - a bug (or the books' database failing) must end this
+            # request with an error frame, not leave the client waiting for its idle timeout;
+            # the type only: an exception's text may quote what it was handling
+            log.error("request %d failed in the proxy: %s", request.stream_id, type(exc).__name__)
+            await _send_quietly(
+                client, Error(stream_id=request.stream_id, code=ErrorCode.INTERNAL, message="the proxy failed")
+            )
+
+    async def _relay_attempts(self, client: Peer, request: Open, channel: bytes | None) -> None:
         sid = request.stream_id
         # the body is sealed for these workers only: no other could open it
         wanted = Wanted(frozenset(key.hex() for key in request.candidates), request.max_price_milli)

@@ -269,3 +269,19 @@ async def test_a_worker_that_stops_reading_cannot_hold_a_request_past_the_first_
         assert [e.code for e in client.errors()] == [ErrorCode.TIMEOUT]
         assert net.standing(stuck) == (0, 1)
         assert connection.open_streams == 0 and not connection._streams  # given up, a cancel queued after it
+
+
+async def test_a_request_the_proxy_fails_on_gets_an_error_frame_at_once() -> None:
+    """A bug, or the books' database failing as an answer is billed, ends the request with an
+    ``internal`` error; the client does not wait out its idle timeout for a stream nobody serves."""
+    proxy = Proxy.__new__(Proxy)  # only the relay's last resort is exercised
+
+    async def failing(client: Peer, request: Open, channel: bytes | None) -> None:
+        raise RuntimeError("database is locked")
+
+    proxy._relay_attempts = failing  # type: ignore[method-assign]
+    client = ClientConnectionDouble()
+    request = Open(stream_id=7, model="m", kind="chat", stream=True, max_tokens=0, body=b"x")
+    await proxy._relay(cast(Peer, client), request)
+    (error,) = client.errors()
+    assert (error.stream_id, error.code, error.message) == (7, ErrorCode.INTERNAL, "the proxy failed")

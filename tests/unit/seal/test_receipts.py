@@ -160,3 +160,24 @@ def test_only_workers_with_valid_evidence_are_sealed_to() -> None:
     assert [c.worker_id for c in chosen] == [public_bytes(good_key)]
     assert chosen[0].hpke_key == good.claims.hpke_key
     assert "untrusted_root" in reasons[0] and "key_mismatch" in reasons[1]
+
+
+def test_with_a_registry_only_workers_attesting_the_requested_model_are_sealed_to() -> None:
+    """A worker announces a model's name, and the proxy lists it under that name; only its
+    attestation says which model it runs. A cheap model offered under a dear one's name, by the
+    worker or by the proxy's list, is not sealed to."""
+    authority = SimAuthority.generate(datetime.datetime.now(datetime.UTC))
+    verifier = EvidenceVerifier(development_policy(), sim_root_der=authority.root_der)
+    now = int(time.time())
+    key = Ed25519PrivateKey.generate()
+    evidence = make_node_evidence(
+        SimQuoteSource(authority), role="worker", channel_key=public_bytes(key), hpke_key=os.urandom(32), now=now
+    )
+    offers = [WorkerOffer(worker_id=public_bytes(key), evidence=evidence.raw, capacity=1, inflight=0, price_milli=1000)]
+    names = {evidence.claims.model_hash: "small", os.urandom(32): "large"}
+    chosen, _ = verified_candidates(offers, verifier, now, model="small", names=names)
+    assert [c.worker_id for c in chosen] == [public_bytes(key)]
+    chosen, reasons = verified_candidates(offers, verifier, now, model="large", names=names)
+    assert chosen == [] and "runs 'small', not 'large'" in reasons[0]
+    chosen, reasons = verified_candidates(offers, verifier, now, model="small", names={})
+    assert chosen == [] and "does not list" in reasons[0]
