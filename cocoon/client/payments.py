@@ -171,15 +171,18 @@ class ClientPayments:
             raise PaymentSetupError(f"cannot deposit into the channel: {exc}") from exc
         log.info("deposited %d nanoTON (stake %d) into channel %s…", self.deposit, stake, t.channel.hex()[:16])
 
-    def pay(self, channel: bytes, record: UsageRecord, price_milli: int, billed: int = 0) -> tuple[int, Voucher]:
+    def pay(
+        self, channel: bytes, record: UsageRecord, price_milli: int, billed: int | None = None
+    ) -> tuple[int, Voucher]:
         """The verified answer's cost and the voucher that pays everything up to it. The cost is
         ours, from the signed record and the registry's prices; when the proxy billed less
-        (``billed``), we pay what it billed. We never pay more than our own figure."""
+        (``billed``, the end's cost: 0 when it billed nothing), we pay what it billed. We never
+        pay more than our own figure."""
         cost = usage_cost(self.prices, record, price_milli)
-        if 0 < billed <= cost:
-            cost = billed
-        elif billed > cost:
+        if billed is not None and billed > cost:
             log.warning("the proxy billed %d nanoTON for an answer we price at %d; paying %d", billed, cost, cost)
+        elif billed is not None:
+            cost = billed
         signed = self.accounts.pay(channel, record.request_id, cost, int(time.time()))
         return cost, _message(signed)
 

@@ -50,6 +50,8 @@ async def test_the_client_pays_its_own_price_and_never_more(payments: ClientPaym
     assert cost == 2000 and voucher.amount == 4000
     cost, voucher = payments.pay(CHANNEL, record(b"c" * 16), 1000, billed=1500)  # billed less: that
     assert cost == 1500 and voucher.amount == 5500 and voucher.seqno == 3
+    cost, voucher = payments.pay(CHANNEL, record(b"d" * 16), 1000, billed=0)  # not billed: nothing
+    assert cost == 0 and voucher.amount == 5500 and voucher.seqno == 4
 
 
 def test_the_newest_voucher_named_at_attach_is_on_the_channel_paid_last(payments: ClientPayments) -> None:
