@@ -25,6 +25,7 @@ from cocoon.protocol.messages import (
     STREAM_CLOSING,
     STREAM_OPENING,
     Announce,
+    Cancel,
     Capacity,
     Challenge,
     Data,
@@ -243,7 +244,11 @@ class Connection:
         if stream_id not in self._streams:
             last = self._next_local_id - 2 if local_opener else self._last_remote_id
             if stream_id <= last:
-                return False  # the stream closed already (cancel raced with the answer)
+                # The stream closed already (a cancel raced with the answer): dropped, except a
+                # cancel that crossed our end. The opener gave the request up before the end
+                # reached it, and so never got what the end carries (a receipt to pay with):
+                # the handler must learn of it.
+                return isinstance(message, Cancel)
             raise RemoteProtocolError(f"{kind.__name__} for unknown stream {stream_id}")
         if isinstance(message, STREAM_CLOSING):
             del self._streams[stream_id]

@@ -271,10 +271,28 @@ def test_data_after_local_cancel_is_dropped() -> None:
     dialer.receive_data(late, 0.0)
     assert dialer.next_event() is None
     assert dialer.phase is Phase.OPEN
-    # ... and the listener sees the cancel for a stream it already ended: dropped too
-    listener.receive_data(cancel, 0.0)
-    assert listener.next_event() is None
-    assert listener.phase is Phase.OPEN
+    # ... and the listener sees the cancel for a stream it already ended: delivered (it crossed
+    # the end, which the dialer never got), and nothing else changes
+    assert deliver(listener, cancel) == [Cancel(stream_id=1)]
+    assert listener.phase is Phase.OPEN and not listener.stream_is_open(1)
+
+
+def test_a_cancel_crossing_our_end_is_delivered() -> None:
+    """The opener gave the request up before our end reached it: the end, and the receipt it
+    carries, are dropped at its side, and only the cancel tells us (the proxy writes off an
+    answer it billed then: the client cannot pay without that receipt)."""
+    dialer, listener = pair()
+    deliver(listener, dialer.send(open_msg(1)) + dialer.send(open_msg(3)))
+    end = listener.send(End(stream_id=1, usage=USAGE))  # the end leaves the listener...
+    cancel = dialer.send(Cancel(stream_id=1, reason="caller left"))  # ...as the cancel leaves the dialer
+    assert deliver(dialer, end) == []
+    assert deliver(listener, cancel) == [Cancel(stream_id=1, reason="caller left")]
+    assert listener.phase is Phase.OPEN and listener.stream_is_open(3) and not listener.stream_is_open(1)
+    # (so is a second one: handlers take cancels for streams they no longer know), and one for a
+    # stream that never was is still an error
+    assert deliver(listener, frame(Cancel(stream_id=1))) == [Cancel(stream_id=1)]
+    with pytest.raises(RemoteProtocolError, match="unknown stream"):
+        deliver(listener, frame(Cancel(stream_id=5)))
 
 
 def test_late_data_is_dropped_but_following_messages_arrive() -> None:

@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 
 from cocoon.channel import peer as peer_module
-from cocoon.channel.peer import CORK_LIMIT, Peer, Stream
+from cocoon.channel.peer import CORK_LIMIT, Peer, PeerHandler, Stream
 from cocoon.channel.verify import PeerIdentity
 from cocoon.client.sealing import Receipts
 from cocoon.client.service import Call
@@ -70,6 +70,10 @@ class Pair:
     dialer: Peer
     listener: Peer
 
+    def __init__(self, dialer_handler: PeerHandler | None = None, listener_handler: Recorder | None = None) -> None:
+        self.dialer_handler = dialer_handler or Recorder()
+        self.handler = listener_handler or Recorder()
+
     async def __aenter__(self) -> Pair:
         loop = asyncio.get_running_loop()
         accepted: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = loop.create_future()
@@ -80,9 +84,8 @@ class Pair:
         dialer_conn, listener_conn = open_connections(loop.time())
         self.dialer = Peer(reader, writer, dialer_conn, PeerIdentity("worker", b"w" * 32))
         self.listener = Peer(server_reader, server_writer, listener_conn, PeerIdentity("proxy", b"p" * 32))
-        self.handler = Recorder()
         self.tasks = [
-            asyncio.create_task(self.dialer.serve(Recorder())),
+            asyncio.create_task(self.dialer.serve(self.dialer_handler)),
             asyncio.create_task(self.listener.serve(self.handler)),
         ]
         return self

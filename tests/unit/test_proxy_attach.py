@@ -9,9 +9,10 @@ import pytest
 
 from cocoon.channel.peer import Peer
 from cocoon.channel.verify import PeerIdentity
-from cocoon.protocol.messages import Open, PayAccount, PayTerms
+from cocoon.protocol.messages import Cancel, End, Open, PayAccount, PayTerms, Usage
 from cocoon.proxy.payments import ProxyPayments
-from cocoon.proxy.service import Proxy
+from cocoon.proxy.service import Proxy, _ClientHandler
+from tests.unit.test_peer_relay import Pair, Recorder
 
 CHANNEL = b"\x07" * 32
 
@@ -136,3 +137,39 @@ async def test_a_request_is_billed_to_the_channel_it_was_admitted_on() -> None:
     assert relayed == [CHANNEL]
     await proxy._attach(cast(Peer, client), PayAccount(stream_id=5, wallet=b"b" * 32))
     assert payments.only == [None, b"\x08" * 32]
+
+
+class CancelsToTheProxy(Recorder):
+    """A client connection's handler at the proxy: streams opened are kept (the test answers
+    them), cancels go to the proxy's own handler."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        super().__init__()
+        self.proxy_handler = _ClientHandler(proxy)
+
+    def stream_cancelled(self, peer: Peer, message: Cancel) -> None:
+        self.proxy_handler.stream_cancelled(peer, message)
+
+
+async def test_a_cancel_that_crosses_a_billed_end_on_the_wire_gives_that_answer_up() -> None:
+    """Over a real connection: the end closes the stream at the proxy as it is sent, and the
+    client's cancel, sent before the end reached it, arrives after. It must still reach
+    ``cancel_relay``: the client dropped the end, has no receipt, cannot pay, and would be
+    refused every later request as owing for it."""
+    proxy = Proxy.__new__(Proxy)  # only the cancel path is exercised
+    payments = GivingUpPayments()
+    proxy.payments = cast(ProxyPayments, payments)
+    proxy._relays = {}
+    proxy._billed = {}
+    async with Pair(listener_handler=CancelsToTheProxy(proxy)) as pair:
+        stream = await pair.stream()  # the client (dialer) sent a request to the proxy (listener)
+        client = pair.listener
+        proxy._client_channels = {client: CHANNEL}
+        proxy._billed_ends(client)[stream.id] = (b"r" * 16, CHANNEL)  # billed, as ``_relay_to`` does
+        client.send_nowait(End(stream_id=stream.id, usage=Usage(completion_tokens=3), receipt=b"signed"))
+        stream.cancel_nowait("the caller left")  # before the end arrives: they cross
+        async with asyncio.timeout(5):
+            while not payments.calls:
+                await asyncio.sleep(0.01)
+        assert payments.calls == [(CHANNEL, b"r" * 16)]
+        assert not pair.dialer.closed and not pair.listener.closed
