@@ -2,8 +2,9 @@
 
 A read loop feeds bytes to the sans-I/O ``Connection`` and dispatches its messages: answers to
 streams we opened go to that stream's queue; new streams, cancels and connection messages go to
-a ``PeerHandler``. A heartbeat task pings and detects a silent peer. A peer fault closes this
-connection with an error frame and a log line; it never propagates further.
+a ``PeerHandler`` (a stream opened after our goodbye is refused here, as ``shutting_down``). A
+heartbeat task pings and detects a silent peer. A peer fault closes this connection with an
+error frame and a log line; it never propagates further.
 
 Writes are corked: the frames sent during one turn of the event loop go to the TLS transport in
 one write at the end of that turn (one TLS record, one system call), so a proxy relaying many
@@ -56,6 +57,7 @@ IDLE_WRITE = 0.005
 # than that are never cut at expiry (workers towards the proxy, clients towards their proxies).
 EXPIRY_NOTICE = 60.0
 MIN_NOTICE_LIFETIME = 2.0  # a connection trusted for less is let run out without a renewal
+REFUSED_AFTER_GOODBYE = "this connection said goodbye; open the stream on another"
 
 
 def expiry_notice(lifetime: float) -> float | None:
@@ -412,7 +414,14 @@ class Peer:
         elif isinstance(message, Pong):
             pass
         elif isinstance(message, STREAM_OPENING):
-            handler.stream_opened(self, message)
+            if self.conn.goodbye_sent:
+                # It crossed our goodbye: refused untouched, so that the opener sends it on
+                # another connection (HTTP/2's REFUSED_STREAM), with the rest of this one intact.
+                self.send_nowait(
+                    Error(stream_id=message.stream_id, code=ErrorCode.SHUTTING_DOWN, message=REFUSED_AFTER_GOODBYE)
+                )
+            else:
+                handler.stream_opened(self, message)
         elif isinstance(message, Cancel):
             handler.stream_cancelled(self, message)
         elif isinstance(message, CONNECTION_MESSAGES):

@@ -7,7 +7,9 @@ and heartbeats. Peer faults raise ``RemoteProtocolError``; our own misuse raises
 
 Streams: the dialer opens odd ids, the listener even ids, each strictly increasing (as in
 HTTP/2), so a message for a stream that has already closed (a race with a cancel) can be told
-apart from one for a stream that never existed.
+apart from one for a stream that never existed. A cancel for a stream that closed is delivered
+all the same (it crossed the end); a stream the peer opens after our goodbye is delivered too,
+and refused by the edge (``goodbye_sent``).
 """
 
 from __future__ import annotations
@@ -233,8 +235,9 @@ class Connection:
                 raise RemoteProtocolError(f"invalid new stream id {stream_id}")
             if len(self._streams) >= self.max_streams:
                 raise RemoteProtocolError("too many concurrent streams", ErrorCode.SATURATED)
-            if self.goodbye_sent:
-                raise RemoteProtocolError("stream opened after goodbye")
+            # One opened after our goodbye crossed it (the peer had not read it yet): it is taken
+            # and refused on its own (``goodbye_sent`` tells the edge to), as HTTP/2 refuses a
+            # stream that crosses a GOAWAY, not a fault that ends every stream of the connection.
             self._last_remote_id = stream_id
             self._streams[stream_id] = False
             return True

@@ -114,6 +114,7 @@ class Attempt(enum.Enum):
     RETRY = "retry"
     BUSY = "busy"  # the worker is full (it serves other proxies too): try another, not its fault
     TIMED_OUT = "timed_out"  # no first answer in time: try another
+    REFUSED = "refused"  # it crossed the worker's goodbye on that connection: try again, the worker's fresh one too
 
 
 RENEW_CHECK = 600.0  # seconds between checks whether the certificate's evidence needs renewing
@@ -693,6 +694,10 @@ class Proxy:
                 await self._notify_slot()
             if outcome is Attempt.DONE:
                 return
+            if outcome is Attempt.REFUSED:  # (that connection now takes nothing: not chosen again)
+                attempts += 1
+                log.info("request %d: crossed the goodbye of worker %s; trying again", sid, entry.label)
+                continue
             if outcome is Attempt.BUSY and loop.time() + busy_wait < busy_until:
                 # Full with other proxies' requests (it told us it had room, and so it did others):
                 # the request waits for room as it would have here, instead of a 429 at once. The
@@ -845,6 +850,8 @@ class Proxy:
                         )
                     if message.code == ErrorCode.SATURATED and not relayed:
                         return Attempt.BUSY
+                    if message.code == ErrorCode.SHUTTING_DOWN and not relayed and worker.conn.goodbye_received:
+                        return Attempt.REFUSED  # sent before its goodbye reached us: nobody's fault
                     if message.code not in CLIENT_FAULTS:
                         if message.code != ErrorCode.SEAL_ERROR:
                             self.reputation.failure(entry.key, time.time())

@@ -392,11 +392,28 @@ def test_goodbye_received_blocks_new_local_streams() -> None:
     assert deliver(dialer, listener.send(chunk)) == [chunk]
 
 
-def test_stream_opened_after_goodbye_sent_is_remote_error() -> None:
-    _, listener = pair()
-    listener.send(Goodbye())
-    with pytest.raises(RemoteProtocolError, match="goodbye"):
-        deliver(listener, frame(open_msg(1)))
+def test_a_stream_opened_across_our_goodbye_is_taken_to_be_refused_on_its_own() -> None:
+    """The peer opened it before our goodbye reached it: as HTTP/2 refuses a stream that crosses
+    a GOAWAY, the stream is refused (the edge answers ``shutting_down``), while the connection
+    and the streams on it go on."""
+    dialer, listener = pair()
+    deliver(listener, dialer.send(open_msg(1)))
+    goodbye = listener.send(Goodbye(reason="renewed"))
+    crossing = dialer.send(open_msg(3))  # sent before the dialer read the goodbye
+    assert listener.goodbye_sent
+    assert deliver(listener, crossing) == [open_msg(3)]
+    assert listener.stream_is_open(3)
+    refusal = Error(stream_id=3, code=ErrorCode.SHUTTING_DOWN, message="said goodbye")
+    chunk = Data(stream_id=1, payload=b"still answering")
+    assert deliver(dialer, goodbye + listener.send(refusal) + listener.send(chunk)) == [
+        Goodbye(reason="renewed"),
+        refusal,
+        chunk,
+    ]
+    assert dialer.phase is Phase.OPEN and listener.phase is Phase.OPEN and not listener.stream_is_open(3)
+    # the stream id rules still hold
+    with pytest.raises(RemoteProtocolError, match="invalid new stream id"):
+        deliver(listener, frame(open_msg(3)))
 
 
 def test_max_streams_exceeded_is_saturated() -> None:

@@ -72,3 +72,21 @@ async def test_a_connection_closed_here_keeps_the_reason_given_here() -> None:
         assert isinstance(lost, Error) and "attestation expires" in lost.message
         await asyncio.wait_for(pair.tasks[1], 5)
         assert pair.listener.close_reason == "peer closed the connection"
+
+
+async def test_a_stream_opened_across_our_goodbye_is_refused_and_the_connection_goes_on() -> None:
+    """A worker renewing its connection says goodbye while the proxy may still send a request on
+    it: that request is refused as ``shutting_down`` (the proxy sends it elsewhere), never handed
+    on, and the requests running on the connection are not cut."""
+    async with Pair() as pair:
+        running = await pair.stream()
+        pair.listener.send_nowait(Goodbye(reason="renewed"))
+        crossing = await pair.dialer.open(  # before the dialer read the goodbye
+            lambda sid: Open(stream_id=sid, model="m", kind="chat", stream=True, max_tokens=0, body=b"{}")
+        )
+        refused = await crossing.receive(5)
+        assert isinstance(refused, Error) and refused.code == ErrorCode.SHUTTING_DOWN
+        assert pair.dialer.conn.goodbye_received and pair.handler.opened.empty()
+        pair.listener.send_nowait(Data(stream_id=running.id, payload=b"still answered"))
+        assert await running.receive(5) == Data(stream_id=running.id, payload=b"still answered")
+        assert not pair.dialer.closed and not pair.listener.closed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -84,9 +85,10 @@ class Relay:
         self._servers: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def add_worker(self, answer: Answer, *, reads: bool = True) -> bytes:
+    async def add_worker(self, answer: Answer, *, reads: bool = True, key: bytes = b"") -> bytes:
         """Connect a worker double; with ``reads`` False it never reads its socket (its side of
-        the connection backs up as soon as the proxy writes more than the socket buffers hold)."""
+        the connection backs up as soon as the proxy writes more than the socket buffers hold);
+        with ``key``, as a further connection of that worker."""
         loop = asyncio.get_running_loop()
         accepted: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = loop.create_future()
         server = await asyncio.start_server(lambda r, w: accepted.set_result((r, w)), "127.0.0.1", 0)
@@ -98,7 +100,7 @@ class Relay:
             for w, option in ((proxy_writer, socket.SO_SNDBUF), (writer, socket.SO_RCVBUF)):
                 w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, option, 4096)
         worker_conn, proxy_conn = open_connections(loop.time())  # the worker dialed the proxy
-        key = bytes([len(self.keys) + 1]) * 32
+        key = key or bytes([len(self.keys) + 1]) * 32
         worker_side = Peer(reader, writer, worker_conn, PeerIdentity("proxy", b"p" * 32))
         label = f"w{len(self.keys)}"
         proxy_side = Peer(proxy_reader, proxy_writer, proxy_conn, PeerIdentity("worker", key), label=label)
@@ -110,7 +112,8 @@ class Relay:
         offer = Announce(model=MODEL, engine="e", capacity=4)
         self.proxy.router.announce(id(proxy_side), label, offer, key.hex())
         self.workers.append(double)
-        self.keys.append(key)
+        if key not in self.keys:
+            self.keys.append(key)
         self.worker_sides.append(worker_side)
         return key
 
@@ -224,6 +227,51 @@ async def test_a_code_that_is_not_a_workers_to_say_is_not_relayed(tmp_path: Path
         client = await net.relay(net.request())
         assert [e.code for e in client.errors()] == [ErrorCode.WORKER_LOST]
         assert net.standing(liar) == (2, 0)
+
+
+# --- a request that crosses a worker's goodbye ------------------------------------------------------
+
+
+def engine_error(sid: int) -> Error:
+    return Error(stream_id=sid, code=ErrorCode.ENGINE_ERROR, message="the engine failed")
+
+
+class NoExploring(random.Random):
+    """The proxy's randomness, never exploring: of two workers, the better is chosen."""
+
+    def random(self) -> float:
+        return 0.5
+
+
+async def test_a_request_that_crosses_a_workers_goodbye_goes_to_its_fresh_connection_unblamed(
+    tmp_path: Path,
+) -> None:
+    """A worker renewing by itself says goodbye on its old connection a second after the fresh one
+    announced; a request the proxy sent there before it read the goodbye is refused as
+    ``shutting_down``: it goes to the fresh connection (the same worker), and counts against
+    nobody."""
+    async with relay(tmp_path) as net:
+        net.proxy._rng = NoExploring()
+        worker = await net.add_worker(answer_with(chunk, engine_error))
+        await net.add_worker(answer_with(chunk, engine_error), key=worker)
+        old, fresh = net.proxy.router.workers.values()
+        for _ in range(2):  # the old connection is the less loaded: the request goes there first
+            net.proxy.router.acquire(fresh)
+        net.worker_sides[0].send_nowait(Goodbye(reason="renewed"))
+        client = await net.relay(net.request())  # sent before the proxy reads the goodbye
+        assert net.workers[0].opened == []  # refused by the old connection, untouched
+        assert len(net.workers[1].opened) == 1
+        assert [type(m) for m in client.sent] == [Data, Error]  # the fresh connection's answer
+        assert net.standing(worker) == (1, 0)  # its engine error; the refusal counted for nothing
+        assert old.draining
+
+
+async def test_shutting_down_from_a_worker_that_said_no_goodbye_counts_against_it(tmp_path: Path) -> None:
+    async with relay(tmp_path) as net:
+        odd = await net.add_worker(answer_with(lambda sid: Error(stream_id=sid, code=ErrorCode.SHUTTING_DOWN)))
+        client = await net.relay(net.request())
+        assert [e.code for e in client.errors()] == [ErrorCode.WORKER_LOST]
+        assert net.standing(odd) == (1, 0)
 
 
 # --- workers that take a request and never answer ----------------------------------------------

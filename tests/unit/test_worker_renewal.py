@@ -11,7 +11,10 @@ import pytest
 
 import cocoon.worker.service as service
 from cocoon.channel.peer import renewal_delay
+from cocoon.protocol.errors import ErrorCode
+from cocoon.protocol.messages import Error, Open
 from cocoon.worker.service import Worker
+from tests.unit.test_peer_relay import Pair
 
 GRACE = 0.1
 
@@ -83,3 +86,19 @@ def test_a_worker_renews_before_the_proxys_evidence_expires_in_its_eyes() -> Non
     old = PeerStub(IdentityStub(now + 1000))
     assert renewal_delay(PeerStub(IdentityStub(now + 1000)), old, "proxy") is None  # type: ignore[arg-type]
     assert renewal_delay(PeerStub(IdentityStub(now + 2000)), old, "proxy") is not None  # type: ignore[arg-type]
+
+
+async def test_a_request_that_crosses_the_workers_goodbye_is_refused_and_nothing_else_is_cut() -> None:
+    """The proxy routes to the old connection until it reads the goodbye: what it sends there
+    meanwhile is refused as ``shutting_down`` (which it retries elsewhere, at no cost to the
+    worker), not a protocol error that would close the connection with its running requests."""
+    w = Worker.__new__(Worker)  # the request never reaches it: no engine, no settings
+    async with Pair(dialer_handler=w) as pair:  # the worker dialed the proxy
+        w._say_goodbye(pair.dialer)
+        crossing = await pair.listener.open(
+            lambda sid: Open(stream_id=sid, model="m", kind="chat", stream=True, max_tokens=0, body=b"{}")
+        )
+        refused = await crossing.receive(5)
+        assert isinstance(refused, Error) and refused.code == ErrorCode.SHUTTING_DOWN
+        assert pair.listener.conn.goodbye_received
+        assert not pair.dialer.closed and not pair.listener.closed
