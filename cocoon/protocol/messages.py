@@ -177,6 +177,9 @@ class ListWorkers(_Message, tag="list_workers", frozen=True):
     model: Name
 
 
+MAX_TOKENS_PER_SECOND = 1e9  # a measured speed a worker list carries at most
+
+
 class WorkerOffer(Struct, frozen=True, forbid_unknown_fields=False, omit_defaults=True):
     worker_id: Key  # the worker's channel key
     evidence: Blob
@@ -185,7 +188,7 @@ class WorkerOffer(Struct, frozen=True, forbid_unknown_fields=False, omit_default
     price_milli: Count
     # as the proxy measured it (0 = not measured yet)
     ttft_ms: Count = 0
-    tokens_per_second: Annotated[float, Meta(ge=0, le=1e9)] = 0.0
+    tokens_per_second: Annotated[float, Meta(ge=0, le=MAX_TOKENS_PER_SECOND)] = 0.0
     success_rate: Annotated[float, Meta(ge=0, le=1)] = 1.0
     errors: Count = 0
     timeouts: Count = 0
@@ -223,9 +226,12 @@ class Prices(Struct, frozen=True, forbid_unknown_fields=False):
     commission_milli: Count = 0  # the proxy's share of each payment, × 1000
 
 
+MAX_MODELS = 1024  # models one model list names at most
+
+
 class ModelList(_Message, tag="model_list", frozen=True):
     stream_id: StreamId
-    models: Annotated[list[ModelInfo], Meta(max_length=1024)]
+    models: Annotated[list[ModelInfo], Meta(max_length=MAX_MODELS)]
     prices: Prices | None = None
 
 

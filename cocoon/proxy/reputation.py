@@ -10,14 +10,23 @@ survives reconnects, and saved to a JSON file, so it survives proxy restarts.
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from cocoon.protocol.messages import MAX_TOKENS_PER_SECOND
 
 ALPHA = 0.2  # weight of the newest sample in the moving averages
 FAILURES_TO_SUSPEND = 3
 SUSPEND_BASE = 5.0  # seconds; doubles with every suspension in a row
 SUSPEND_MAX = 600.0
+# What a worker list may carry (the client drops a connection whose message it cannot decode):
+# a speed computed from the token counts a worker claims, or a value read back from a damaged
+# file, is held within these.
+MAX_COUNT = 2**40
+MAX_SECONDS = 1e6  # a time to first token, at most
+MAX_UNIX_TIME = 2**40  # a suspension's end, at most
 
 
 @dataclass
@@ -59,15 +68,19 @@ class Reputation:
         stats.failures_in_row = 0
         stats.suspensions = 0
         stats.success_rate = stats._average(stats.success_rate, 1.0)
+        # (the token count is the worker's claim: a huge one over a short time must not make a
+        # speed that a worker list cannot carry)
         if ttft is None:
             if tokens > 0 and duration > 0:
-                stats.tokens_per_second = stats._average(stats.tokens_per_second, tokens / duration)
+                speed = min(MAX_TOKENS_PER_SECOND, tokens / duration)
+                stats.tokens_per_second = stats._average(stats.tokens_per_second, speed)
             return
         if ttft > 0:
-            stats.ttft = stats._average(stats.ttft, ttft)
+            stats.ttft = stats._average(stats.ttft, min(MAX_SECONDS, ttft))
         generating = duration - ttft
         if tokens > 1 and generating > 0:
-            stats.tokens_per_second = stats._average(stats.tokens_per_second, (tokens - 1) / generating)
+            speed = min(MAX_TOKENS_PER_SECOND, (tokens - 1) / generating)
+            stats.tokens_per_second = stats._average(stats.tokens_per_second, speed)
 
     def failure(self, key: str, now: float, *, timeout: bool = False) -> None:
         stats = self.stats(key)
@@ -79,7 +92,10 @@ class Reputation:
         stats.failures_in_row += 1
         if stats.failures_in_row >= FAILURES_TO_SUSPEND:
             stats.suspensions += 1
-            stats.suspended_until = now + min(SUSPEND_MAX, SUSPEND_BASE * 2 ** (stats.suspensions - 1))
+            # (the exponent is capped: after a thousand suspensions in a row, a week of failing,
+            # the power would be too large for a float)
+            doubling = 2 ** min(stats.suspensions - 1, 32)
+            stats.suspended_until = now + min(SUSPEND_MAX, SUSPEND_BASE * doubling)
             stats.failures_in_row = FAILURES_TO_SUSPEND - 1  # a failed probe suspends it again
 
     def dispute(self, key: str) -> None:
@@ -99,9 +115,31 @@ class Reputation:
     def _load(self, path: Path) -> None:
         try:
             data = json.loads(path.read_text())
-            fields = set(WorkerStats.__dataclass_fields__)
-            self.workers = {
-                str(key): WorkerStats(**{k: v for k, v in value.items() if k in fields}) for key, value in data.items()
-            }
+            self.workers = {str(key): _stats_from_file(value) for key, value in data.items()}
         except (ValueError, TypeError, AttributeError):
             self.workers = {}  # a damaged file costs the history, not the proxy
+
+
+# the bound of each number field of ``WorkerStats`` (its lower bound is 0)
+LIMITS: dict[str, float] = {
+    "ttft": MAX_SECONDS,
+    "tokens_per_second": MAX_TOKENS_PER_SECOND,
+    "success_rate": 1.0,
+    "suspended_until": MAX_UNIX_TIME,
+}
+
+
+def _stats_from_file(value: dict[str, object]) -> WorkerStats:
+    """A worker's stats as saved, each field within what this code writes: a damaged or edited
+    file must not bring back a value that breaks the arithmetic or a worker list (a field that
+    is no finite number gets its default; one out of range, the nearest bound)."""
+    stats = WorkerStats()
+    for field in fields(WorkerStats):
+        saved = value.get(field.name)
+        default = getattr(stats, field.name)
+        if isinstance(default, bool):
+            setattr(stats, field.name, saved is True)
+        elif isinstance(saved, (int, float)) and not isinstance(saved, bool) and math.isfinite(saved):
+            bounded = min(max(saved, 0), LIMITS.get(field.name, MAX_COUNT))
+            setattr(stats, field.name, float(bounded) if isinstance(default, float) else int(bounded))
+    return stats

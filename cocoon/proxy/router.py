@@ -10,7 +10,12 @@ import math
 from dataclasses import dataclass, field
 
 from cocoon.protocol.errors import ErrorCode
-from cocoon.protocol.messages import Announce, ModelInfo
+from cocoon.protocol.messages import MAX_MODELS, Announce, ModelInfo
+
+# Models that workers served and none serves now are remembered (a request for one is told
+# ``no_worker``, not ``unknown_model``), this many at most, the one gone longest forgotten first:
+# a worker announcing name after name would otherwise grow the model list without end.
+MAX_REMEMBERED = 256
 
 
 class RouteError(Exception):
@@ -49,16 +54,32 @@ class WorkerEntry:
 class Router:
     def __init__(self, known_models: list[str] | None = None) -> None:
         self.workers: dict[int, WorkerEntry] = {}
-        self.known_models: set[str] = set(known_models or ())
+        self.configured: frozenset[str] = frozenset(known_models or ())
+        self._gone: dict[str, None] = {}  # models no worker serves any more, gone longest first
+
+    @property
+    def known_models(self) -> set[str]:
+        """The models configured, served now, or served before (``MAX_REMEMBERED`` of those)."""
+        return {*self.configured, *self._gone, *(w.offer.model for w in self.workers.values())}
 
     def announce(self, worker_id: int, label: str, offer: Announce, key: str = "") -> WorkerEntry:
         entry = self.workers.get(worker_id)
         if entry is None:
             entry = self.workers[worker_id] = WorkerEntry(worker_id, label, offer, key)
         else:
-            entry.offer = offer
-        self.known_models.add(offer.model)
+            before, entry.offer = entry.offer.model, offer
+            self._left(before)
+        self._gone.pop(offer.model, None)
         return entry
+
+    def _left(self, model: str) -> None:
+        """A worker stopped serving ``model``: remember it if no other serves it."""
+        if model in self.configured or any(w.offer.model == model for w in self.workers.values()):
+            return
+        self._gone.pop(model, None)
+        self._gone[model] = None
+        while len(self._gone) > MAX_REMEMBERED:
+            del self._gone[next(iter(self._gone))]
 
     def set_capacity(self, worker_id: int, share: int) -> bool:
         """The worker's share for us now; True when it has more room than before."""
@@ -70,7 +91,9 @@ class Router:
         return entry.capacity > before
 
     def remove(self, worker_id: int) -> None:
-        self.workers.pop(worker_id, None)
+        entry = self.workers.pop(worker_id, None)
+        if entry is not None:
+            self._left(entry.offer.model)
 
     def drain(self, worker_id: int) -> None:
         if entry := self.workers.get(worker_id):
@@ -132,4 +155,10 @@ class Router:
                 capacity=old.capacity + w.capacity,
                 max_tokens=max(old.max_tokens, w.offer.max_tokens),
             )
-        return [infos[m] for m in sorted(infos)]
+        listed = [infos[m] for m in sorted(infos)]
+        if len(listed) > MAX_MODELS:
+            # a longer list is one the client cannot decode (it drops the connection): the models
+            # served now first, then the configured ones
+            kept = sorted(listed, key=lambda i: (not i.workers, i.id not in self.configured, i.id))[:MAX_MODELS]
+            listed = sorted(kept, key=lambda i: i.id)
+        return listed

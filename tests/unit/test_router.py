@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 
 from cocoon.protocol.errors import ErrorCode
-from cocoon.protocol.messages import Announce, ModelInfo
-from cocoon.proxy.router import RouteError, Router
+from cocoon.protocol.messages import MAX_MODELS, Announce, ModelInfo, ModelList, decode_message, encode_message
+from cocoon.proxy.router import MAX_REMEMBERED, RouteError, Router
 
 
 def offer(model: str = "m", capacity: int = 2, max_tokens: int = 2048) -> Announce:
@@ -203,6 +203,39 @@ def test_models_keeps_models_whose_workers_left() -> None:
     router.announce(1, "a", offer("gone"))
     router.remove(1)
     assert router.models() == [ModelInfo(id="gone", workers=0, capacity=0)]
+
+
+def test_models_no_worker_serves_are_remembered_only_so_many() -> None:
+    """A worker may announce name after name (on one connection, or reconnecting): the names no
+    worker serves any more are forgotten, the longest gone first, past ``MAX_REMEMBERED``."""
+    router = Router(known_models=["configured"])
+    router.announce(1, "a", offer("kept"))
+    for i in range(MAX_REMEMBERED + 10):
+        router.announce(2, "b", offer(f"name-{i}"))  # each replaces the one before
+    router.remove(2)
+    assert len(router.known_models) == MAX_REMEMBERED + 2  # and the configured one, and the one served
+    assert route_error(router, "name-0") is ErrorCode.UNKNOWN_MODEL  # forgotten
+    assert route_error(router, f"name-{MAX_REMEMBERED + 9}") is ErrorCode.NO_WORKER  # still remembered
+    assert route_error(router, "configured") is ErrorCode.NO_WORKER
+    router.announce(3, "c", offer("name-20"))  # served again: no longer among those gone
+    router.remove(1)
+    assert "name-20" in router.known_models and "kept" in router.known_models
+
+
+def test_the_model_list_never_outgrows_what_the_client_decodes() -> None:
+    """More models than one list may carry (the client drops a connection whose message it
+    cannot decode): the served ones first, then the configured ones."""
+    router = Router(known_models=[f"configured-{i}" for i in range(MAX_MODELS)])
+    for i in range(MAX_MODELS + 100):
+        router.announce(i, f"w{i}", offer(f"served-{i}"))
+    models = router.models()
+    assert len(models) == MAX_MODELS and all(m.workers == 1 for m in models)
+    message = ModelList(stream_id=1, models=models)
+    assert decode_message(encode_message(message)) == message
+    router = Router(known_models=[f"configured-{i}" for i in range(MAX_MODELS + 5)])
+    router.announce(1, "w", offer("served"))
+    ids = [m.id for m in router.models()]
+    assert len(ids) == MAX_MODELS and "served" in ids and ids == sorted(ids)
 
 
 def test_route_error_message() -> None:
