@@ -195,8 +195,11 @@ class SealedCall:
             raise SealingFailed(ErrorCode.BAD_RECEIPT, "the usage record names another model than the worker attested")
         if self.max_tokens is not None and record.completion_tokens > self.max_tokens:
             raise SealingFailed(ErrorCode.BAD_RECEIPT, "the usage record claims more tokens than were allowed")
+        # every field: the application is shown the relayed usage, cached and reasoning tokens too
         usage = end.usage
-        if (usage.prompt_tokens, usage.completion_tokens) != (record.prompt_tokens, record.completion_tokens):
+        relayed = (usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, usage.reasoning_tokens)
+        signed = (record.prompt_tokens, record.cached_tokens, record.completion_tokens, record.reasoning_tokens)
+        if relayed != signed:
             raise SealingFailed(ErrorCode.BAD_RECEIPT, "the usage relayed differs from the signed record")
         return record
 

@@ -94,6 +94,24 @@ def test_inflated_clear_usage_is_refused_by_the_proxy_and_the_client() -> None:
     assert excinfo.value.code == "bad_receipt"
 
 
+@pytest.mark.parametrize("field", ["cached_tokens", "reasoning_tokens"])
+def test_cached_and_reasoning_tokens_shown_to_the_application_must_match_the_signed_record(field: str) -> None:
+    """The application is shown the relayed usage whole: every field of it is checked."""
+    setup = Setup()
+    receipt = setup.receipt(cached_tokens=4, reasoning_tokens=6)
+    usage = Usage(prompt_tokens=20, completion_tokens=10, cached_tokens=4, reasoning_tokens=6)
+    honest = End(stream_id=1, usage=usage, finish_reason="stop", receipt=receipt)
+    setup.answer(receipt)
+    assert setup.call.check_end(honest).cached_tokens == 4
+    setup = Setup()
+    receipt = setup.receipt(cached_tokens=4, reasoning_tokens=6)
+    setup.answer(receipt)
+    altered = End(stream_id=1, usage=msgspec.structs.replace(usage, **{field: 1000}), receipt=receipt)
+    with pytest.raises(SealingFailed, match="differs from the signed record") as excinfo:
+        setup.call.check_end(altered)
+    assert excinfo.value.code == "bad_receipt"
+
+
 def test_a_record_with_a_bad_signature_is_refused() -> None:
     setup = Setup()
     envelope = msgspec.msgpack.decode(setup.receipt())
