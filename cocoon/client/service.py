@@ -173,6 +173,9 @@ class Call:
         if isinstance(message, Error):
             self.finished()
             raise UpstreamError(message.code, message.message or message.code)
+        if not isinstance(message, (Data, End)):  # a model list, a worker list or pay terms
+            await self.abort("protocol error")
+            raise UpstreamError(ErrorCode.PROTOCOL_ERROR, f"the proxy answered with {type(message).__name__}")
         try:
             if isinstance(message, Data):
                 payload = self.sealing.open_chunk(message.payload)
@@ -439,13 +442,20 @@ class ClientService:
 
     async def _ask(self, make: Callable[[int], StreamRequest], link: ProxyLink | None = None) -> Message:
         peer = await self._peer(link or await self._link())
+        stream: Stream | None = None
         try:
             stream = await peer.open(make)
             message = await stream.receive(self.idle_timeout)
         except PeerGone as exc:
             raise UpstreamError(ErrorCode.CONNECTION_LOST, f"lost the proxy: {exc}") from exc
         except TimeoutError:
+            if stream is not None:  # else it stays open, on both sides, for good
+                stream.cancel_nowait("no answer")
             raise UpstreamError(ErrorCode.TIMEOUT, "the proxy did not answer") from None
+        except asyncio.CancelledError:
+            if stream is not None:  # (``open`` cancels its own)
+                stream.cancel_nowait("given up")
+            raise
         if isinstance(message, Error):
             raise UpstreamError(message.code, message.message)
         return message

@@ -4,16 +4,20 @@ client, while the request is on its way to the worker); a request that fails ask
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pytest
 
+from cocoon.channel.peer import Peer
 from cocoon.client.link import ProxyLink, ProxyPool
 from cocoon.client.sealing import Candidate
 from cocoon.client.service import WORKER_LIST_MAX_AGE, WORKER_LIST_TTL, ClientService, UpstreamError
 from cocoon.openai.schemas import parse_request
 from cocoon.protocol.errors import ErrorCode
+from cocoon.protocol.messages import Cancel, ListModels, ListWorkers
+from tests.unit.test_peer_relay import Pair, Recorder
 
 MODEL = "bench-model"
 REQUEST = parse_request("chat", b'{"model": "bench-model", "messages": [{"role": "user", "content": "hi"}]}')
@@ -221,3 +225,49 @@ async def test_a_fresh_list_without_a_usable_worker_is_asked_for_again(
     now[0] = WORKER_LIST_TTL / 10
     assert await client.candidates(MODEL, 0, "balanced", client.pool.links[0]) == CHOSEN
     assert asked == [MODEL]
+
+
+class CancelRecorder(Recorder):
+    """The proxy's side of the connection: it answers nothing, and keeps the cancels it gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancels: list[Cancel] = []
+
+    def stream_cancelled(self, peer: Peer, message: Cancel) -> None:
+        self.cancels.append(message)
+
+
+@dataclass
+class ConnectedLink:
+    """Test double of a proxy link whose connection is ``peer``."""
+
+    peer: Peer
+
+    async def get(self) -> Peer:
+        return self.peer
+
+
+async def test_a_list_the_proxy_does_not_answer_in_time_is_cancelled() -> None:
+    """Given up on, the ask for a list must close its stream: left open, it would count against
+    the connection's streams, and keep the proxy's side of it, for as long as the connection."""
+    proxy = CancelRecorder()
+    async with Pair(listener_handler=proxy) as pair:
+        link = cast(ProxyLink, ConnectedLink(pair.dialer))
+        client = ClientService(ProxyPool([link]), idle_timeout=0.1, verifier=cast(Any, None))
+        with pytest.raises(UpstreamError) as caught:
+            await client._ask(lambda sid: ListWorkers(stream_id=sid, model=MODEL), link)
+        assert caught.value.code == ErrorCode.TIMEOUT
+        # and one whose caller leaves while it waits
+        client.idle_timeout = 60.0
+        asking = asyncio.create_task(client._ask(lambda sid: ListModels(stream_id=sid), link))
+        await asyncio.wait_for(proxy.opened.get(), 5)
+        await asyncio.wait_for(proxy.opened.get(), 5)
+        asking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asking
+        assert pair.dialer.open_streams == 0 and not pair.dialer._streams
+        async with asyncio.timeout(5):
+            while len(proxy.cancels) < 2:
+                await asyncio.sleep(0.01)
+        assert pair.listener.open_streams == 0

@@ -13,9 +13,10 @@ from cocoon.channel import peer as peer_module
 from cocoon.channel.peer import CORK_LIMIT, Peer, PeerHandler, Stream
 from cocoon.channel.verify import PeerIdentity
 from cocoon.client.sealing import Receipts
-from cocoon.client.service import Call
+from cocoon.client.service import Call, UpstreamError
 from cocoon.openai.schemas import parse_request
 from cocoon.protocol.connection import Connection, Side
+from cocoon.protocol.errors import ErrorCode
 from cocoon.protocol.messages import (
     Announce,
     Cancel,
@@ -26,11 +27,14 @@ from cocoon.protocol.messages import (
     Goodbye,
     Hello,
     Message,
+    ModelList,
     Open,
+    PayTerms,
     StreamRequest,
     Usage,
     Voucher,
     Welcome,
+    WorkerList,
 )
 from tests.unit.seal.test_receipts import Setup
 
@@ -313,6 +317,31 @@ async def test_a_tampered_chunk_among_good_ones_ends_the_stream_after_them() -> 
     assert any(isinstance(m, Cancel) for m in peer.sent)  # the worker is told to stop
     with pytest.raises(StopAsyncIteration):
         await next_write(events)
+
+
+PAY_TERMS = PayTerms(stream_id=1, root=b"r" * 32, proxy_wallet=b"w" * 32, close_delay=1, channel=b"c" * 32,
+                     min_stake=1, exists=True, balance=1, stake=1, redeemed=0, charged=0, paid=0)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [ModelList(stream_id=1, models=[]), WorkerList(stream_id=1, workers=[]), PAY_TERMS],
+    ids=lambda m: type(m).__name__,
+)
+async def test_a_message_that_answers_no_request_is_the_proxys_protocol_error(answer: Message) -> None:
+    """Only chunks, an end or an error answer a request: anything else on its stream (which the
+    connection lets a responder send) must not reach the caller as its first answer."""
+    call, stream, _ = await sse_call(Setup(max_tokens=None))
+    stream.queue.put_nowait(answer)
+    with pytest.raises(UpstreamError) as caught:
+        await call.first()
+    assert caught.value.code == ErrorCode.PROTOCOL_ERROR and type(answer).__name__ in str(caught.value)
+    call, stream, _ = await sse_call(setup := Setup(max_tokens=None))
+    stream.queue.put_nowait(Data(stream_id=1, payload=setup.sealer.seal(chunk(0))))
+    stream.queue.put_nowait(answer)
+    events = call.events(await call.first())  # and after the first chunk: an error event ends the stream
+    *opened, error = contents(await next_write(events))
+    assert opened == [" w0"] and isinstance(error, dict) and error["error"]["code"] == "protocol_error"
 
 
 async def test_the_calls_deferred_work_runs_once_the_first_event_is_written() -> None:
