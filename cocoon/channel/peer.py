@@ -212,6 +212,15 @@ class Stream:
             with contextlib.suppress(PeerGone):
                 await self.peer.send(Cancel(stream_id=self.id, reason=reason))
 
+    def refuse_ended(self, reason: str) -> None:
+        """Give up an answer whose end has come (it does not check out): a cancel after the end,
+        which tells the responder that the answer it finished was not taken."""
+        self.queue.stop()
+        self.closed = True
+        self.peer._streams.pop(self.id, None)
+        with contextlib.suppress(LocalProtocolError):  # the connection ended meanwhile
+            self.peer.send_nowait(Cancel(stream_id=self.id, reason=reason))
+
     def cancel_nowait(self, reason: str = "") -> None:
         """``cancel`` without waiting for the socket: for giving up on a peer that may not be
         reading (the cancel is queued behind whatever it has not taken yet)."""

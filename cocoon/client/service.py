@@ -188,6 +188,11 @@ class Call:
                 self.receipts.add(record, message.receipt, self.request.model, self.cost)
         except SealingFailed as exc:
             await self.abort("sealing failed")
+            if isinstance(message, End):
+                # The proxy billed the answer as it sent its end; we do not pay for one that does
+                # not check out, and say so, else it would count as delivered and unpaid: it is
+                # written off (against our stake, as every answer given up after its end)
+                self.stream.refuse_ended("the answer does not check out")
             raise UpstreamError(exc.code, str(exc)) from exc
         return message
 

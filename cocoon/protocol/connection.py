@@ -171,6 +171,10 @@ class Connection:
             self._streams[stream_id] = True
             return
         if stream_id not in self._streams:
+            if type(message) is Cancel and self._opened_by_local(stream_id) and stream_id < self._next_local_id:
+                # a stream we opened that the peer ended: we give its answer up after all (it
+                # did not check out), and the peer must learn of it (it billed that answer)
+                return
             raise LocalProtocolError(f"stream {stream_id} is not open")
         local_opener = self._streams[stream_id]
         if isinstance(message, OPENER_MESSAGES) != local_opener:

@@ -984,6 +984,9 @@ def check_receipt(end: End, request: Open, worker_key: bytes) -> tuple[UsageReco
     signed = (record.prompt_tokens, record.cached_tokens, record.completion_tokens, record.reasoning_tokens)
     if counted != signed:
         return None, "the clear usage differs from the signed record"
+    if request.max_tokens and record.completion_tokens > request.max_tokens:
+        # the client refuses such an answer (and pays nothing for it): not billed either
+        return None, f"{record.completion_tokens} completion tokens, above the request's max_tokens"
     return record, ""
 
 

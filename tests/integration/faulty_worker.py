@@ -9,7 +9,9 @@ the worker no longer has, or garbage), ``unknown_code`` (send the first chunk, t
 error code no version of the protocol has, as a newer or a broken worker might), ``silent`` (take
 every request and never answer it, while the connection stays alive), ``late_announce:SECONDS``
 (announce that late on every connection after the first, as a worker whose fresh connection at
-an attestation renewal is slow to come up). Several faults join with commas (``slow:0.1,…``).
+an attestation renewal is slow to come up), ``no_sealed_end`` (leave out the sealed copy of the
+usage record that closes every answer: the proxy can see nothing wrong, the client refuses the
+answer as truncated). Several faults join with commas (``slow:0.1,…``).
 Run as ``python -m tests.integration.faulty_worker worker --config …``.
 """
 
@@ -118,6 +120,19 @@ if FAULT == "unknown_code":
         await real_send(self, peer, message)
 
     Worker._send = send_unknown_code  # type: ignore[method-assign]
+
+if FAULT == "no_sealed_end":
+    from cocoon.channel.peer import Peer
+    from cocoon.protocol.messages import Data, End, Error
+    from cocoon.worker.service import Worker
+
+    send_all = Worker._send
+
+    async def send_but_the_sealed_end(self: Worker, peer: Peer, message: Data | End | Error) -> None:
+        if not isinstance(message, Data):  # (the answer's chunks go out another way; this Data is the sealed receipt)
+            await send_all(self, peer, message)
+
+    Worker._send = send_but_the_sealed_end  # type: ignore[method-assign]
 
 if "late_announce" in FAULTS:
     from cocoon.channel.peer import Peer

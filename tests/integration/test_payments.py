@@ -307,6 +307,28 @@ def test_a_proxy_killed_mid_stream_loses_no_voucher_and_charges_nothing_twice(ch
         net.stop()
 
 
+def test_an_answer_the_client_refuses_after_its_end_is_written_off_not_left_unpaid(
+    chain: Chain, tmp_path: Path
+) -> None:
+    # The worker leaves out the sealed copy of its usage record: the proxy sees nothing wrong
+    # and bills the answer; the client refuses it as truncated (502) and pays nothing. It says
+    # so with a cancel after the end, and the proxy writes the answer off (against the stake):
+    # else the answer would count as delivered and unpaid, and the next request be refused.
+    net = Network(tmp_path / "net", workers=0, chain=chain)
+    try:
+        net.start_worker(1, fault="no_sealed_end")
+        net.wait_workers(1)
+        for _ in range(2):
+            with pytest.raises(openai.APIStatusError) as caught:
+                ask(net, "Hello", stream=False)
+            assert caught.value.status_code == 502 and "truncated" in caught.value.message
+        wait_until(lambda: "its client gave up before its end arrived" in net.nodes["proxy"].log, what="a write-off")
+        (proxy_in,) = rows(net.root / "proxy-payments.db", "proxy_in")
+        assert proxy_in["total"] == proxy_in["amount"] == 0  # billed twice, written off twice
+    finally:
+        net.stop()
+
+
 def test_a_voucher_lost_in_flight_is_recovered_when_the_client_reattaches(chain: Chain, tmp_path: Path) -> None:
     # The double loses its first voucher on the way, as if the proxy had stopped before it came.
     net = Network(tmp_path / "net", workers=1, chain=chain, client_module="tests.integration.voucher_losing_client")

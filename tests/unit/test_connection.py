@@ -295,6 +295,20 @@ def test_a_cancel_crossing_our_end_is_delivered() -> None:
         deliver(listener, frame(Cancel(stream_id=5)))
 
 
+def test_an_answer_that_ended_can_still_be_given_up_and_the_responder_learns_of_it() -> None:
+    """The client refuses an answer whose end came but which does not check out (its sealed
+    receipt missing, say): its cancel after the end tells the proxy, which billed the answer."""
+    dialer, listener = pair()
+    deliver(listener, dialer.send(open_msg(1)))
+    assert deliver(dialer, listener.send(End(stream_id=1, usage=USAGE))) == [End(stream_id=1, usage=USAGE)]
+    refusal = dialer.send(Cancel(stream_id=1, reason="the answer does not check out"))
+    assert deliver(listener, refusal) == [Cancel(stream_id=1, reason="the answer does not check out")]
+    with pytest.raises(LocalProtocolError, match="not open"):
+        dialer.send(Cancel(stream_id=3))  # a stream we never opened
+    with pytest.raises(LocalProtocolError, match="not open"):
+        dialer.send(Data(stream_id=1, payload=b"x"))  # only a cancel follows an end
+
+
 def test_late_data_is_dropped_but_following_messages_arrive() -> None:
     dialer, listener = pair()
     deliver(listener, dialer.send(open_msg(1)))

@@ -9,6 +9,7 @@ import time
 import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from msgspec.structs import replace
 
 from cocoon.attest.policy import development_policy
 from cocoon.attest.provider import SimQuoteSource, make_node_evidence
@@ -121,6 +122,17 @@ def test_a_record_with_a_bad_signature_is_refused() -> None:
     setup.answer(forged)
     with pytest.raises(SealingFailed, match="bad_signature"):
         setup.call.check_end(end(forged, 999))
+
+
+def test_the_proxy_does_not_bill_more_tokens_than_the_request_allowed() -> None:
+    """The client refuses such an answer and pays nothing for it: billing it would leave it
+    delivered and unpaid in the proxy's books."""
+    setup = Setup(max_tokens=5)
+    receipt = setup.receipt(completion=6)
+    opened = replace(setup.open_message(), max_tokens=5)
+    record, problem = check_receipt(end(receipt, 6), opened, setup.worker.id)
+    assert record is None and "above the request's max_tokens" in problem
+    assert check_receipt(end(receipt, 6), replace(opened, max_tokens=6), setup.worker.id)[0] is not None
 
 
 def test_a_relayed_receipt_must_equal_the_sealed_one() -> None:
