@@ -172,7 +172,7 @@ def sealing(m: Micro) -> None:
 
     sealed, secrets = seal()
     secret, rid = secrets[w[0]], os.urandom(16)
-    sealer, opener = ChunkSealer(secret, rid), ChunkOpener(secret, rid)
+    sealer, opener = ChunkSealer(secret, rid, os.urandom(32)), ChunkOpener(secret, rid)
     x25519, chacha = "baseline: X25519 keygen + exchange", "baseline: ChaCha20-Poly1305 seal (150 B)"
     seal_metric, open_metric = "HPKE: client seals a 2 KB request (K = 1)", "HPKE: worker opens the request"
     runs = m.group([

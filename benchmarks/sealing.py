@@ -53,7 +53,7 @@ def main() -> None:
     opened = per_call(lambda: open_request(sealed, worker_id=workers[0][0], hpke_key=workers[0][2]), 200)
 
     secret, rid = secrets[workers[0][0]], os.urandom(16)
-    sealer, opener = ChunkSealer(secret, rid), ChunkOpener(secret, rid)
+    sealer, opener = ChunkSealer(secret, rid, os.urandom(32)), ChunkOpener(secret, rid)
 
     def chunk_round() -> None:
         opener.open(sealer.seal(CHUNK))

@@ -50,7 +50,8 @@ def hmac_sha256(key: bytes, message: bytes) -> bytes:
     return hashlib.sha256((padded ^ _OUTER_PAD).to_bytes(64, "big") + inner).digest()
 
 
-def _extract(salt: bytes, ikm: bytes) -> bytes:
+def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
+    """HKDF-Extract with SHA-256 (RFC 5869); an empty salt is 32 zero bytes."""
     return hmac_sha256(salt or bytes(32), ikm)
 
 
@@ -74,7 +75,7 @@ def _schedule_context(info: bytes) -> bytes:
 
 
 def _labeled_extract(suite: bytes, salt: bytes, label: bytes, ikm: bytes) -> bytes:
-    return _extract(salt, b"HPKE-v1" + suite + label + ikm)
+    return hkdf_extract(salt, b"HPKE-v1" + suite + label + ikm)
 
 
 def _labeled_expand(suite: bytes, prk: bytes, label: bytes, info: bytes, length: int) -> bytes:

@@ -21,6 +21,10 @@ from cocoon.seal.hpke import RecipientKey, SenderSetup, unwrap_key, wrap_key
 MAX_CANDIDATES = 8
 MAX_SEALED_BODY = 8 * 1024 * 1024
 ZERO_NONCE = bytes(12)  # the content key is fresh for every request, so one nonce is safe
+# 2: the answer's keys take a fresh response nonce from the worker (``response``). A worker refuses
+# another version before it runs anything, so a client and a worker a version apart fail at once
+# (``seal_error``, the next candidate tried), not after an answer the client cannot open.
+VERSION = 2
 
 RequestId = Annotated[bytes, Meta(min_length=16, max_length=16)]
 Key32 = Annotated[bytes, Meta(min_length=32, max_length=32)]
@@ -33,7 +37,7 @@ class WrappedKey(Struct, array_like=True, frozen=True):
 
 
 class SealedRequest(Struct, array_like=True, frozen=True):
-    version: Annotated[int, Meta(ge=1, le=1)]
+    version: Annotated[int, Meta(ge=1, le=255)]
     request_id: RequestId
     kind: Literal["chat", "completion"]
     keys: Annotated[list[WrappedKey], Meta(min_length=1, max_length=MAX_CANDIDATES)]
@@ -70,15 +74,18 @@ def seal_request(
         keys.append(WrappedKey(worker_id, enc, wrapped))
         secrets[worker_id] = secret
     ciphertext = ChaCha20Poly1305(content_key).encrypt(ZERO_NONCE, body, aad)
-    sealed = SealedRequest(1, request_id, kind, keys, ciphertext)
+    sealed = SealedRequest(VERSION, request_id, kind, keys, ciphertext)
     return msgspec.msgpack.encode(sealed), secrets
 
 
 def decode_sealed(data: bytes) -> SealedRequest:
     try:
-        return _decoder.decode(data)
+        sealed = _decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
         raise SealError("malformed", f"sealed request does not decode: {exc}") from exc
+    if sealed.version != VERSION:
+        raise SealError("unsupported_version", f"sealed request version {sealed.version}; this worker reads {VERSION}")
+    return sealed
 
 
 def open_request(data: bytes, *, worker_id: bytes, hpke_key: RecipientKey) -> tuple[SealedRequest, bytes, bytes]:

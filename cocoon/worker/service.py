@@ -9,6 +9,10 @@ proxy tries another worker). A slot that frees then starts the next request at o
 the proxy instead, it would wait for the answer's end to reach the proxy and the next request to
 come back (milliseconds on one machine; a round trip between data centres).
 
+A request runs once: one whose id the worker is running or has served lately, on any stream or
+connection, is refused (``replay``); and each answer is sealed under keys of its own (a fresh
+response nonce), so that even a request run twice gives the proxy nothing to read or splice.
+
 Answer chunks leave as soon as the engine yields them. When the engine had several ready at
 once (it outpaced the network), they are sealed together into one answer chunk and one frame,
 up to a bound; no chunk ever waits for a later one.
@@ -20,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -56,10 +61,11 @@ from cocoon.protocol.messages import (
 )
 from cocoon.seal.errors import SealError
 from cocoon.seal.request import open_request, sealed_hash
-from cocoon.seal.response import ChunkSealer
+from cocoon.seal.response import RESPONSE_NONCE_SIZE, ChunkSealer
 from cocoon.seal.usage import UsageRecord, sign_usage
 from cocoon.status import write_status
 from cocoon.worker.payments import WorkerPayments
+from cocoon.worker.replay import ReplayGuard
 
 log = logging.getLogger("cocoon.worker")
 
@@ -105,6 +111,7 @@ class Worker:
         self._held: Counter[int] = Counter()  # per connection: its requests here, running or queued
         self._told: dict[int, int] = {}  # per connection: the capacity it was last told
         self._telling = False  # shares to tell at the end of this turn of the event loop
+        self._replays = ReplayGuard()  # request ids taken to run: a second Open of one is refused
 
     def announce(self, proxy_key: bytes = b"") -> Announce:
         return Announce(
@@ -437,21 +444,40 @@ class Worker:
                 peer, Error(stream_id=sid, code=ErrorCode.BAD_REQUEST, message=f"the request is not valid{where}")
             )
             return
-        # made before the wait for a slot, which they then do not lengthen: the engine idles
-        # from the slot's release until the next request is handed to it
-        sealer = ChunkSealer(secret, sealed.request_id)
-        engine_request = EngineRequest(kind=message.kind, params=engine_params(request), stream=message.stream)
-        try:
-            async with asyncio.timeout(self.settings.queue_timeout):
-                await self._slots.acquire()
-        except TimeoutError:
-            await self._send(peer, Error(stream_id=sid, code=ErrorCode.SATURATED, message="the worker's queue is full"))
+        request_id = sealed.request_id
+        # one run per request, whichever stream or connection it comes on: a replaying proxy gets
+        # an error, not a second answer (checked and claimed in one step: no await between)
+        if not self._replays.claim(request_id):
+            log.warning("request %d: request id %s… was taken before; refusing it again", sid, request_id.hex()[:8])
+            await self._send(
+                peer, Error(stream_id=sid, code=ErrorCode.BAD_REQUEST, message="this request id was already served")
+            )
             return
-        slot = _Slot(self._slots)
+        claimed = True
         try:
-            await self._run(peer, message, sealed.request_id, engine_request, sealer, started, started_ms, slot)
+            # made before the wait for a slot, which they then do not lengthen: the engine idles
+            # from the slot's release until the next request is handed to it. The response nonce
+            # is fresh for every answer: the answer's keys would otherwise follow from the request
+            sealer = ChunkSealer(secret, request_id, secrets.token_bytes(RESPONSE_NONCE_SIZE))
+            engine_request = EngineRequest(kind=message.kind, params=engine_params(request), stream=message.stream)
+            try:
+                async with asyncio.timeout(self.settings.queue_timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                # it never ran: the proxy, told "saturated", may send it here again
+                claimed = False
+                self._replays.unclaim(request_id)
+                error = Error(stream_id=sid, code=ErrorCode.SATURATED, message="the worker's queue is full")
+                await self._send(peer, error)
+                return
+            slot = _Slot(self._slots)
+            try:
+                await self._run(peer, message, request_id, engine_request, sealer, started, started_ms, slot)
+            finally:
+                slot.release()
         finally:
-            slot.release()
+            if claimed:  # (the proxy's retry of a request refused as saturated may be here already)
+                self._replays.ended(request_id)
 
     async def _run(
         self,

@@ -229,6 +229,23 @@ async def test_a_code_that_is_not_a_workers_to_say_is_not_relayed(tmp_path: Path
         assert net.standing(liar) == (2, 0)
 
 
+async def test_a_workers_refusal_of_a_replayed_request_does_not_count_against_it(tmp_path: Path) -> None:
+    """A worker refuses a request id it has served (a replay) as ``bad_request``: the request's
+    fault, not the worker's, so it is relayed as it is, not retried, and the worker keeps its
+    standing (an honest proxy never meets it: it sends no request to a worker twice)."""
+
+    def replayed(sid: int) -> Error:
+        return Error(stream_id=sid, code=ErrorCode.BAD_REQUEST, message="this request id was already served")
+
+    async with relay(tmp_path) as net:
+        first = await net.add_worker(answer_with(replayed))
+        second = await net.add_worker(answer_with(replayed))
+        client = await net.relay(net.request())
+        assert [e.code for e in client.errors()] == [ErrorCode.BAD_REQUEST]
+        assert len(net.workers[0].opened) + len(net.workers[1].opened) == 1
+        assert net.standing(first) == net.standing(second) == (0, 0)
+
+
 # --- a request that crosses a worker's goodbye ------------------------------------------------------
 
 

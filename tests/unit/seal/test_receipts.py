@@ -38,7 +38,7 @@ class Setup:
             "chat", b'{"x": 1}', [Candidate(self.worker.id, self.worker.public, MODEL_HASH)], max_tokens
         )
         _, _, secret = open_request(self.call.sealed, worker_id=self.worker.id, hpke_key=self.worker.recipient)
-        self.sealer = ChunkSealer(secret, self.call.request_id)
+        self.sealer = ChunkSealer(secret, self.call.request_id, os.urandom(32))
 
     def receipt(self, completion: int = 10, **changes: object) -> bytes:
         record = UsageRecord(

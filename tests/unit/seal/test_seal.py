@@ -19,7 +19,7 @@ from cocoon.keys import public_bytes
 from cocoon.seal.errors import SealError
 from cocoon.seal.hpke import RecipientKey, hkdf_expand, hmac_sha256, prepare_sender
 from cocoon.seal.request import decode_sealed, open_request, seal_request, sealed_hash
-from cocoon.seal.response import ChunkOpener, ChunkSealer
+from cocoon.seal.response import FIRST_HEADER, HEADER, LABEL, RESPONSE_NONCE_SIZE, ChunkOpener, ChunkSealer
 from cocoon.seal.usage import UsageRecord, sign_usage, verify_usage
 
 BODY = b'{"model": "m", "messages": [{"role": "user", "content": "secret canary"}]}'
@@ -104,8 +104,20 @@ def test_a_flipped_byte_in_the_sealed_body_is_detected() -> None:
     assert excinfo.value.code == "malformed"
 
 
+def test_a_request_of_another_version_is_refused_before_it_is_opened() -> None:
+    """Version 1 answers had no response nonce: a worker a version apart fails at once."""
+    worker = Worker()
+    sealed, _, _ = seal_for(worker)
+    request = decode_sealed(sealed)
+    assert request.version == 2
+    old = msgspec.msgpack.encode(msgspec.structs.replace(request, version=1))
+    with pytest.raises(SealError) as excinfo:
+        open_request(old, worker_id=worker.id, hpke_key=worker.recipient)
+    assert excinfo.value.code == "unsupported_version"
+
+
 def answer(secret: bytes, rid: bytes, parts: list[bytes]) -> list[bytes]:
-    sealer = ChunkSealer(secret, rid)
+    sealer = ChunkSealer(secret, rid, os.urandom(RESPONSE_NONCE_SIZE))
     return [sealer.seal(p, final=i == len(parts) - 1) for i, p in enumerate(parts)]
 
 
@@ -131,7 +143,7 @@ def test_hkdf_expand_is_rfc_5869() -> None:
     assert hkdf_expand(prk, bytes(range(0xF0, 0xFA)), 42).hex() == okm
     # and, for the lengths the answer keys use, what `cryptography` derives (answers stay compatible)
     for length in (12, 32, 64):
-        info = b"cocoon/response/v1 key"
+        info = LABEL + b"key"
         assert hkdf_expand(prk, info, length) == HKDFExpand(hashes.SHA256(), length, info).derive(prk)
 
 
@@ -162,6 +174,71 @@ def test_every_tampering_of_the_answer_is_named() -> None:
     assert opening(secret, rid, [bytes(header_flip)]) == "tampered"
 
 
+def body(chunk: bytes, index: int) -> bytes:
+    """A chunk's ciphertext, its clear header left out."""
+    return chunk[FIRST_HEADER if index == 0 else HEADER.size :]
+
+
+def test_two_answers_to_one_request_are_sealed_under_keys_of_their_own() -> None:
+    """A proxy that sends one request to a worker twice gets two answers whose keys differ (a
+    fresh response nonce each): no shared keystream, no repeated Poly1305 key."""
+    secret, rid = os.urandom(32), os.urandom(16)
+    parts = [b"the same text" * 4, b"again the same", b"usage"]
+    first, second = answer(secret, rid, parts), answer(secret, rid, parts)
+    assert first[0][HEADER.size : FIRST_HEADER] != second[0][HEADER.size : FIRST_HEADER]  # the nonces
+    for i, (a, b) in enumerate(zip(first, second, strict=True)):
+        assert body(a, i) != body(b, i)
+        # the keystreams differ: XOR of the ciphertexts is not XOR of the texts (all zeros here)
+        xor = bytes(x ^ y for x, y in zip(body(a, i), body(b, i), strict=True))
+        assert xor[: len(parts[i])] != bytes(len(parts[i]))
+    for chunks in (first, second):
+        opener = ChunkOpener(secret, rid)
+        assert [opener.open(c)[0] for c in chunks] == parts
+        opener.finish()
+
+
+def test_chunks_of_two_answers_to_one_request_do_not_splice() -> None:
+    secret, rid = os.urandom(32), os.urandom(16)
+    parts = [b"one", b"two", b"three", b"usage"]
+    first, second = answer(secret, rid, parts), answer(secret, rid, parts)
+    assert opening(secret, rid, [first[0], second[1]]) == "tampered"  # bound to the first's nonce
+    assert opening(secret, rid, [second[0], second[1], first[2]]) == "tampered"
+    assert opening(secret, rid, [*first[:2], *second[2:]]) == "tampered"  # the other's final chunk too
+
+
+def test_an_altered_or_missing_response_nonce_fails() -> None:
+    secret, rid = os.urandom(32), os.urandom(16)
+    for parts in ([b"one", b"usage"], [b"usage"]):  # chunk 0 an answer chunk, or the final one alone
+        chunks = answer(secret, rid, parts)
+        for position in (HEADER.size, FIRST_HEADER - 1):
+            altered = bytearray(chunks[0])
+            altered[position] ^= 1
+            assert opening(secret, rid, [bytes(altered), *chunks[1:]]) == "tampered"
+        without = chunks[0][: HEADER.size] + chunks[0][FIRST_HEADER:]  # a chunk 0 as version 1 sealed it
+        assert opening(secret, rid, [without, *chunks[1:]]) in ("tampered", "malformed")
+        assert opening(secret, rid, [chunks[0][: FIRST_HEADER + 15]]) == "malformed"
+        opener = ChunkOpener(secret, rid)
+        assert [opener.open(c)[0] for c in chunks] == parts
+        opener.finish()
+
+
+def test_a_chunk_0_that_fails_leaves_the_opener_unbound() -> None:
+    """The client tries each candidate's opener on chunk 0: one that fails must not keep the
+    nonce it read."""
+    secret, rid = os.urandom(32), os.urandom(16)
+    chunks = answer(secret, rid, [b"one", b"usage"])
+    forged = chunks[0][: HEADER.size] + os.urandom(RESPONSE_NONCE_SIZE) + chunks[0][FIRST_HEADER:]
+    opener = ChunkOpener(secret, rid)
+    with pytest.raises(SealError):
+        opener.open(forged)
+    assert [opener.open(c) for c in chunks] == [(b"one", False), (b"usage", True)]
+
+
+def test_a_response_nonce_of_another_size_is_refused() -> None:
+    with pytest.raises(ValueError):
+        ChunkSealer(os.urandom(32), os.urandom(16), bytes(12))
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=200))
 def test_random_chunks_only_raise_seal_errors(data: bytes) -> None:
@@ -169,6 +246,11 @@ def test_random_chunks_only_raise_seal_errors(data: bytes) -> None:
         ChunkOpener(os.urandom(32), os.urandom(16)).open(data)
     except SealError:
         pass
+    # and behind a genuine chunk 0 header, where the opener reads a response nonce
+    secret, rid = bytes(32), bytes(16)
+    header = answer(secret, rid, [b"x"])[0][: HEADER.size]
+    with pytest.raises(SealError):
+        ChunkOpener(secret, rid).open(header + data)
 
 
 def record(worker_key: bytes, completion: int = 10) -> UsageRecord:
