@@ -229,7 +229,9 @@ def build_app(service: ClientService, *, max_body_bytes: int) -> Starlette:
         return error_response(404, error_body(f"Unknown path {request.url.path}", "invalid_request_error"))
 
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
-        return error_response(405, error_body(f"Method {request.method} not allowed", "invalid_request_error"))
+        response = error_response(405, error_body(f"Method {request.method} not allowed", "invalid_request_error"))
+        response.headers.update(getattr(exc, "headers", None) or {})  # (Allow: the methods it takes)
+        return response
 
     async def server_error(request: Request, exc: Exception) -> Response:
         return error_response(500, error_body("Internal error in the cocoon client", "server_error"))

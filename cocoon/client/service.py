@@ -149,8 +149,11 @@ class Call:
             message = self.stream.receive_nowait()
             if message is None:
                 left = self.deadline - asyncio.get_running_loop().time()
+                # a whole answer comes as one message once it is made: only the deadline bounds
+                # the wait for it (the proxy waits as long), silence being no sign of trouble
+                wait = min(self.idle_timeout, left) if self.request.stream else left
                 try:
-                    message = await self.stream.receive(max(0.0, min(self.idle_timeout, left)))
+                    message = await self.stream.receive(max(0.0, wait))
                 except TimeoutError:
                     await self.abort("timeout")
                     why = "the request took too long" if left <= self.idle_timeout else "no answer from the network"

@@ -49,6 +49,13 @@ class EngineError(Exception):
     the proxy and to logs."""
 
 
+class EngineRefused(EngineError):
+    """The engine cannot take the request as it is: a prompt longer than its context window, a
+    parameter it cannot honour. The request's fault, not the engine's (the worker answers
+    ``bad_request``, which the proxy neither retries elsewhere nor counts against the worker).
+    The message names what, never the content."""
+
+
 class Engine(Protocol):
     name: str
     max_tokens: int

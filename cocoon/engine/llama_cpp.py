@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import secrets
 import threading
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from cocoon.engine.base import (
     Chunk,
     EngineError,
     EngineEvent,
+    EngineRefused,
     EngineRequest,
     Finished,
     ProgressCallback,
@@ -94,6 +96,7 @@ class LlamaCppEngine:
         self.max_tokens = n_ctx
         self._pool: asyncio.Queue[Any] = asyncio.Queue()
         self._instances: list[Any] = []
+        self._n_vocab = 0  # the model's token ids are below this (known once loaded)
         self._executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="llama")
 
     async def start(self, progress: ProgressCallback | None = None) -> None:
@@ -118,24 +121,60 @@ class LlamaCppEngine:
             # (and the proxy does not judge this worker by a cold start).
             await asyncio.to_thread(llama.create_completion, "Hello", max_tokens=1)
             self._instances.append(llama)
+            self._n_vocab = llama.n_vocab()
             self._pool.put_nowait(llama)
         if progress:
             progress(self.slots, self.slots, "model loaded")
 
+    def prepared(self, request: EngineRequest) -> dict[str, Any]:
+        """The request's parameters as llama-cpp-python takes them; ``EngineRefused`` naming
+        one it cannot honour. (Before an instance is taken from the pool: a failure here must
+        not keep one from its pool.)"""
+        params = {**OPENAI_DEFAULTS, **request.params}
+        # one call at most with these chat templates: nothing to turn off (the call would fail)
+        params.pop("parallel_tool_calls", None)
+        if params.pop("logprobs", None) or params.pop("top_logprobs", None):
+            # (the instances keep no logits of past tokens: that would cost n_ctx × vocabulary floats each)
+            raise EngineRefused("logprobs are not available from the embedded engine")
+        if params.get("seed") is None:
+            # llama-cpp-python draws from a fixed seed otherwise: the same sampled answers after
+            # every restart, on every worker alike
+            params["seed"] = secrets.randbits(32)
+        if "messages" in params:
+            params["messages"] = text_messages(params["messages"])
+        if "logit_bias" in params:
+            params["logit_bias"] = self._token_biases(params["logit_bias"])
+        if params.get("response_format") is not None:
+            params["response_format"] = response_format(params["response_format"])
+        choice, tools = params.get("tool_choice"), params.get("tools") or []
+        if choice == "required":
+            if len(tools) != 1 or not isinstance(tools[0].get("function"), dict):
+                raise EngineRefused("tool_choice 'required' is served with exactly one function tool")
+            params["tool_choice"] = {"type": "function", "function": {"name": tools[0]["function"].get("name")}}
+        return params
+
+    def _token_biases(self, biases: dict[str, float]) -> dict[int, float]:
+        limit = self._n_vocab or 2**31
+        try:
+            ids = {int(k): v for k, v in biases.items()}
+        except ValueError:
+            raise EngineRefused("logit_bias: its keys are token ids (integers)") from None
+        if any(not 0 <= i < limit for i in ids):
+            raise EngineRefused(f"logit_bias: token ids are from 0 to {limit - 1}")
+        return ids
+
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
+        params = self.prepared(request)
         llama = await self._pool.get()
         loop = asyncio.get_running_loop()
         out: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
         llama.cancel = cancel
         llama.max_completion = request.params.get("max_tokens")
-        params = {**OPENAI_DEFAULTS, **request.params}
-        if "messages" in params:
-            params["messages"] = text_messages(params["messages"])
-        if "logit_bias" in params:
-            params["logit_bias"] = {int(k): v for k, v in params["logit_bias"].items()}
+        n_ctx = self.n_ctx
 
         def run() -> None:
+            produced = False
             try:
                 if request.kind == "chat":
                     result = llama.create_chat_completion(**params, stream=True)
@@ -144,9 +183,18 @@ class LlamaCppEngine:
                 for chunk in result:
                     if cancel.is_set():
                         break
+                    produced = True
                     loop.call_soon_threadsafe(out.put_nowait, chunk)
             except Exception as exc:  # noqa: BLE001 - reported to the caller, without content
-                loop.call_soon_threadsafe(out.put_nowait, EngineError(type(exc).__name__))
+                error: EngineError
+                if isinstance(exc, ValueError) and "context window" in str(exc):
+                    error = EngineRefused(f"the prompt does not fit the model's context window of {n_ctx} tokens")
+                elif isinstance(exc, (ValueError, KeyError, TypeError)) and not produced:
+                    # raised as the request's parameters were taken in, before any token
+                    error = EngineRefused(f"the engine cannot take the request's parameters ({type(exc).__name__})")
+                else:
+                    error = EngineError(type(exc).__name__)
+                loop.call_soon_threadsafe(out.put_nowait, error)
             finally:
                 loop.call_soon_threadsafe(out.put_nowait, _DONE)
 
@@ -187,6 +235,8 @@ def text_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     message) gets an empty one, which the template concatenates instead of failing on."""
     joined: list[dict[str, Any]] = []
     for message in messages:
+        if message.get("role") == "developer":  # OpenAI's newer name for it; templates know "system"
+            message = {**message, "role": "system"}
         content = message.get("content")
         if isinstance(content, list):
             text = "\n".join(str(part.get("text") or part.get("refusal") or "") for part in content)
@@ -228,7 +278,9 @@ def assemble_response(kind: str, chunks: list[dict[str, Any]], usage: Usage) -> 
                         slot["function"]["name"] = function["name"]
                     slot["function"]["arguments"] += function.get("arguments") or ""
                 finish_reason = choice.get("finish_reason") or finish_reason
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(content)}
+        # (OpenAI's content is null beside tool calls that come with no text)
+        text_content = "".join(content) if content or not tool_calls else None
+        message: dict[str, Any] = {"role": "assistant", "content": text_content}
         if tool_calls:
             message["tool_calls"] = [tool_calls[i] for i in sorted(tool_calls)]
         return {
@@ -252,3 +304,18 @@ def assemble_response(kind: str, chunks: list[dict[str, Any]], usage: Usage) -> 
         "choices": [{"index": 0, "text": "".join(text), "logprobs": None, "finish_reason": finish_reason}],
         "usage": usage_body,
     }
+
+
+def response_format(requested: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's ``response_format`` as llama-cpp-python takes it: a JSON schema constrains the
+    answer through its ``json_object`` form with a schema (it knows no ``json_schema`` type)."""
+    kind = requested.get("type")
+    if kind == "json_schema":
+        described = requested.get("json_schema")
+        schema = described.get("schema") if isinstance(described, dict) else None
+        if not isinstance(schema, dict):
+            raise EngineRefused("response_format: a json_schema needs its schema")
+        return {"type": "json_object", "schema": schema}
+    if kind not in ("text", "json_object"):
+        raise EngineRefused("response_format: the type is text, json_object or json_schema")
+    return requested

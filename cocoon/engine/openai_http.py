@@ -20,6 +20,7 @@ from cocoon.engine.base import (
     Chunk,
     EngineError,
     EngineEvent,
+    EngineRefused,
     EngineRequest,
     Finished,
     ProgressCallback,
@@ -51,6 +52,7 @@ class OpenAIHttpEngine:
         self.max_tokens = max_tokens
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(timeout, connect=10.0))
+        self._added: dict[str, int] = {}  # per tokenizer endpoint: the special tokens it adds to any text
 
     async def start(self, progress: ProgressCallback | None = None) -> None:
         """Wait for nothing: check the server answers and learn its model name if not given."""
@@ -79,7 +81,12 @@ class OpenAIHttpEngine:
             async with self._http.stream("POST", self.base_url + path, json=body) as response:
                 if response.status_code != 200:
                     await response.aread()
-                    raise EngineError(f"engine answered HTTP {response.status_code}")
+                    code = response.status_code
+                    if 400 <= code < 500 and code not in (408, 429):
+                        # the request's fault (too long, a parameter it does not take); its text
+                        # is not passed on: it may quote the prompt
+                        raise EngineRefused(f"the engine refused the request (HTTP {code})")
+                    raise EngineError(f"engine answered HTTP {code}")
                 if request.stream:
                     async for event in self._relay_stream(request, response):
                         yield event
@@ -136,30 +143,58 @@ class OpenAIHttpEngine:
             prompt_tokens = await self._tokenize(prompt, first=("/tokenize", templated))
         else:
             prompt_tokens = await self._tokenize(str(request.params.get("prompt", "")))
-        return Usage(prompt_tokens=prompt_tokens, completion_tokens=await self._tokenize("".join(texts)))
+        # The tokenizer endpoints add the model's special tokens (a BOS) to what they count,
+        # which the prompt has too, but an answer does not: that many come off its count. It is
+        # never above the request's max_tokens (re-tokenizing may merge differently).
+        completion = await self._tokenize("".join(texts), plain=True)
+        wanted = request.params.get("max_tokens")
+        if isinstance(wanted, int) and completion > wanted:
+            completion = wanted
+        return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion)
 
-    async def _tokenize(self, text: str, first: tuple[str, dict[str, Any]] | None = None) -> int:
+    async def _tokenize(
+        self, text: str, first: tuple[str, dict[str, Any]] | None = None, *, plain: bool = False
+    ) -> int:
+        """How many tokens ``text`` is, by the first tokenizer endpoint that answers; ``plain``:
+        without the special tokens the endpoint adds to any text (what it counts for "")."""
         if not text:
             return 0
         root = self.base_url.removesuffix("/v1")
-        attempts = (
-            *([first] if first else []),
-            ("/tokenize", {"model": self.model, "prompt": text}),
-            ("/extras/tokenize", {"input": text}),
-            ("/tokenize", {"content": text}),
-        )
-        for path, body in attempts:
-            try:
-                response = await self._http.post(root + path, json=body)
-            except httpx.HTTPError:
+        attempts: list[tuple[str, dict[str, Any], str]] = [  # (path, body, the field holding the text)
+            ("/tokenize", {"model": self.model, "prompt": text}, "prompt"),
+            ("/extras/tokenize", {"input": text}, "input"),
+            ("/tokenize", {"content": text}, "content"),
+        ]
+        if first:
+            attempts.insert(0, (first[0], first[1], ""))
+        for path, body, field in attempts:
+            count = await self._count_at(root + path, body)
+            if count is None:
                 continue
-            if response.status_code == 200:
-                data = response.json()
-                if isinstance(data.get("count"), int):
-                    return int(data["count"])
-                if isinstance(data.get("tokens"), list):
-                    return len(data["tokens"])
+            if plain and field:
+                key = f"{path} {field}"
+                if key not in self._added:
+                    self._added[key] = await self._count_at(root + path, {**body, field: ""}) or 0
+                count = max(0, count - self._added[key])
+            return count
         raise EngineError("engine reports no usage and has no tokenizer endpoint")
+
+    async def _count_at(self, url: str, body: dict[str, Any]) -> int | None:
+        try:
+            response = await self._http.post(url, json=body)
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        try:
+            data = response.json()
+        except ValueError:
+            return None
+        if isinstance(data, dict) and isinstance(data.get("count"), int):
+            return int(data["count"])
+        if isinstance(data, dict) and isinstance(data.get("tokens"), list):
+            return len(data["tokens"])
+        return None
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -28,12 +28,18 @@ Stop = (
 Seed = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 User = Annotated[str, Meta(max_length=512)]
 JsonObject = dict[str, Any]
+# token id (a decimal integer, as OpenAI's keys are) → bias; the engine checks the id's range
+LogitBias = Annotated[
+    dict[Annotated[str, Meta(pattern=r"^[0-9]{1,10}$")], Annotated[float, Meta(ge=-100, le=100)]],
+    Meta(max_length=1024),
+]
 Routing = Literal["balanced", "cheapest", "fastest"]
 MaxPrice = Annotated[float, Meta(gt=0, le=1_000_000)]  # highest worker price coefficient (none: the configured cap)
 
 
 class StreamOptions(Struct, forbid_unknown_fields=True):
     include_usage: bool = False
+    include_obfuscation: bool | None = None  # accepted; SSE events are not padded here
 
 
 class ContentPart(Struct, forbid_unknown_fields=False, omit_defaults=True):
@@ -58,7 +64,7 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=True, omit_defaults=Tr
     messages: Annotated[list[ChatMessage], Meta(min_length=1, max_length=MAX_MESSAGES)]
     model: ModelName
     frequency_penalty: Penalty | None = None
-    logit_bias: dict[str, Annotated[float, Meta(ge=-100, le=100)]] | None = None
+    logit_bias: LogitBias | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     max_tokens: MaxTokens | None = None
@@ -75,11 +81,16 @@ class ChatCompletionRequest(Struct, forbid_unknown_fields=True, omit_defaults=Tr
     tools: Annotated[list[JsonObject], Meta(max_length=128)] | None = None
     tool_choice: Annotated[str, Meta(max_length=64)] | JsonObject | None = None
     parallel_tool_calls: bool | None = None
+    functions: Annotated[list[JsonObject], Meta(max_length=128)] | None = None  # the deprecated form of tools
+    function_call: Annotated[str, Meta(max_length=64)] | JsonObject | None = None  # and of tool_choice
     user: User | None = None
     # accepted for compatibility with OpenAI clients; they do not change the answer
     metadata: dict[str, Annotated[str, Meta(max_length=512)]] | None = None
     store: bool | None = None
     service_tier: Annotated[str, Meta(max_length=32)] | None = None
+    reasoning_effort: Annotated[str, Meta(max_length=32)] | None = None
+    prompt_cache_key: Annotated[str, Meta(max_length=1024)] | None = None
+    safety_identifier: User | None = None
     # ours: how the network picks a worker for this request
     routing: Routing | None = None
     max_price: MaxPrice | None = None
@@ -90,7 +101,7 @@ class CompletionRequest(Struct, forbid_unknown_fields=True, omit_defaults=True):
     prompt: Text | Annotated[list[Text], Meta(min_length=1, max_length=1)]
     echo: bool | None = None
     frequency_penalty: Penalty | None = None
-    logit_bias: dict[str, Annotated[float, Meta(ge=-100, le=100)]] | None = None
+    logit_bias: LogitBias | None = None
     logprobs: Annotated[int, Meta(ge=0, le=5)] | None = None
     max_tokens: MaxTokens | None = None
     n: Annotated[int, Meta(ge=1, le=128)] | None = None
@@ -118,6 +129,7 @@ SCHEMAS: dict[str, type[ChatCompletionRequest] | type[CompletionRequest]] = {
 # Fields that describe the call rather than the generation; the worker does not pass them on.
 NOT_FOR_ENGINE = frozenset(
     {"model", "stream", "stream_options", "n", "user", "metadata", "store", "service_tier", "max_completion_tokens"}
+    | {"reasoning_effort", "prompt_cache_key", "safety_identifier"}
     | {"routing", "max_price"}  # ours: for the network, not the engine
 )
 

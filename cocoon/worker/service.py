@@ -41,7 +41,7 @@ from cocoon.channel.attested import AttestedVerifier
 from cocoon.channel.connect import HandshakeFailed, dial, software_version
 from cocoon.channel.peer import Peer, PeerGone, renewal_delay
 from cocoon.config import ConfigError, PeerPin, WorkerSettings, connection_options, split_address
-from cocoon.engine.base import Chunk, Engine, EngineError, EngineRequest, Finished
+from cocoon.engine.base import Chunk, Engine, EngineError, EngineRefused, EngineRequest, Finished
 from cocoon.keys import parse_public_key, public_bytes
 from cocoon.openai.schemas import InvalidRequest, engine_params, parse_request
 from cocoon.payments.store import PaymentStore
@@ -543,7 +543,9 @@ class Worker:
             log.warning("request %d failed in the engine: %s", sid, exc)
             if ready and not self._send_chunks(peer, sid, sealer, ready):
                 return  # what the engine made before it failed goes first, as it would have
-            await self._send(peer, Error(stream_id=sid, code=ErrorCode.ENGINE_ERROR, message=str(exc)[:1000]))
+            # a request the engine refused is the caller's to fix: not a failure of this worker
+            code = ErrorCode.BAD_REQUEST if isinstance(exc, EngineRefused) else ErrorCode.ENGINE_ERROR
+            await self._send(peer, Error(stream_id=sid, code=code, message=str(exc)[:1000]))
         except PeerGone:
             pass
         except Exception as exc:  # noqa: BLE001 - a bug must fail this request now, not leave the proxy waiting

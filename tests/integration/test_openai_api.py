@@ -267,7 +267,8 @@ def test_raw_http_errors(network: Network) -> None:
         assert big.status_code == 413
         assert "exceeds" in big.json()["error"]["message"]
         assert http.get("/nowhere").status_code == 404
-        assert http.get("/chat/completions").status_code == 405
+        not_allowed = http.get("/chat/completions")
+        assert not_allowed.status_code == 405 and not_allowed.headers["allow"] == "POST"
         # digits that are not ASCII digits are a 400, not a crash
         assert http.get("/cocoon/receipts", params={"limit": "\u00b2"}).status_code == 400
         # the network still answers afterwards
@@ -316,3 +317,35 @@ def test_receipts_are_kept_for_every_answer(client: openai.OpenAI, network: Netw
 
 def _worker_keys(network: Network) -> list[str]:
     return [public_bytes(load_identity(network.root / f"worker-{i}.key")).hex() for i in (1, 2)]
+
+
+def test_what_the_engine_cannot_take_is_a_400_that_counts_against_no_worker(
+    client: openai.OpenAI, network: Network
+) -> None:
+    # A prompt longer than the context window (2,048 tokens), logprobs the embedded engine does not
+    # keep: the caller's to fix. Sent more often than it takes to suspend a worker (3 failures in a
+    # row), on each of the two: as a 502 "engine_error", it got both suspended.
+    def standing() -> list[tuple[str, int]]:
+        with httpx.Client(base_url=network.url, timeout=30) as http:
+            market = http.get("/market").json()
+        return sorted((w["state"], w["errors"]) for m in market["models"] for w in m["workers"])
+
+    before = standing()
+    assert len(before) == 2 and all(state == "available" for state, _ in before)
+    too_long = [{"role": "user", "content": "colour " * 5000}]
+    for _ in range(4):
+        with pytest.raises(openai.BadRequestError, match="context window"):
+            client.chat.completions.create(model=MODEL, messages=too_long, max_tokens=3)  # type: ignore[arg-type]
+        with pytest.raises(openai.BadRequestError, match="logprobs"):
+            client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=3, logprobs=True)  # type: ignore[arg-type]
+    with pytest.raises(openai.BadRequestError) as caught:  # (the client's own check: keys are token ids)
+        client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=3, logit_bias={"abc": 1})  # type: ignore[arg-type,dict-item]
+    assert caught.value.param == "logit_bias"  # type: ignore[attr-defined]
+    answer = client.chat.completions.create(
+        model=MODEL,
+        messages=HELLO,  # type: ignore[arg-type]
+        max_tokens=3,
+        parallel_tool_calls=False,  # (agent frameworks send it: every such request failed)
+    )
+    assert answer.choices[0].message.content
+    assert standing() == before

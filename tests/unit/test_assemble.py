@@ -105,7 +105,7 @@ def test_tool_call_deltas_are_merged() -> None:
     message = response["choices"][0]["message"]
     assert message == {
         "role": "assistant",
-        "content": "",
+        "content": None,  # as OpenAI's, beside tool calls that came with no text
         "tool_calls": [
             {"id": "call_a", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}},
             {"id": "call_b", "type": "function", "function": {"name": "time", "arguments": "{}"}},

@@ -372,3 +372,22 @@ async def test_a_non_streamed_calls_deferred_work_runs_at_once() -> None:
     await asyncio.sleep(0)  # the caller gets nothing before the whole answer: no reason to wait
     assert ran == ["ran"]
     answer.cancel()
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+async def test_only_a_streamed_answer_is_given_up_after_idle_timeout_of_silence(streamed: bool) -> None:
+    """A whole answer comes as one message once it is made: waiting for it is silence by nature,
+    which only the request's deadline bounds (the proxy waits as long), not ``idle_timeout``."""
+    setup = Setup(max_tokens=None)
+    peer = FakePeer()
+    stream = Stream(cast(Peer, peer), 1)
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": %s}' % (
+        b"true" if streamed else b"false"
+    )
+    call = Call("chat", parse_request("chat", body), stream, 0.05, 0.4, setup.call, Receipts())
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(UpstreamError) as caught:
+        await call.first()
+    waited = asyncio.get_running_loop().time() - started
+    assert caught.value.code == ErrorCode.TIMEOUT
+    assert (waited < 0.3) if streamed else (waited >= 0.35)

@@ -125,6 +125,9 @@ def test_n_above_one_is_rejected(kind: str) -> None:
         ({"messages": []}, "messages"),
         ({"stream": "yes"}, "stream"),
         ({"top_logprobs": 21}, "top_logprobs"),
+        ({"logit_bias": {"abc": 1}}, "logit_bias"),  # keys are token ids (an engine lost a slot to one)
+        ({"logit_bias": {"-1": 1}}, "logit_bias"),
+        ({"logit_bias": {str(i): 1 for i in range(1025)}}, "logit_bias"),
     ],
 )
 def test_out_of_range_values_are_rejected_with_param(extra: dict[str, Any], param: str) -> None:
@@ -332,3 +335,17 @@ def test_text_parts_and_an_assistants_refusal_part_are_accepted() -> None:
     ]
     request = parse_request("chat", body(CHAT, messages=messages))
     assert engine_params(request)["messages"] == messages
+
+
+def test_fields_openai_takes_are_taken_and_those_about_the_call_kept_from_the_engine() -> None:
+    functions = [{"name": "weather", "parameters": {"type": "object"}}]
+    request = parse_request(
+        "chat",
+        body(CHAT, functions=functions, function_call="auto", reasoning_effort="low", prompt_cache_key="k",
+             safety_identifier="u1", stream=True, stream_options={"include_usage": True, "include_obfuscation": False},
+             logit_bias={"42": -100}),
+    )  # fmt: skip
+    params = engine_params(request)
+    assert params["functions"] == functions and params["function_call"] == "auto"  # (the engines take them)
+    assert params["logit_bias"] == {"42": -100}
+    assert not {"reasoning_effort", "prompt_cache_key", "safety_identifier", "stream_options"} & params.keys()

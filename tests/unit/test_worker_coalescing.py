@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cocoon.attest.node import NodeAttestation
 from cocoon.channel.peer import Peer
 from cocoon.config import WorkerSettings
-from cocoon.engine.base import Chunk, EngineError, EngineEvent, EngineRequest, Finished, ProgressCallback
+from cocoon.engine.base import Chunk, EngineError, EngineEvent, EngineRefused, EngineRequest, Finished, ProgressCallback
 from cocoon.keys import public_bytes
 from cocoon.protocol.errors import ErrorCode
 from cocoon.protocol.messages import Data, End, Error, Message, Open, Usage
@@ -161,3 +161,17 @@ async def test_an_unexpected_failure_ends_the_request_with_an_error_at_once() ->
     assert answer_chunks(peer, opener()) == [[chunk(0)]]
     error = peer.sent[-1]
     assert isinstance(error, Error) and error.code == ErrorCode.INTERNAL and "secret" not in error.message
+
+
+async def test_a_request_the_engine_refuses_is_the_requests_fault() -> None:
+    """A prompt longer than the context window, a parameter the engine cannot honour: a
+    ``bad_request`` (the proxy neither tries other workers with it nor counts it against this
+    one), not an ``engine_error``."""
+    script: list[tuple[dict[str, Any], bool] | Exception | None] = [EngineRefused("the prompt does not fit")]
+    worker, peer, message, _ = setup(ScriptedEngine(script))
+    await worker._serve(cast(Peer, peer), message)
+    error = peer.sent[-1]
+    assert isinstance(error, Error) and (error.code, error.message) == (
+        ErrorCode.BAD_REQUEST,
+        "the prompt does not fit",
+    )
