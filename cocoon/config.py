@@ -149,6 +149,7 @@ class ClientSettings(_Common, kw_only=True):
 
 
 S = TypeVar("S", ProxySettings, WorkerSettings, ClientSettings)
+CHANNEL_KEEPS = 10**7  # nanoTON a payment channel keeps of each deposit (contracts/README.md)
 
 
 def load_settings(cls: type[S], role: str, path: Path | None, overrides: dict[str, Any]) -> S:
@@ -187,6 +188,14 @@ def load_settings(cls: type[S], role: str, path: Path | None, overrides: dict[st
         raise ConfigError(f"invalid {role} setting: dead_after must be longer than heartbeat_interval")
     if isinstance(settings, WorkerSettings) and settings.reconnect_min > settings.reconnect_max:
         raise ConfigError(f"invalid {role} setting: reconnect_min must not be longer than reconnect_max")
+    # a channel keeps 0.01 TON of every deposit, and refuses one that brings it no more
+    if isinstance(settings, ProxySettings) and settings.worker_deposit < 2 * CHANNEL_KEEPS:
+        raise ConfigError(f"invalid {role} setting: worker_deposit must be at least {2 * CHANNEL_KEEPS} (0.02 TON)")
+    if isinstance(settings, ClientSettings) and settings.deposit and settings.deposit <= CHANNEL_KEEPS + settings.stake:
+        raise ConfigError(
+            f"invalid {role} setting: deposit must be above {CHANNEL_KEEPS} (0.01 TON, which the channel keeps) "
+            "plus the stake, or 0 for no deposits"
+        )
     return settings
 
 

@@ -31,6 +31,19 @@ class ChannelState:
     def open(self) -> bool:
         return self.exists and self.close_at == 0
 
+    def cannot_redeem(self, amount: int, expiry: int, now: int) -> str:
+        """Why the contract would refuse a voucher for ``amount`` in all, valid until ``expiry``,
+        at ``now`` (unix time); "" when it would take it. Each refused redeem costs its fees."""
+        if not self.exists:
+            return "the channel does not exist"
+        if self.close_at and now >= self.close_at:
+            return "the channel has closed"
+        if expiry <= now:
+            return "the voucher has expired"
+        if amount - self.redeemed > self.balance:
+            return f"the voucher adds {amount - self.redeemed} nanoTON, more than the balance {self.balance}"
+        return ""
+
     def to_json(self) -> dict[str, Any]:
         return {
             "address": self.address,
@@ -130,7 +143,9 @@ class Channel:
         if self.kind == "client" and stake is None:
             stake = 0
         body = c.top_up(stake if self.kind == "client" else None)
-        await wallet.send([Transfer(self.address, amount, body, self.init, bounce=False)])
+        # bounceable: a channel that refuses it (closing or closed) sends the TON back instead of
+        # keeping it uncredited; with its state init attached, a new channel is still deployed
+        await wallet.send([Transfer(self.address, amount, body, self.init, bounce=True)])
 
     async def redeem(self, wallet: Wallet, signature: bytes, voucher_cell: Any) -> None:
         await wallet.send([Transfer(self.address, c.MIN_GAS * 2, c.redeem(signature, voucher_cell))])

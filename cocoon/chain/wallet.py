@@ -96,6 +96,12 @@ class Wallet:
             info = await self.ledger.account(self.address)
             if info.balance == 0:
                 raise ChainError("no_funds", f"the wallet {raw(self.address)} has no TON; fund it first")
+            needed = sum(t.value for t in transfers)
+            if info.balance <= needed:
+                # (the wallet would skip the transfers and still take its fee: send mode 3)
+                raise ChainError(
+                    "no_funds", f"the wallet {raw(self.address)} holds {info.balance} nanoTON, not the {needed} to send"
+                )
             deploy = info.status != "active"
             seqno = 0 if deploy else await self._active_seqno()
             boc = self.external(seqno, transfers, deploy, await self.ledger.chain_time() + VALID_FOR)

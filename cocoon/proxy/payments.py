@@ -26,6 +26,7 @@ from cocoon.chain.wallet import Wallet
 from cocoon.keys import public_bytes
 from cocoon.payments.accounts import NO_CONNECTION, Charge, ProxyAccounts, Rollback
 from cocoon.payments.prices import BillingPrices, PriceParams, prices_of, split
+from cocoon.payments.retry import Backoff
 from cocoon.payments.store import PaymentStore
 from cocoon.payments.vouchers import TAG_CLIENT_VOUCHER, SignedVoucher, VoucherError, commit_cell, sign_cell
 from cocoon.payments.vouchers import Voucher as VoucherData
@@ -39,6 +40,7 @@ log = logging.getLogger("cocoon.proxy")
 # the process is named again by its client at the next attach.
 VOUCHER_FLUSH_DELAY = 0.1
 REFRESH_CONCURRENCY = 32  # client channels read from the chain at once in a settlement round
+RETRY_FIRST, RETRY_MOST = 30.0, 3600.0  # seconds before a failed redeem or top-up is tried again
 
 
 def client_voucher(channel: bytes, request: PayAccount) -> SignedVoucher | None:
@@ -117,6 +119,7 @@ class ProxyPayments:
         self.clients: dict[bytes, ClientChannel] = {}  # channel id → its chain view
         self.workers: dict[bytes, WorkerChannel] = {}  # worker key → its channel
         self._close_delays: dict[bytes, int] = {}  # worker channel → the close delay it was derived with
+        self._retry = Backoff(RETRY_FIRST, RETRY_MOST)  # per channel: a redeem or top-up that failed
         self._committed_seq = -1
         self._last_commit = 0.0
         self._flush: asyncio.TimerHandle | None = None
@@ -402,10 +405,20 @@ class ProxyPayments:
 
     async def _fund(self, entry: WorkerChannel) -> None:
         """Keep the channel's balance above what we owe the worker and have not paid."""
+        cid = entry.channel.account_id
+        if not self._retry.ready(cid, time.monotonic()):
+            return
         try:
-            if not entry.state.exists:  # first sight: ask the chain; later the cached state suffices,
-                entry.state = await entry.channel.state()  # as redeeming moves balance and redeemed alike
-            row = self.store.channel(entry.channel.account_id)
+            # read each time: a top-up's own transaction may land after the wallet's (TON), and
+            # a balance read too early would have the next round top up again
+            entry.state = await entry.channel.state()
+            if entry.state.close_at:
+                # closing (our operator's `cocoon wallet close`): it takes no deposit, and its
+                # address is the worker's for good; the worker must be paid another way
+                log.warning("worker channel %s… is closing: not funding it", cid.hex()[:16])
+                self._retry.failed(cid, time.monotonic())
+                return
+            row = self.store.channel(cid)
             owed = (row.amount - entry.state.redeemed) if row else 0
             if not entry.state.exists or entry.state.balance - owed < self.worker_deposit // 2:
                 # enough for all we owe and a deposit more: redeeming is all or nothing, so a
@@ -413,10 +426,11 @@ class ProxyPayments:
                 shortfall = max(0, owed - entry.state.balance) if entry.state.exists else 0
                 await entry.channel.top_up(self.wallet, self.worker_deposit + shortfall)
                 entry.state = await entry.channel.state()
-                log.info("funded worker channel %s…: balance %d", entry.channel.account_id.hex()[:16],
-                         entry.state.balance)  # fmt: skip
+                log.info("funded worker channel %s…: balance %d", cid.hex()[:16], entry.state.balance)
+            self._retry.succeeded(cid)
         except ChainError as exc:
-            log.warning("cannot fund worker channel %s…: %s", entry.channel.account_id.hex()[:16], exc)
+            wait = self._retry.failed(cid, time.monotonic())
+            log.warning("cannot fund worker channel %s… (again in %.0f s): %s", cid.hex()[:16], wait, exc)
 
     # --- settlement ---
 
@@ -431,17 +445,28 @@ class ProxyPayments:
             # (refunded in full after the close delay): what it paid stays redeemable only while
             # it is within the stake, and a closing channel is redeemed at once.
             threshold = min(self.redeem_threshold, max(1, client.state.stake // 2))
-            if force or client.state.close_at or row.unredeemed >= threshold:
-                # Vouchers came during the redeems before this one: what goes on chain must be in
-                # the database first, or a restart would take the chain's newer seqno for a rollback.
-                self.store.flush()
-                voucher = VoucherData(TAG_CLIENT_VOUCHER, cid, row.seqno, row.amount, row.expiry)
-                try:
-                    await client.channel.redeem(self.wallet, row.signature, voucher.cell())
-                except ChainError as exc:
-                    log.warning("redeeming client channel %s…: %s", cid.hex()[:16], exc)
-                    continue
-                log.info("redeemed %d nanoTON from client channel %s…", row.unredeemed, cid.hex()[:16])
+            if not (force or client.state.close_at or row.unredeemed >= threshold):
+                continue
+            if not force and not self._retry.ready(cid, time.monotonic()):
+                continue
+            # a redeem the contract refuses still costs its fees: not sent (and not every round)
+            why = client.state.cannot_redeem(row.amount, row.expiry, int(time.time()))
+            if why:
+                wait = self._retry.failed(cid, time.monotonic())
+                log.warning("client channel %s…: cannot redeem (again in %.0f s): %s", cid.hex()[:16], wait, why)
+                continue
+            # Vouchers came during the redeems before this one: what goes on chain must be in
+            # the database first, or a restart would take the chain's newer seqno for a rollback.
+            self.store.flush()
+            voucher = VoucherData(TAG_CLIENT_VOUCHER, cid, row.seqno, row.amount, row.expiry)
+            try:
+                await client.channel.redeem(self.wallet, row.signature, voucher.cell())
+            except ChainError as exc:
+                wait = self._retry.failed(cid, time.monotonic())
+                log.warning("redeeming client channel %s… (again in %.0f s): %s", cid.hex()[:16], wait, exc)
+                continue
+            self._retry.succeeded(cid)
+            log.info("redeemed %d nanoTON from client channel %s…", row.unredeemed, cid.hex()[:16])
         # Reading the channels is independent: many at once, so that a round over many clients
         # on a distant liteserver does not outlast its interval.
         limit = asyncio.Semaphore(REFRESH_CONCURRENCY)

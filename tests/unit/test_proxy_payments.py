@@ -5,6 +5,7 @@ is written soon after it came even when no charge follows."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -366,3 +367,45 @@ async def test_a_worker_channel_is_topped_up_to_cover_all_that_is_owed(
     entry.state = chain.states[cid] = ChannelState(address="", exists=True, balance=1500, redeemed=0)
     await payments._fund(entry)
     assert chain.top_ups == [(cid, 1000 + 3500)]
+
+
+async def test_a_closing_worker_channel_is_not_funded_and_a_top_up_reads_the_balance_afresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A closing channel takes no deposit (the TON would stay in it uncredited); and a balance
+    read in an earlier round, before the last top-up landed, does not make the next top it up
+    again."""
+    payments, chain = on_chain(tmp_path, monkeypatch, worker_deposit=1000)
+    worker = public_bytes(Ed25519PrivateKey.generate())
+    payments.add_worker(worker, b"1" * 32)
+    entry = payments.workers[worker]
+    assert entry.funding is not None
+    await entry.funding
+    cid = entry.channel.account_id
+    assert chain.top_ups == [(cid, 1000)]
+    chain.states[cid] = ChannelState(address="", exists=True, balance=990)  # (what the chain shows now)
+    entry.state = ChannelState(address="", exists=True, balance=0)  # an early read, before it landed
+    await payments._fund(entry)
+    assert chain.top_ups == [(cid, 1000)]
+    chain.states[cid] = ChannelState(address="", exists=True, balance=10, close_at=EXPIRY - 1)
+    await payments._fund(entry)
+    assert chain.top_ups == [(cid, 1000)]
+
+
+async def test_a_redeem_the_contract_would_refuse_is_not_sent_nor_tried_every_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each refused redeem costs its fees: a client that withdrew down to its stake leaves a
+    voucher beyond the balance."""
+    payments, chain = on_chain(tmp_path, monkeypatch, redeem_threshold=1)
+    key = Ed25519PrivateKey.generate()
+    cid = (await payments.attach(public_bytes(key), pay_account(b"a" * 32), True)).channel
+    chain.states[cid] = funded()
+    await payments.attach(public_bytes(key), pay_account(b"a" * 32), False)
+    payments.accept_voucher(voucher_message(key, cid, 1, 5000))
+    chain.states[cid] = funded(balance=1000)  # withdrawn meanwhile
+    payments.clients[cid].state = chain.states[cid]
+    for _ in range(3):
+        await payments.settle()
+    assert chain.redeemed == []
+    assert not payments._retry.ready(cid, time.monotonic())
