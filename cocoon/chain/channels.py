@@ -124,16 +124,18 @@ class Channel:
             raise ChainError("wrong_code", f"{raw(self.address)} does not run the {self.kind} channel's code")
         try:
             values = _ints(await self.ledger.run_get_method(self.address, "get_channel_state"))
-        except GetMethodError as exc:
+            if self.kind == "client":
+                balance, stake, redeemed, seqno, close_at = values
+                return ChannelState(raw(self.address), True, balance, stake, redeemed, seqno, close_at)
+            balance, redeemed, seqno, close_at = values
+            commit_seq, commit_hash = _ints(await self.ledger.run_get_method(self.address, "get_commit"))
+            return ChannelState(
+                raw(self.address), True, balance, 0, redeemed, seqno, close_at, commit_seq,
+                commit_hash.to_bytes(32, "big"),
+            )  # fmt: skip
+        except (GetMethodError, ValueError, TypeError, OverflowError) as exc:
+            # (what it answers is input from the network: refused, never a node's crash)
             raise ChainError("wrong_code", f"{raw(self.address)} is not a {self.kind} channel") from exc
-        if self.kind == "client":
-            balance, stake, redeemed, seqno, close_at = values
-            return ChannelState(raw(self.address), True, balance, stake, redeemed, seqno, close_at)
-        balance, redeemed, seqno, close_at = values
-        commit_seq, commit_hash = _ints(await self.ledger.run_get_method(self.address, "get_commit"))
-        return ChannelState(
-            raw(self.address), True, balance, 0, redeemed, seqno, close_at, commit_seq, commit_hash.to_bytes(32, "big")
-        )
 
     # --- messages (each from the wallet of the side that may send it) ---
 

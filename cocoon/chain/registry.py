@@ -12,6 +12,7 @@ from pytoniq_core import Address, Cell, HashMap
 
 from cocoon.attest.policy import Policy, RolePolicy
 from cocoon.chain import contracts as c
+from cocoon.chain.errors import ChainError
 from cocoon.chain.ledger import Ledger, StackItem
 from cocoon.chain.wallet import Transfer, Wallet
 
@@ -89,7 +90,19 @@ def _key(value: int) -> bytes:
     return value.to_bytes(32, "big")
 
 
+MAX_ENTRIES = 256  # per list read from a registry (the root contract keeps at most 32)
+
+
 async def read_registry(ledger: Ledger, root: Address) -> RegistryState:
+    """The registry as the chain shows it; ``ChainError`` when what is there is not a registry's
+    data (it is input from the network: a node must refuse it, not fail on it)."""
+    try:
+        return await _read_registry(ledger, root)
+    except (ValueError, TypeError, OverflowError, KeyError, IndexError, AttributeError) as exc:
+        raise ChainError("malformed", f"the registry's data does not read as one ({type(exc).__name__})") from exc
+
+
+async def _read_registry(ledger: Ledger, root: Address) -> RegistryState:
     version = _int((await ledger.run_get_method(root, "get_version"))[0])
     owner_stack = await ledger.run_get_method(root, "get_owner")
     raw_params = [_int(x) for x in await ledger.run_get_method(root, "get_params")]
@@ -100,6 +113,8 @@ async def read_registry(ledger: Ledger, root: Address) -> RegistryState:
     models = _dict((await ledger.run_get_method(root, "get_models"))[0], lambda s: s.load_ref())
     proxies = _dict((await ledger.run_get_method(root, "get_proxies"))[0], lambda s: s.load_ref())
     owner: Any = owner_stack[0]  # a slice holding the owner's address
+    if max(len(images[c.ROLE_PROXY]), len(images[c.ROLE_WORKER]), len(models), len(proxies)) > MAX_ENTRIES:
+        raise ValueError("too many entries")
     return RegistryState(
         address=str(root.to_str(is_user_friendly=False)),
         version=version,
@@ -142,11 +157,11 @@ class RegistryWatcher:
         if self.state is not None and version == self.state.version:
             return False
         state = await read_registry(self.ledger, self.root)
-        self.state = state
         log.info("registry %s is at version %d", state.address, state.version)
         result = self.on_change(state)
         if result is not None:
             await result
+        self.state = state  # once applied: a change that failed to apply is tried at the next poll
         return True
 
     async def run(self) -> None:

@@ -162,7 +162,18 @@ class ClientPayments:
     async def fund(self, pc: ProxyChannel) -> None:
         """Deposit ``deposit`` into the channel (deploying it), raising the stake to the target."""
         t = pc.terms
-        stake = max(0, self.stake_target - t.stake) if t.exists else self.stake_target
+        try:
+            # the chain's word, not the proxy's terms (which carry no close time): a closing
+            # channel refuses deposits, and its address is this proxy's channel for good
+            state = await pc.channel.state()
+        except ChainError as exc:
+            raise PaymentSetupError(f"cannot read the channel: {exc}") from exc
+        if state.close_at:
+            raise PaymentSetupError(
+                "the payment channel with this proxy is closing (or closed): it takes no deposit; "
+                "`cocoon wallet close` finishes the close and returns what it holds"
+            )
+        stake = max(0, self.stake_target - state.stake) if state.exists else self.stake_target
         if self.deposit - 10**7 < stake:  # the channel keeps 0.01 TON of each deposit
             raise PaymentSetupError(f"a deposit of {self.deposit} nanoTON cannot lock a stake of {stake}")
         try:

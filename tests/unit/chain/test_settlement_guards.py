@@ -150,3 +150,53 @@ def test_deposits_too_small_for_what_a_channel_keeps_are_refused(tmp_path: Path)
     with pytest.raises(ConfigError, match="plus the stake"):
         load_settings(ClientSettings, "client", None, {"deposit": 10**8, "stake": 10**8})
     assert load_settings(ClientSettings, "client", None, {"deposit": 0}).deposit == 0
+
+
+async def test_a_registry_change_that_failed_to_apply_is_applied_at_the_next_poll(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cocoon.chain import registry
+    from cocoon.chain.registry import RegistryState, RegistryWatcher
+    from cocoon.up_chain import UP_PARAMS
+
+    async def version(ledger: object, root: object) -> int:
+        return 2
+
+    async def read(ledger: object, root: object) -> RegistryState:
+        return RegistryState(address="", version=2, owner="", params=UP_PARAMS)
+
+    monkeypatch.setattr(registry, "registry_version", version)
+    monkeypatch.setattr(registry, "read_registry", read)
+    applied: list[int] = []
+
+    def on_change(state: RegistryState) -> None:
+        if not applied:
+            applied.append(0)
+            raise RuntimeError("the policy could not be set")
+        applied.append(state.version)
+
+    watcher = RegistryWatcher(None, None, on_change)  # type: ignore[arg-type]
+    watcher.state = RegistryState(address="", version=1, owner="", params=UP_PARAMS)
+    with pytest.raises(RuntimeError):
+        await watcher.poll_once()
+    assert await watcher.poll_once() and applied == [0, 2]
+    assert not await watcher.poll_once()  # (applied: nothing new)
+
+
+async def test_chain_data_that_does_not_read_is_a_chain_error_not_a_crash() -> None:
+    """Start-up paths catch ChainError: a get-method answering the wrong shape (a liteserver's
+    word, or another contract at the address) must be one, not a ValueError ending the node."""
+    from cocoon.chain.registry import read_registry
+
+    class WrongShapes(LedgerDouble):
+        async def account(self, address: Address) -> AccountInfo:
+            return AccountInfo(address="", status="active", balance=1)  # (no code hash to check)
+
+        async def run_get_method(self, address: Address, method: str, stack: Any = None) -> list[Any]:
+            return [1, 2]  # too few values for a channel's state, and no registry's
+
+    ledger: Any = WrongShapes(0)
+    with pytest.raises(ChainError, match="is not a client channel"):
+        await Channel.at(ledger, "client", b"\x01" * 32).state()
+    with pytest.raises(ChainError, match="does not read"):
+        await read_registry(ledger, Address((0, b"r" * 32)))

@@ -70,3 +70,32 @@ def test_the_newest_voucher_named_at_attach_is_on_the_channel_paid_last(payments
     assert (row := payments.last_voucher(proxy_key)) is not None and (row.channel, row.seqno) == (newer, 1)
     payments.pay(CHANNEL, record(b"o" * 16), 1000)
     assert (row := payments.last_voucher(proxy_key)) is not None and (row.channel, row.seqno) == (CHANNEL, 4)
+
+
+async def test_no_deposit_goes_into_a_closing_channel(
+    payments: ClientPayments, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A closing (or closed) channel refuses deposits and its address stays this proxy's channel:
+    the client reads its state from the chain (the proxy's terms carry no close time) and stops."""
+    from cocoon.chain.channels import Channel, ChannelState
+    from cocoon.client.payments import PaymentSetupError, ProxyChannel
+    from cocoon.protocol.messages import PayTerms
+
+    sent: list[int] = []
+
+    async def closing(channel: Channel) -> ChannelState:
+        return ChannelState(address="", exists=True, balance=10**9, stake=10**8, close_at=1_900_000_000)
+
+    async def top_up(channel: Channel, wallet: object, amount: int, stake: int | None = None) -> None:
+        sent.append(amount)
+
+    monkeypatch.setattr(Channel, "state", closing)
+    monkeypatch.setattr(Channel, "top_up", top_up)
+    payments.deposit = 10**9
+    channel = Channel.at(payments.ledger, "client", CHANNEL)
+    terms = PayTerms(stream_id=1, root=b"r" * 32, proxy_wallet=b"w" * 32, close_delay=3600, channel=CHANNEL,
+                     min_stake=1, exists=True, balance=10**9, stake=10**8, redeemed=0, charged=0, paid=0,
+                     seqno=0)  # fmt: skip
+    with pytest.raises(PaymentSetupError, match="closing"):
+        await payments.fund(ProxyChannel(channel, terms))
+    assert sent == []
