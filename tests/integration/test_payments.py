@@ -331,6 +331,15 @@ def test_an_answer_the_client_refuses_after_its_end_is_written_off_not_left_unpa
         net.stop()
 
 
+def assert_books_agree(net: Network) -> None:
+    """Once the client's newest voucher is in the proxy's books, both books show one amount paid
+    and billed."""
+    (client,) = rows(net.root / "client-payments.db", "client")
+    wait_until(lambda: rows(net.root / "proxy-payments.db", "proxy_in")[0]["seqno"] == client["seqno"], what="v")
+    (proxy_in,) = rows(net.root / "proxy-payments.db", "proxy_in")
+    assert proxy_in["amount"] == proxy_in["total"] == client["amount"] == client["total"]
+
+
 def test_a_voucher_lost_in_flight_is_recovered_when_the_client_reattaches(chain: Chain, tmp_path: Path) -> None:
     # The double loses its first voucher on the way, as if the proxy had stopped before it came.
     net = Network(tmp_path / "net", workers=1, chain=chain, client_module="tests.integration.voucher_losing_client")
@@ -343,10 +352,7 @@ def test_a_voucher_lost_in_flight_is_recovered_when_the_client_reattaches(chain:
         proxy = net.nodes["proxy"]
         assert proxy.alive() and "refusing to run" not in proxy.log
         assert "a voucher lost in flight covers" in proxy.log
-        (client,) = rows(net.root / "client-payments.db", "client")
-        wait_until(lambda: rows(net.root / "proxy-payments.db", "proxy_in")[0]["seqno"] == client["seqno"], what="v")
-        (proxy_in,) = rows(net.root / "proxy-payments.db", "proxy_in")
-        assert proxy_in["amount"] == proxy_in["total"] == client["amount"] == client["total"]
+        assert_books_agree(net)
     finally:
         net.stop()
 
@@ -360,10 +366,7 @@ def test_a_voucher_lost_in_flight_is_recovered_on_the_same_connection(chain: Cha
         ask(net, "Hello", stream=False)
         ask(net, "Hello", stream=False)
         assert "the voucher it names covers" in net.nodes["proxy"].log
-        (client,) = rows(net.root / "client-payments.db", "client")
-        wait_until(lambda: rows(net.root / "proxy-payments.db", "proxy_in")[0]["seqno"] == client["seqno"], what="v")
-        (proxy_in,) = rows(net.root / "proxy-payments.db", "proxy_in")
-        assert proxy_in["amount"] == proxy_in["total"] == client["amount"] == client["total"]
+        assert_books_agree(net)
     finally:
         net.stop()
 

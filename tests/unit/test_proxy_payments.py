@@ -22,7 +22,13 @@ from cocoon.payments.store import PaymentStore
 from cocoon.payments.vouchers import TAG_CLIENT_VOUCHER, VoucherError
 from cocoon.payments.vouchers import Voucher as VoucherData
 from cocoon.protocol.messages import PayAccount, Voucher
-from cocoon.proxy.payments import REFRESH_CONCURRENCY, VOUCHER_FLUSH_DELAY, ClientChannel, ProxyPayments
+from cocoon.proxy.payments import (
+    REFRESH_CONCURRENCY,
+    VOUCHER_FLUSH_DELAY,
+    ClientChannel,
+    ProxyPayments,
+    WorkerChannel,
+)
 from cocoon.up_chain import UP_PARAMS
 
 READ_SECONDS = 0.05
@@ -196,26 +202,35 @@ def pay_account(wallet: bytes, named: Voucher | None = None) -> PayAccount:
                       last_expiry=named.expiry, last_signature=named.signature)  # fmt: skip
 
 
+async def attached_funded(
+    payments: ProxyPayments, chain: ChainDouble, state: ChannelState, wallet: bytes = b"a" * 32
+) -> tuple[Ed25519PrivateKey, bytes]:
+    """A client's key and channel, named to ``payments`` (first attach), funded on chain with
+    ``state``, and named again (as the client does after its deposit)."""
+    key = Ed25519PrivateKey.generate()
+    cid = (await payments.attach(public_bytes(key), pay_account(wallet), True)).channel
+    chain.states[cid] = state
+    await payments.attach(public_bytes(key), pay_account(wallet), False)
+    return key, cid
+
+
 async def test_a_client_voucher_beyond_what_its_channel_holds_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Redeeming is all or nothing: holding a voucher for more than the channel can pay, instead
     of the one before it, would leave the proxy nothing to redeem."""
     payments, chain = on_chain(tmp_path, monkeypatch)
-    client = Ed25519PrivateKey.generate()
-    terms = await payments.attach(public_bytes(client), pay_account(b"a" * 32), True)
-    chain.states[terms.channel] = funded(balance=1000, redeemed=200)
-    terms = await payments.attach(public_bytes(client), pay_account(b"a" * 32), False)
-    assert payments.accept_voucher(voucher_message(client, terms.channel, 1, 1200)) == 1200  # all it holds
+    client, cid = await attached_funded(payments, chain, funded(balance=1000, redeemed=200))
+    assert payments.accept_voucher(voucher_message(client, cid, 1, 1200)) == 1200  # all it holds
     with pytest.raises(VoucherError, match="more than the channel holds"):
-        payments.accept_voucher(voucher_message(client, terms.channel, 2, 1201))
-    row = payments.store.channel(terms.channel)
+        payments.accept_voucher(voucher_message(client, cid, 2, 1201))
+    row = payments.store.channel(cid)
     assert row is not None and (row.seqno, row.amount) == (1, 1200)  # the redeemable one is kept
     # an honest client's answer that overdrew the deposit: its voucher is taken once the chain
     # shows a top-up (a settlement round reads it), with no new voucher from the client
-    payments.clients[terms.channel].state = funded(balance=5000, redeemed=200)
-    payments.refusal(terms.channel, set())
-    row = payments.store.channel(terms.channel)
+    payments.clients[cid].state = funded(balance=5000, redeemed=200)
+    payments.refusal(cid, set())
+    row = payments.store.channel(cid)
     assert row is not None and (row.seqno, row.amount) == (2, 1201)
 
 
@@ -258,15 +273,12 @@ async def test_an_attach_after_a_deposit_takes_the_voucher_refused_before_it(
     """The client's answer that overdrew its deposit was paid with a voucher beyond what the
     channel held, refused then; the attach that follows its top-up names it, and it is taken."""
     payments, chain = on_chain(tmp_path, monkeypatch)
-    key = Ed25519PrivateKey.generate()
-    terms = await payments.attach(public_bytes(key), pay_account(b"a" * 32), True)
-    chain.states[terms.channel] = funded(balance=1000)
-    await payments.attach(public_bytes(key), pay_account(b"a" * 32), False)
-    over = voucher_message(key, terms.channel, 1, 1500)
+    key, cid = await attached_funded(payments, chain, funded(balance=1000))
+    over = voucher_message(key, cid, 1, 1500)
     with pytest.raises(VoucherError):
         payments.accept_voucher(over)
-    chain.states[terms.channel] = funded(balance=5000)  # topped up
-    after = await payments.attach(public_bytes(key), pay_account(b"a" * 32, over), False, only=terms.channel)
+    chain.states[cid] = funded(balance=5000)  # topped up
+    after = await payments.attach(public_bytes(key), pay_account(b"a" * 32, over), False, only=cid)
     assert (after.seqno, after.paid) == (1, 1500)
 
 
@@ -279,10 +291,8 @@ async def test_a_settlement_round_redeems_within_the_stake_and_at_once_when_a_ch
     payments, chain = on_chain(tmp_path, monkeypatch, redeem_threshold=10**12)
     cids = []
     for i, stake, amount, close_at in ((1, 1000, 499, 0), (2, 1000, 500, 0), (3, 1000, 10, 1_900_000_000)):
-        key = Ed25519PrivateKey.generate()
-        cid = (await payments.attach(public_bytes(key), pay_account(bytes([i]) * 32), True)).channel
-        chain.states[cid] = funded(balance=10**6, stake=stake, close_at=close_at)
-        await payments.attach(public_bytes(key), pay_account(bytes([i]) * 32), False)
+        state = funded(balance=10**6, stake=stake, close_at=close_at)
+        key, cid = await attached_funded(payments, chain, state, bytes([i]) * 32)
         payments.accept_voucher(voucher_message(key, cid, 1, amount))
         cids.append(cid)
     await payments.settle()
@@ -293,10 +303,7 @@ async def test_after_a_restart_unredeemed_client_channels_are_settled_without_th
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     payments, chain = on_chain(tmp_path, monkeypatch, redeem_threshold=1)
-    key = Ed25519PrivateKey.generate()
-    cid = (await payments.attach(public_bytes(key), pay_account(b"a" * 32), True)).channel
-    chain.states[cid] = funded()
-    await payments.attach(public_bytes(key), pay_account(b"a" * 32), False)
+    key, cid = await attached_funded(payments, chain, funded())
     payments.accept_voucher(voucher_message(key, cid, 1, 700))
     payments.store.flush()
     restarted, chain = on_chain(tmp_path, monkeypatch, redeem_threshold=1)
@@ -349,17 +356,23 @@ async def test_a_payout_names_the_close_delay_its_channel_was_derived_with(
     assert payments.payout_message(Charge(100, 10, payout)).close_delay == derived_with
 
 
+async def funded_worker(payments: ProxyPayments) -> WorkerChannel:
+    """A worker announced to ``payments``, once its channel's first funding has run."""
+    worker = public_bytes(Ed25519PrivateKey.generate())
+    payments.add_worker(worker, b"1" * 32)
+    entry = payments.workers[worker]
+    assert entry.funding is not None
+    await entry.funding
+    return entry
+
+
 async def test_a_worker_channel_is_topped_up_to_cover_all_that_is_owed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Payouts may outgrow one deposit between rounds; a balance below the newest payout would
     let the worker redeem none of it (redeeming is all or nothing)."""
     payments, chain = on_chain(tmp_path, monkeypatch, worker_deposit=1000)
-    worker = public_bytes(Ed25519PrivateKey.generate())
-    payments.add_worker(worker, b"1" * 32)
-    entry = payments.workers[worker]
-    assert entry.funding is not None
-    await entry.funding
+    entry = await funded_worker(payments)
     cid = entry.channel.account_id
     chain.top_ups.clear()
     with payments.store.transaction() as db:
@@ -376,11 +389,7 @@ async def test_a_closing_worker_channel_is_not_funded_and_a_top_up_reads_the_bal
     read in an earlier round, before the last top-up landed, does not make the next top it up
     again."""
     payments, chain = on_chain(tmp_path, monkeypatch, worker_deposit=1000)
-    worker = public_bytes(Ed25519PrivateKey.generate())
-    payments.add_worker(worker, b"1" * 32)
-    entry = payments.workers[worker]
-    assert entry.funding is not None
-    await entry.funding
+    entry = await funded_worker(payments)
     cid = entry.channel.account_id
     assert chain.top_ups == [(cid, 1000)]
     chain.states[cid] = ChannelState(address="", exists=True, balance=990)  # (what the chain shows now)
@@ -398,10 +407,7 @@ async def test_a_redeem_the_contract_would_refuse_is_not_sent_nor_tried_every_ro
     """Each refused redeem costs its fees: a client that withdrew down to its stake leaves a
     voucher beyond the balance."""
     payments, chain = on_chain(tmp_path, monkeypatch, redeem_threshold=1)
-    key = Ed25519PrivateKey.generate()
-    cid = (await payments.attach(public_bytes(key), pay_account(b"a" * 32), True)).channel
-    chain.states[cid] = funded()
-    await payments.attach(public_bytes(key), pay_account(b"a" * 32), False)
+    key, cid = await attached_funded(payments, chain, funded())
     payments.accept_voucher(voucher_message(key, cid, 1, 5000))
     chain.states[cid] = funded(balance=1000)  # withdrawn meanwhile
     payments.clients[cid].state = chain.states[cid]
