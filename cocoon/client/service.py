@@ -156,7 +156,7 @@ class Call:
                     message = await self.stream.receive(max(0.0, wait))
                 except TimeoutError:
                     await self.abort("timeout")
-                    why = "the request took too long" if left <= self.idle_timeout else "no answer from the network"
+                    why = "the request took too long" if wait >= left else "no answer from the network"
                     raise UpstreamError(ErrorCode.TIMEOUT, f"{why}; gave up") from None
             opened = await self._open(message)
             if opened is not None:

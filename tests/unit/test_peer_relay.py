@@ -391,3 +391,4 @@ async def test_only_a_streamed_answer_is_given_up_after_idle_timeout_of_silence(
     waited = asyncio.get_running_loop().time() - started
     assert caught.value.code == ErrorCode.TIMEOUT
     assert (waited < 0.3) if streamed else (waited >= 0.35)
+    assert ("no answer from the network" if streamed else "took too long") in str(caught.value)
