@@ -29,6 +29,9 @@ from tests.integration.network import MODEL, Network, Node, free_port
 pytestmark = pytest.mark.integration
 
 LONG = [{"role": "user", "content": "Write a very long story about a dragon and a knight."}]
+# the embedded model's end tokens (<|endoftext|>, <|im_end|>) never sampled: an answer that must
+# take long runs to its max_tokens, whatever its sampling seed (a fresh one per request)
+NO_END = {"0": -100.0, "2": -100.0}
 
 
 def client_of(network: Network, **options: float) -> openai.OpenAI:
@@ -49,7 +52,9 @@ def single_slot(tmp_path: Path) -> Iterator[Network]:
 
 def test_saturated_network_answers_429(single_slot: Network) -> None:
     with client_of(single_slot) as client:
-        stream = client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=400, stream=True)
+        stream = client.chat.completions.create(
+            model=MODEL, messages=LONG, max_tokens=400, stream=True, logit_bias=NO_END
+        )
         next(iter(stream))  # the only slot is now busy
         with pytest.raises(openai.RateLimitError) as excinfo:
             client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=5)
@@ -60,7 +65,9 @@ def test_saturated_network_answers_429(single_slot: Network) -> None:
 
 def test_disconnecting_caller_frees_the_worker_slot(single_slot: Network) -> None:
     with client_of(single_slot, timeout=30) as client:
-        stream = client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=1500, stream=True)
+        stream = client.chat.completions.create(
+            model=MODEL, messages=LONG, max_tokens=1500, stream=True, logit_bias=NO_END
+        )
         received = [chunk for _, chunk in zip(range(3), stream, strict=False)]
         assert len(received) == 3
         stream.close()  # the caller goes away mid-stream
@@ -71,7 +78,7 @@ def test_disconnecting_caller_frees_the_worker_slot(single_slot: Network) -> Non
 
 
 def test_disconnect_of_non_streamed_request_cancels_it(single_slot: Network) -> None:
-    body = {"model": MODEL, "messages": LONG, "max_tokens": 1500}
+    body = {"model": MODEL, "messages": LONG, "max_tokens": 1500, "logit_bias": NO_END}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(single_slot.url + "/chat/completions", json=body, timeout=1.0)
     single_slot.nodes["worker-1"].wait_for_log("cancelled by the proxy")
@@ -192,7 +199,9 @@ def test_request_longer_than_request_timeout_gives_504(tmp_path: Path) -> None:
     net = Network(tmp_path, workers=1, capacity=1, client={"request_timeout": 6.0, "idle_timeout": 30.0})
     try:
         with client_of(net, timeout=30) as client:
-            stream = client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2000, stream=True)
+            stream = client.chat.completions.create(
+                model=MODEL, messages=LONG, max_tokens=2000, stream=True, logit_bias=NO_END
+            )
             with pytest.raises(openai.APIError) as excinfo:
                 for _ in stream:
                     pass
@@ -286,7 +295,9 @@ def test_per_client_limits_at_the_proxy(tmp_path: Path) -> None:
         with client_of(net, timeout=30) as client:
             with pytest.raises(openai.BadRequestError, match="max_tokens above 50"):  # refused before the bucket
                 client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=60)
-            stream = client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=40, stream=True)
+            stream = client.chat.completions.create(
+                model=MODEL, messages=LONG, max_tokens=40, stream=True, logit_bias=NO_END
+            )
             next(iter(stream))
             with pytest.raises(openai.RateLimitError, match=r"too many concurrent requests|rate limit"):
                 client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2)

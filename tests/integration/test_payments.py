@@ -283,7 +283,11 @@ def test_a_proxy_killed_mid_stream_loses_no_voucher_and_charges_nothing_twice(ch
         ask(net, "Hello", stream=True)
         with openai.OpenAI(base_url=net.url, api_key="unused", max_retries=0) as api:
             stream = api.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": "Tell a long story."}], max_tokens=400, stream=True
+                model=MODEL,
+                messages=[{"role": "user", "content": "Tell a long story."}],
+                max_tokens=400,
+                stream=True,
+                temperature=0,  # (greedy: no early end, whatever the seed)
             )
             with pytest.raises(openai.APIError):
                 for n, _ in enumerate(stream):
