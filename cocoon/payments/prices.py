@@ -198,6 +198,12 @@ class BillingPrices:
 
     def cost(self, usage: TokenUsage, worker_key: bytes, price_milli: int, now: float) -> int:
         """The answer's cost: the lowest over the prices and coefficients still in their grace."""
+        return self.priced(usage, worker_key, price_milli, now)[0]
+
+    def priced(self, usage: TokenUsage, worker_key: bytes, price_milli: int, now: float) -> tuple[int, int]:
+        """``cost``, and the commission (basis points) of the price table it was billed by: a
+        commission raised during the grace applies once the new prices are billed, not before
+        (the worker's share of an answer billed at the old prices is the old share)."""
         known = self._workers.get(worker_key)
         if known is None:
             known = self._workers[worker_key] = (price_milli, price_milli, 0.0)
@@ -207,6 +213,10 @@ class BillingPrices:
         if self._previous is not None and now < self._previous_until:
             tables.append(self._previous)
         if now >= known[2] and len(tables) == 1:  # no change in its grace: the common case
-            return usage_cost(self.prices, usage, price_milli)
+            return usage_cost(self.prices, usage, price_milli), self.prices.commission_bps
         coefficients = {price_milli, known[1]} if now < known[2] else {price_milli}
-        return min(usage_cost(table, usage, coefficient) for table in tables for coefficient in coefficients)
+        return min(
+            (usage_cost(table, usage, coefficient), table.commission_bps)
+            for table in tables
+            for coefficient in coefficients
+        )

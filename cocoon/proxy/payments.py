@@ -310,8 +310,8 @@ class ProxyPayments:
         if worker is None:
             return None
         # the lower of old and new prices for a while after a change: clients learn of it later
-        cost = self.billing.cost(record, worker_key, price_milli, time.monotonic())
-        commission, _ = split(cost, self.prices.commission_bps)
+        cost, commission_bps = self.billing.priced(record, worker_key, price_milli, time.monotonic())
+        commission, _ = split(cost, commission_bps)
         return self.accounts.charge(
             request_id=record.request_id,
             client_channel=channel_id,

@@ -332,6 +332,16 @@ def test_a_price_rise_is_billed_once_its_grace_is_over() -> None:
     assert billing.cost(ANSWER, WORKER, 1000, now=100.0 + PRICE_GRACE) == 60
 
 
+def test_an_answer_billed_at_the_old_prices_is_split_at_the_old_commission() -> None:
+    """A commission raised with the prices must not cut the worker's share of answers still
+    billed at the old prices during the grace (ties: the lower commission, the worker's favour)."""
+    richer = PriceParams(**{**DEAR.__dict__, "commission_bps": UNIT.commission_bps + 1000})
+    billing = BillingPrices(UNIT)
+    billing.set_prices(richer, now=100.0)
+    assert billing.priced(ANSWER, WORKER, 1000, now=100.0) == (30, UNIT.commission_bps)
+    assert billing.priced(ANSWER, WORKER, 1000, now=100.0 + PRICE_GRACE) == (60, richer.commission_bps)
+
+
 def test_a_price_cut_is_billed_at_once() -> None:
     billing = BillingPrices(DEAR)
     billing.set_prices(UNIT, now=100.0)
