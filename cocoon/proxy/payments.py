@@ -74,7 +74,6 @@ class ClientChannel:
 class WorkerChannel:
     channel: Channel
     state: ChannelState
-    close_delay: int = 0  # the one its address was derived with (its payout vouchers name it)
     funding: asyncio.Task[None] | None = None
 
 
@@ -189,9 +188,8 @@ class ProxyPayments:
             )
         state = await channel.state()
         # no row for a channel with nothing on chain yet: naming made-up wallets costs us nothing
-        row = self.accounts.open_client(cid, client_key) if state.exists else self.accounts.client(cid)
-        if row is not None and row.role == "proxy_in" and row.peer_key != client_key:
-            raise VoucherError("wrong_channel", "this channel belongs to another party")
+        known = state.exists or self.accounts.client(cid) is not None
+        row = self.accounts.open_client(cid, client_key) if known else None
         if row is not None and state.seqno > row.seqno:
             raise Rollback(f"client channel {cid.hex()[:16]}… redeemed voucher #{state.seqno}; we know #{row.seqno}")
         client = self.clients[cid] = ClientChannel(channel, state, client_key)
@@ -397,7 +395,7 @@ class ProxyPayments:
         existing = self.workers.get(worker_key)
         if existing is not None and existing.channel.account_id == channel.account_id:
             return
-        entry = WorkerChannel(channel, ChannelState(address="", exists=False), close_delay)
+        entry = WorkerChannel(channel, ChannelState(address="", exists=False))
         self.workers[worker_key] = entry
         self._close_delays[channel.account_id] = close_delay
         self.store.add_channel(channel.account_id, "proxy_out", worker_key)
