@@ -333,48 +333,58 @@ def pids_of(net: Network) -> dict[str, int]:
 # --- baselines in-process -------------------------------------------------------------------
 
 
+class _TimingSink:
+    """Takes a pushing engine's chunks as a worker would, timing each push (the chunks of one
+    push arrive together: gaps of zero after the first, as the load generator counts them)."""
+
+    backed_up = False
+
+    def __init__(self, gaps: list[float] | None = None) -> None:
+        self.tokens = 0
+        self.gaps = gaps
+        self.last = 0.0
+
+    def send(self, chunks: list[bytes]) -> bool:
+        self.tokens += len(chunks)
+        if self.gaps is not None:
+            now = time.perf_counter()
+            if self.last:
+                self.gaps.append(now - self.last)
+            self.gaps.extend([0.0] * (len(chunks) - 1))
+            self.last = now
+        return True
+
+
 async def engine_rate(streams: int, seconds: float) -> float:
-    """Tokens/s the synthetic engine generates by itself, ``streams`` at once, unpaced."""
-    from cocoon.engine.base import Chunk, EngineRequest
+    """Tokens/s the synthetic engine generates by itself, ``streams`` at once, unpaced, pushed
+    as the worker takes streamed answers."""
+    from cocoon.engine.base import EngineRequest
     from cocoon.engine.synthetic import BenchmarkEngine
 
     engine = BenchmarkEngine(max_tokens=ANSWER_TOKENS)
     end = time.perf_counter() + seconds
-    count = 0
+    sinks = [_TimingSink() for _ in range(streams)]
 
-    async def one() -> None:
-        nonlocal count
+    async def one(sink: _TimingSink) -> None:
         request = EngineRequest("chat", chat_body(ANSWER_TOKENS, stream=True), True)
         while time.perf_counter() < end:
-            async for event in engine.generate(request):
-                if isinstance(event, Chunk):
-                    count += 1
+            await engine.stream_into(request, sink)
 
     started = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(streams)))
-    return count / (time.perf_counter() - started)
+    await asyncio.gather(*(one(sink) for sink in sinks))
+    return sum(sink.tokens for sink in sinks) / (time.perf_counter() - started)
 
 
 async def engine_gaps(streams: int, tokens_per_second: float, seconds: float) -> list[float]:
     """Gaps between consecutive tokens of the paced engine in-process (its own jitter)."""
-    from cocoon.engine.base import Chunk, EngineRequest
+    from cocoon.engine.base import EngineRequest
     from cocoon.engine.synthetic import BenchmarkEngine
 
     engine = BenchmarkEngine(tokens_per_second=tokens_per_second, max_tokens=100_000)
     tokens = max(2, int(seconds * tokens_per_second))
     gaps: list[float] = []
-
-    async def one() -> None:
-        request = EngineRequest("chat", chat_body(tokens, stream=True), True)
-        last: float | None = None
-        async for event in engine.generate(request):
-            if isinstance(event, Chunk):
-                now = time.perf_counter()
-                if last is not None:
-                    gaps.append(now - last)
-                last = now
-
-    await asyncio.gather(*(one() for _ in range(streams)))
+    request = EngineRequest("chat", chat_body(tokens, stream=True), True)
+    await asyncio.gather(*(engine.stream_into(request, _TimingSink(gaps)) for _ in range(streams)))
     return gaps
 
 

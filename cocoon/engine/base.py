@@ -5,13 +5,18 @@ streaming) and ends with ``Finished`` carrying the usage the engine metered. The
 derives usage from the text it relays. A chunk says whether the next event is ready already
 (``Chunk.more``), so that the worker can send what an engine produced faster than the network
 took it in one frame.
+
+An engine that makes the tokens of many streams in one place (a batching engine's step, a
+thread per slot) may also push a streamed request's chunks (``PushingEngine.stream_into``): it
+hands them to a ``ChunkSink`` the moment they are made, and the worker seals and queues them in
+that same call, with no task of the request's to wake for every chunk.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from cocoon.protocol.messages import Usage
 
@@ -68,6 +73,30 @@ class Engine(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class ChunkSink(Protocol):
+    """Where a pushing engine hands a streamed request's chunks as it makes them."""
+
+    def send(self, chunks: list[bytes]) -> bool:
+        """Take chunks made together, in order: each an encoded JSON object (a stream chunk).
+        False once the stream is gone (cancelled, or its connection closed): the engine stops
+        the request and makes nothing more for it."""
+        ...
+
+    @property
+    def backed_up(self) -> bool:
+        """The network is not taking the chunks as fast as they come: an engine that can hold a
+        stream back does so (its chunks wait in the engine) until this is False again."""
+        ...
+
+
+@runtime_checkable
+class PushingEngine(Protocol):
+    def stream_into(self, request: EngineRequest, sink: ChunkSink) -> Awaitable[Finished]:
+        """Run one streamed request, handing its chunks to ``sink``; the usage once it is done.
+        Raises ``EngineError`` as ``generate`` does; cancelling the await stops the request."""
+        ...
 
 
 def finish_reason_of(payload: dict[str, Any]) -> str | None:

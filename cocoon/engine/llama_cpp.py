@@ -2,8 +2,10 @@
 
 A ``Llama`` object is not thread-safe, so capacity N means N instances (the weights are
 memory-mapped and shared); each request runs in a thread of its own and hands chunks to the
-event loop, so the loop never blocks. Tokens are counted as the sampler produces them, which is
-exact for streamed and non-streamed answers alike.
+event loop, so the loop never blocks: a streamed one straight to the worker's sink
+(``stream_into``), in one call for the chunks the thread made while the loop was busy. Tokens
+are counted as the sampler produces them, which is exact for streamed and non-streamed answers
+alike.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import contextlib
 import importlib.util
 import secrets
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from cocoon.engine.base import (
     Chunk,
+    ChunkSink,
     EngineError,
     EngineEvent,
     EngineRefused,
@@ -33,6 +38,7 @@ from cocoon.protocol.messages import Usage
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 OPENAI_DEFAULTS = {"temperature": 1.0, "top_p": 1.0}
 _DONE = object()
+_json = msgspec.json.Encoder()
 
 
 def embedded_model_path() -> Path:
@@ -163,44 +169,63 @@ class LlamaCppEngine:
             raise EngineRefused(f"logit_bias: token ids are from 0 to {limit - 1}")
         return ids
 
+    def _produce(
+        self, llama: Any, params: dict[str, Any], request: EngineRequest, emit: Callable[[dict[str, Any]], None]
+    ) -> EngineError | None:
+        """Run a request on ``llama`` in the calling thread, handing each chunk to ``emit``
+        until it ends or ``llama.cancel`` is set; the error it ended with, if any (no content)."""
+        produced = False
+        try:
+            if request.kind == "chat":
+                result = llama.create_chat_completion(**params, stream=True)
+            else:
+                result = llama.create_completion(**params, stream=True)
+            for chunk in result:
+                if llama.cancel.is_set():
+                    break
+                produced = True
+                emit(chunk)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller, without content
+            if isinstance(exc, ValueError) and "context window" in str(exc):
+                return EngineRefused(f"the prompt does not fit the model's context window of {self.n_ctx} tokens")
+            if isinstance(exc, (ValueError, KeyError, TypeError)) and not produced:
+                # raised as the request's parameters were taken in, before any token
+                return EngineRefused(f"the engine cannot take the request's parameters ({type(exc).__name__})")
+            return EngineError(type(exc).__name__)
+        return None
+
+    async def _instance(self, request: EngineRequest) -> tuple[Any, threading.Event]:
+        """A model instance for ``request``, with its answer's bound and a fresh cancel flag
+        (also returned: the instance may serve another request by the time this one lets go)."""
+        llama = await self._pool.get()
+        llama.cancel = cancel = threading.Event()
+        llama.max_completion = request.params.get("max_tokens")
+        return llama, cancel
+
+    def _run(self, llama: Any, work: Callable[[], None]) -> None:
+        """``work`` in a slot's thread; the instance goes back to the pool only once its thread
+        has finished with it."""
+        running = asyncio.get_running_loop().run_in_executor(self._executor, work)
+        running.add_done_callback(lambda _: self._pool.put_nowait(llama))
+
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
         params = self.prepared(request)
-        llama = await self._pool.get()
+        llama, cancel = await self._instance(request)
         loop = asyncio.get_running_loop()
         out: asyncio.Queue[Any] = asyncio.Queue()
-        cancel = threading.Event()
-        llama.cancel = cancel
-        llama.max_completion = request.params.get("max_tokens")
-        n_ctx = self.n_ctx
+
+        def emit(chunk: dict[str, Any]) -> None:  # in the thread
+            loop.call_soon_threadsafe(out.put_nowait, chunk)
 
         def run() -> None:
-            produced = False
             try:
-                if request.kind == "chat":
-                    result = llama.create_chat_completion(**params, stream=True)
-                else:
-                    result = llama.create_completion(**params, stream=True)
-                for chunk in result:
-                    if cancel.is_set():
-                        break
-                    produced = True
-                    loop.call_soon_threadsafe(out.put_nowait, chunk)
-            except Exception as exc:  # noqa: BLE001 - reported to the caller, without content
-                error: EngineError
-                if isinstance(exc, ValueError) and "context window" in str(exc):
-                    error = EngineRefused(f"the prompt does not fit the model's context window of {n_ctx} tokens")
-                elif isinstance(exc, (ValueError, KeyError, TypeError)) and not produced:
-                    # raised as the request's parameters were taken in, before any token
-                    error = EngineRefused(f"the engine cannot take the request's parameters ({type(exc).__name__})")
-                else:
-                    error = EngineError(type(exc).__name__)
-                loop.call_soon_threadsafe(out.put_nowait, error)
+                error = self._produce(llama, params, request, emit)
+                if error is not None:
+                    loop.call_soon_threadsafe(out.put_nowait, error)
             finally:
                 loop.call_soon_threadsafe(out.put_nowait, _DONE)
 
-        worker = loop.run_in_executor(self._executor, run)
-        # The instance goes back to the pool only once its thread has finished with it.
-        worker.add_done_callback(lambda _: self._pool.put_nowait(llama))
+        self._run(llama, run)
         try:
             chunks: list[dict[str, Any]] = []
             finish_reason: str | None = None
@@ -218,6 +243,65 @@ class LlamaCppEngine:
             yield Finished(usage=usage, finish_reason=finish_reason)
         finally:
             cancel.set()
+
+    async def stream_into(self, request: EngineRequest, sink: ChunkSink) -> Finished:
+        """A streamed request, its chunks handed to ``sink`` in the event loop as the slot's
+        thread makes them: those made while the loop was busy go together, in one call."""
+        params = self.prepared(request)
+        llama, cancel = await self._instance(request)
+        loop = asyncio.get_running_loop()
+        made: list[dict[str, Any]] = []  # by the thread, not handed on yet
+        lock = threading.Lock()
+        called = False  # a hand-over is on its way to the loop
+        ended: asyncio.Future[None] = loop.create_future()
+        finish_reason: str | None = None
+
+        def hand_on() -> None:  # in the loop
+            nonlocal called, finish_reason
+            with lock:
+                chunks = made.copy()
+                made.clear()
+                called = False
+            if not chunks or cancel.is_set():
+                return
+            for chunk in chunks:
+                finish_reason = finish_reason_of(chunk) or finish_reason
+            if not sink.send([_json.encode(chunk) for chunk in chunks]):
+                cancel.set()  # the stream is gone: the thread stops at its next token
+
+        def emit(chunk: dict[str, Any]) -> None:  # in the thread
+            nonlocal called
+            with lock:
+                made.append(chunk)
+                if called:
+                    return
+                called = True
+            loop.call_soon_threadsafe(hand_on)
+
+        def end(error: EngineError | None) -> None:  # in the loop, after every hand-over
+            hand_on()
+            if ended.done():
+                return
+            if error is None:
+                ended.set_result(None)
+            else:
+                ended.set_exception(error)
+
+        def run() -> None:
+            error: EngineError | None = EngineError("the engine stopped")
+            try:
+                error = self._produce(llama, params, request, emit)
+            finally:
+                loop.call_soon_threadsafe(end, error)
+
+        self._run(llama, run)
+        try:
+            await ended
+        finally:
+            cancel.set()
+        # read once the thread has finished (``ended``), before the instance serves another request
+        usage = Usage(prompt_tokens=llama.prompt_count, completion_tokens=llama.completion_count)
+        return Finished(usage=usage, finish_reason=finish_reason)
 
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):

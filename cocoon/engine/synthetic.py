@@ -6,6 +6,11 @@ Paced, each token is ready at its time on a fixed grid (tokens whose time passed
 loop was busy are ready together); unpaced, ``READY_RUN`` tokens are ready each time a stream
 gets the loop. ``Chunk.more`` says so, as a threaded engine's queue would.
 Its answers are fixed filler words; its usage counts are exact for what it sends.
+
+A worker takes streamed answers through ``stream_into``: one clock for every stream (one timer,
+or one callback a turn of the loop when unpaced) pushes each stream's tokens that are due, as a
+batching engine makes one step's tokens for all its streams at once, so that the engine's own
+cost per token stays small beside the network's it is there to measure.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from cocoon.engine.base import Chunk, EngineEvent, EngineRequest, Finished, ProgressCallback
+import msgspec
+
+from cocoon.engine.base import Chunk, ChunkSink, EngineEvent, EngineRequest, Finished, ProgressCallback
 from cocoon.engine.llama_cpp import assemble_response
 from cocoon.protocol.messages import Usage
 
@@ -43,6 +50,8 @@ class BenchmarkEngine:
     def __init__(self, *, tokens_per_second: float = 0.0, max_tokens: int = 4096) -> None:
         self.tokens_per_second = tokens_per_second
         self.max_tokens = max_tokens
+        self._clock: _Clock | None = None
+        self._encoded: tuple[str, int, tuple[bytes, ...]] = ("", 0, ())  # the last words encoded, by kind and time
 
     async def start(self, progress: ProgressCallback | None = None) -> None:
         if progress:
@@ -57,9 +66,12 @@ class BenchmarkEngine:
         return {"id": "bench", "object": "text_completion", "created": created, "model": "bench",
                 "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]}  # fmt: skip
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
+    def _count(self, request: EngineRequest) -> int:
         wanted = request.params.get("max_tokens") or request.params.get("max_completion_tokens") or DEFAULT_ANSWER
-        count = max(1, min(int(wanted), self.max_tokens))
+        return max(1, min(int(wanted), self.max_tokens))
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
+        count = self._count(request)
         created = int(time.time())
         interval = 1.0 / self.tokens_per_second if self.tokens_per_second > 0 else 0.0
         loop = asyncio.get_running_loop()
@@ -89,5 +101,117 @@ class BenchmarkEngine:
             yield Chunk(assemble_response(request.kind, chunks, usage), more=True)
         yield Finished(usage=usage, finish_reason="length")
 
+    async def stream_into(self, request: EngineRequest, sink: ChunkSink) -> Finished:
+        count = self._count(request)
+        created = int(time.time())
+        kind, when, words = self._encoded
+        if (kind, when) != (request.kind, created):  # the same words serve every request of that second
+            words = tuple(_json.encode(self._chunk(request.kind, created, word, None)) for word in WORDS)
+            self._encoded = (request.kind, created, words)
+        last = _json.encode(self._chunk(request.kind, created, WORDS[(count - 1) % len(WORDS)], "length"))
+        loop = asyncio.get_running_loop()
+        if self._clock is None or self._clock.loop is not loop:
+            self._clock = _Clock(loop, self.tokens_per_second)
+        stream = _Stream(sink, count, words, last, loop.create_future())
+        self._clock.add(stream)
+        await stream.done  # (cancelled with the request: the clock drops it at its next tick)
+        return Finished(
+            usage=Usage(prompt_tokens=_prompt_tokens(request), completion_tokens=count), finish_reason="length"
+        )
+
     async def aclose(self) -> None:
         pass
+
+
+_json = msgspec.json.Encoder()
+HELD_POLL = 0.001
+"""Seconds between looks at streams held back while the network takes nothing more."""
+
+
+class _Stream:
+    """One streamed answer on the clock: ``sent`` tokens of ``count`` pushed so far."""
+
+    __slots__ = ("count", "done", "due", "last", "sent", "sink", "words")
+
+    def __init__(
+        self, sink: ChunkSink, count: int, words: tuple[bytes, ...], last: bytes, done: asyncio.Future[None]
+    ) -> None:
+        self.sink = sink
+        self.count = count
+        self.words = words
+        self.last = last
+        self.done = done
+        self.sent = 0
+        self.due = 0.0  # loop time at which its next token is ready (paced)
+
+    def push(self, tokens: int) -> None:
+        """Hand the next ``tokens`` tokens to the sink; done once all are, or the stream is gone."""
+        words, start = self.words, self.sent
+        end = min(self.count, start + tokens)
+        chunks = [words[i % len(words)] for i in range(start, end)]
+        if end == self.count:
+            chunks[-1] = self.last
+        self.sent = end
+        if not self.sink.send(chunks) or end == self.count:
+            self.done.set_result(None)
+
+
+class _Clock:
+    """The engine's streams on one clock, as a batching engine makes one step's tokens for all
+    its streams at once. Paced, it steps at most once a millisecond (uvloop's timers count whole
+    milliseconds), when the soonest token is due: each step pushes every token due within half
+    a millisecond. Unpaced, it steps once a turn of the loop, pushing ``READY_RUN`` tokens of
+    every stream. A stream whose sink is backed up is skipped, its tokens waiting in the engine."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tokens_per_second: float) -> None:
+        self.loop = loop
+        self.interval = 1.0 / tokens_per_second if tokens_per_second > 0 else 0.0
+        self.streams: list[_Stream] = []
+        self.timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self.at = 0.0  # loop time of the next step (when ``timer`` is set)
+        self.stepped = -1.0  # loop time of the last step
+
+    def add(self, stream: _Stream) -> None:
+        stream.due = self.loop.time() + self.interval
+        self.streams.append(stream)
+        self._set(max(stream.due - HALF_STEP, self.stepped + STEP) if self.interval else 0.0)
+
+    def _set(self, at: float) -> None:
+        if self.timer is not None:
+            if self.at <= at:
+                return
+            self.timer.cancel()
+        self.at = at
+        delay = at - self.loop.time()
+        self.timer = self.loop.call_later(delay, self._step) if delay > 0 else self.loop.call_soon(self._step)
+
+    def _step(self) -> None:
+        self.timer = None
+        self.stepped = now = self.loop.time()
+        interval = self.interval
+        horizon = now + HALF_STEP
+        soonest = float("inf")
+        held = False
+        for stream in self.streams:
+            if stream.done.done():
+                continue  # finished, gone, or cancelled with its request
+            if stream.sink.backed_up:
+                held = True
+            elif not interval:
+                stream.push(READY_RUN)
+            elif stream.due <= horizon:
+                tokens = int((horizon - stream.due) / interval) + 1
+                stream.due += tokens * interval
+                stream.push(tokens)
+            soonest = min(soonest, stream.due)
+        self.streams = running = [stream for stream in self.streams if not stream.done.done()]
+        if not running:
+            return
+        if not interval:
+            self._set(now + HELD_POLL if held else 0.0)
+        else:
+            self._set(max(now + STEP, soonest - HALF_STEP, now + HELD_POLL if held else 0.0))
+
+
+STEP = 0.001  # seconds between a paced clock's steps at least
+HALF_STEP = STEP / 2

@@ -27,7 +27,7 @@ import random
 import secrets
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -41,7 +41,16 @@ from cocoon.channel.attested import AttestedVerifier
 from cocoon.channel.connect import HandshakeFailed, dial, software_version
 from cocoon.channel.peer import Peer, PeerGone, renewal_delay
 from cocoon.config import ConfigError, PeerPin, WorkerSettings, connection_options, split_address
-from cocoon.engine.base import Chunk, Engine, EngineError, EngineRefused, EngineRequest, Finished
+from cocoon.engine.base import (
+    Chunk,
+    Engine,
+    EngineError,
+    EngineEvent,
+    EngineRefused,
+    EngineRequest,
+    Finished,
+    PushingEngine,
+)
 from cocoon.keys import parse_public_key, public_bytes
 from cocoon.openai.schemas import InvalidRequest, engine_params, parse_request
 from cocoon.payments.store import PaymentStore
@@ -492,53 +501,49 @@ class Worker:
     ) -> None:
         """Run an opened request on the engine, which has a slot for it."""
         sid = message.stream_id
-        events = self.engine.generate(engine_request)
+        pushing = engine_request.stream and isinstance(self.engine, PushingEngine)
+        events = None if pushing else self.engine.generate(engine_request)
         engine_started = time.monotonic()
-        first_chunk = -1.0  # seconds from handing the request to the engine to its first chunk
         ready: list[bytes] = []  # encoded chunks the engine had ready together, not sent yet
-        size = 0
+        sink = _StreamSink(peer, sid, sealer)
         try:
-            async for event in events:
-                if isinstance(event, Chunk):
-                    if first_chunk < 0:
-                        first_chunk = time.monotonic() - engine_started
-                    encoded = self._json.encode(event.payload)
-                    ready.append(encoded)
-                    size += len(encoded)
-                    if event.more and len(ready) < MAX_COALESCED_CHUNKS and size < MAX_COALESCED_BYTES:
-                        continue  # the next one is ready already: it goes in the same sealed chunk
-                    if not self._send_chunks(peer, sid, sealer, ready):
-                        return  # the stream was cancelled or the proxy left
-                    ready.clear()
-                    size = 0
-                    await peer.flush()
-                elif isinstance(event, Finished):
-                    engine_done = time.monotonic()
-                    if slot.release():  # the engine is done: a request that waits for it goes first,
-                        await asyncio.sleep(0)  # before this one's receipt is signed and sent
-                    if ready and not self._send_chunks(peer, sid, sealer, ready):
-                        return
-                    ready.clear()
-                    receipt = self._receipt(message, request_id, event, started_ms)
-                    # the receipt travels twice: sealed as the final chunk, and in the clear
-                    await self._send(peer, Data(stream_id=sid, payload=sealer.seal(receipt, final=True)))
-                    usage, reason = event.usage, event.finish_reason
-                    await self._send(peer, End(stream_id=sid, usage=usage, finish_reason=reason, receipt=receipt))
-                    log.info(
-                        "request %d done: %d prompt + %d completion tokens in %.2f s, "
-                        "engine's first chunk after %s ms, %d sealed chunks (%s), engine busy %.4f–%.4f",
-                        sid,
-                        event.usage.prompt_tokens,
-                        event.usage.completion_tokens,
-                        time.monotonic() - started,
-                        f"{first_chunk * 1e3:.1f}" if first_chunk >= 0 else "n/a",
-                        sealer.counter,
-                        event.finish_reason,
-                        # on the monotonic clock: when the engine took the request and finished it
-                        # (the benchmark tells a request's wait for a busy engine from the network's)
-                        engine_started,
-                        engine_done,
-                    )
+            if events is None:
+                assert isinstance(self.engine, PushingEngine)
+                finished: Finished | None = await self.engine.stream_into(engine_request, sink)
+                if sink.gone:
+                    return  # the stream was cancelled or the proxy left
+                await peer.flush()  # (a proxy that takes nothing is found dead here)
+            else:
+                finished = await self._pull(peer, sid, sealer, sink, events, ready)
+            if finished is None:
+                return  # the stream was cancelled or the proxy left
+            engine_done = time.monotonic()
+            if slot.release():  # the engine is done: a request that waits for it goes first,
+                await asyncio.sleep(0)  # before this one's receipt is signed and sent
+            if ready and not self._send_chunks(peer, sid, sealer, ready):
+                return
+            ready.clear()
+            receipt = self._receipt(message, request_id, finished, started_ms)
+            # the receipt travels twice: sealed as the final chunk, and in the clear
+            await self._send(peer, Data(stream_id=sid, payload=sealer.seal(receipt, final=True)))
+            usage, reason = finished.usage, finished.finish_reason
+            await self._send(peer, End(stream_id=sid, usage=usage, finish_reason=reason, receipt=receipt))
+            first_chunk = sink.first_at - engine_started if sink.first_at else -1.0
+            log.info(
+                "request %d done: %d prompt + %d completion tokens in %.2f s, "
+                "engine's first chunk after %s ms, %d sealed chunks (%s), engine busy %.4f–%.4f",
+                sid,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                time.monotonic() - started,
+                f"{first_chunk * 1e3:.1f}" if first_chunk >= 0 else "n/a",
+                sealer.counter,
+                reason,
+                # on the monotonic clock: when the engine took the request and finished it
+                # (the benchmark tells a request's wait for a busy engine from the network's)
+                engine_started,
+                engine_done,
+            )
         except EngineError as exc:
             log.warning("request %d failed in the engine: %s", sid, exc)
             if ready and not self._send_chunks(peer, sid, sealer, ready):
@@ -555,7 +560,39 @@ class Worker:
                 return
             await self._send(peer, Error(stream_id=sid, code=ErrorCode.INTERNAL, message="the worker failed"))
         finally:
-            await events.aclose()  # type: ignore[attr-defined]
+            if events is not None:
+                await events.aclose()  # type: ignore[attr-defined]
+
+    async def _pull(
+        self,
+        peer: Peer,
+        sid: int,
+        sealer: ChunkSealer,
+        sink: _StreamSink,
+        events: AsyncIterator[EngineEvent],
+        ready: list[bytes],
+    ) -> Finished | None:
+        """Take the engine's events in turn until it has finished (None: the stream is gone).
+        Chunks the engine had ready together go as one sealed chunk; ``ready`` holds those not
+        sent yet."""
+        size = 0
+        async for event in events:
+            if isinstance(event, Chunk):
+                if not sink.first_at:
+                    sink.first_at = time.monotonic()
+                encoded = self._json.encode(event.payload)
+                ready.append(encoded)
+                size += len(encoded)
+                if event.more and len(ready) < MAX_COALESCED_CHUNKS and size < MAX_COALESCED_BYTES:
+                    continue  # the next one is ready already: it goes in the same sealed chunk
+                if not self._send_chunks(peer, sid, sealer, ready):
+                    return None
+                ready.clear()
+                size = 0
+                await peer.flush()
+            elif isinstance(event, Finished):
+                return event
+        raise EngineError("the engine ended the answer without its usage")
 
     @staticmethod
     def _send_chunks(peer: Peer, sid: int, sealer: ChunkSealer, ready: list[bytes]) -> bool:
@@ -584,6 +621,56 @@ class Worker:
     async def _send(self, peer: Peer, message: Data | End | Error) -> None:
         with contextlib.suppress(PeerGone):
             await peer.send(message)
+
+
+class _StreamSink:
+    """Where a pushing engine hands one streamed request's chunks: sealed and queued on the
+    proxy's connection in the same call (as one answer chunk, at most ``MAX_COALESCED_CHUNKS``
+    or about ``MAX_COALESCED_BYTES`` to one)."""
+
+    __slots__ = ("first_at", "gone", "peer", "sealer", "sid")
+
+    def __init__(self, peer: Peer, sid: int, sealer: ChunkSealer) -> None:
+        self.peer = peer
+        self.sid = sid
+        self.sealer = sealer
+        self.first_at = 0.0  # monotonic time of the first chunk; 0: none yet
+        self.gone = False
+
+    def send(self, chunks: list[bytes]) -> bool:
+        if self.gone:
+            return False
+        if not self.first_at:
+            self.first_at = time.monotonic()
+        peer, sid, sealer = self.peer, self.sid, self.sealer
+        if len(chunks) <= MAX_COALESCED_CHUNKS and sum(map(len, chunks)) < MAX_COALESCED_BYTES:
+            sent = Worker._send_chunks(peer, sid, sealer, chunks)
+        else:
+            sent = all(Worker._send_chunks(peer, sid, sealer, group) for group in _groups(chunks))
+        if not sent:
+            self.gone = True
+            return False
+        peer.nudge()
+        return True
+
+    @property
+    def backed_up(self) -> bool:
+        return self.peer.backed_up
+
+
+def _groups(chunks: list[bytes]) -> Iterator[list[bytes]]:
+    """``chunks`` in runs of at most ``MAX_COALESCED_CHUNKS``, a run closed once it reaches
+    ``MAX_COALESCED_BYTES`` (as the engines' chunks are coalesced when pulled)."""
+    group: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        group.append(chunk)
+        size += len(chunk)
+        if len(group) == MAX_COALESCED_CHUNKS or size >= MAX_COALESCED_BYTES:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
 
 
 class _Slot:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 
-from cocoon.engine.base import Chunk, EngineRequest, Finished
+from cocoon.engine.base import Chunk, EngineRefused, EngineRequest, Finished
 from cocoon.engine.llama_cpp import LlamaCppEngine
 
 pytestmark = pytest.mark.integration
@@ -95,3 +96,51 @@ async def test_generation_does_not_block_the_event_loop(engine: LlamaCppEngine) 
     task.cancel()
     assert all(f.usage.completion_tokens == 60 for _, f in results)
     assert ticks >= 0.5 * elapsed / 0.01  # the loop kept running while both slots generated
+
+
+class CollectingSink:
+    """Takes pushed chunks as a worker's sink does; says the stream is gone after ``keep``."""
+
+    backed_up = False
+
+    def __init__(self, keep: int = -1) -> None:
+        self.pushes: list[list[dict]] = []
+        self.keep = keep
+
+    def send(self, chunks: list[bytes]) -> bool:
+        if len(self.pushes) == self.keep:
+            return False
+        self.pushes.append([msgspec.json.decode(c) for c in chunks])
+        return True
+
+
+async def test_pushed_answers_are_the_pulled_ones_metered_alike(engine: LlamaCppEngine) -> None:
+    params = {"messages": STORY, "max_tokens": 25, "temperature": 0}
+    pulled, finished = await run(engine, EngineRequest("chat", params, stream=True))
+    sink = CollectingSink()
+    pushed = await engine.stream_into(EngineRequest("chat", params, stream=True), sink)
+    assert pushed == finished and pushed.usage.completion_tokens == 25
+    # the same answer (each has an id and a time of its own)
+    assert [c["choices"] for push in sink.pushes for c in push] == [c.payload["choices"] for c in pulled]
+
+
+async def test_a_pushed_stream_that_is_gone_stops_and_frees_its_slot(engine: LlamaCppEngine) -> None:
+    request = EngineRequest("chat", {"messages": STORY, "max_tokens": 1500}, stream=True)
+    async with asyncio.timeout(60):
+        for _ in range(3):  # more than the slots: each must come back
+            finished = await engine.stream_into(request, CollectingSink(keep=1))
+            assert finished.usage.completion_tokens < 1500  # stopped early, not run to the end
+        task = asyncio.create_task(engine.stream_into(request, CollectingSink()))
+        await asyncio.sleep(0.3)
+        task.cancel()  # the request itself cancelled: stops too
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        _, finished = await run(engine, EngineRequest("completion", {"prompt": "Hi", "max_tokens": 3}, stream=True))
+    assert finished.usage.completion_tokens == 3
+
+
+async def test_a_pushed_request_the_engine_refuses_raises(engine: LlamaCppEngine) -> None:
+    with pytest.raises(EngineRefused):
+        await engine.stream_into(
+            EngineRequest("completion", {"prompt": "Hi " * 3000, "max_tokens": 3}, stream=True), CollectingSink()
+        )

@@ -1,5 +1,6 @@
 """The worker seals the answer chunks its engine had ready together as one answer chunk (JSON
-objects separated by newlines), within bounds, and never holds a chunk back for a later one."""
+objects separated by newlines), within bounds, and never holds a chunk back for a later one:
+pulled from an engine's iterator, or pushed by an engine as it makes them."""
 
 from __future__ import annotations
 
@@ -15,14 +16,24 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cocoon.attest.node import NodeAttestation
 from cocoon.channel.peer import Peer
 from cocoon.config import WorkerSettings
-from cocoon.engine.base import Chunk, EngineError, EngineEvent, EngineRefused, EngineRequest, Finished, ProgressCallback
+from cocoon.engine.base import (
+    Chunk,
+    ChunkSink,
+    EngineError,
+    EngineEvent,
+    EngineRefused,
+    EngineRequest,
+    Finished,
+    ProgressCallback,
+    PushingEngine,
+)
 from cocoon.keys import public_bytes
 from cocoon.protocol.errors import ErrorCode
 from cocoon.protocol.messages import Data, End, Error, Message, Open, Usage
 from cocoon.seal.hpke import RecipientKey
 from cocoon.seal.request import seal_request
 from cocoon.seal.response import ChunkOpener
-from cocoon.worker.service import MAX_COALESCED_CHUNKS, Worker
+from cocoon.worker.service import MAX_COALESCED_BYTES, MAX_COALESCED_CHUNKS, Worker
 
 BODY = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true}'
 
@@ -38,16 +49,24 @@ class FakePeer:
 
     def __init__(self) -> None:
         self.sent: list[Message] = []
+        self.open = True  # False: the stream was cancelled (what is sent is dropped)
+        self.backed_up = False
+        self.flushed = 0
 
     def send_nowait(self, message: Message) -> bool:
+        if not self.open:
+            return False
         self.sent.append(message)
         return True
+
+    def nudge(self) -> None:
+        pass
 
     async def send(self, message: Message) -> None:
         self.sent.append(message)
 
     async def flush(self) -> None:
-        pass
+        self.flushed += 1
 
 
 class ScriptedEngine:
@@ -84,16 +103,41 @@ def chunk(i: int) -> dict[str, Any]:
     return {"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": f" t{i}\n"}}]}
 
 
-def setup(engine: ScriptedEngine) -> tuple[Worker, FakePeer, Open, Callable[[], ChunkOpener]]:
+class PushingScriptedEngine(ScriptedEngine):
+    """Pushes its script's runs: each item a list of chunks made together (``None`` waits for
+    ``gate``; an exception is raised there). ``accepted`` records what each push returned."""
+
+    def __init__(self, script: list[list[dict[str, Any]] | Exception | None]) -> None:  # type: ignore[override]
+        super().__init__([])
+        self.pushes = script
+        self.accepted: list[bool] = []
+
+    async def stream_into(self, request: EngineRequest, sink: ChunkSink) -> Finished:
+        count = 0
+        for step in self.pushes:
+            if step is None:
+                await self.gate.wait()
+            elif isinstance(step, Exception):
+                raise step
+            else:
+                count += len(step)
+                self.accepted.append(sink.send([msgspec.json.encode(c) for c in step]))
+                if not self.accepted[-1]:
+                    break
+        return Finished(usage=Usage(prompt_tokens=1, completion_tokens=count), finish_reason="stop")
+
+
+def setup(engine: ScriptedEngine, *, stream: bool = True) -> tuple[Worker, FakePeer, Open, Callable[[], ChunkOpener]]:
     attestation = FakeAttestation()
     key = Ed25519PrivateKey.generate()
     worker = Worker(WorkerSettings(), engine, key, cast(NodeAttestation, attestation))
     request_id = os.urandom(16)
     public = attestation.hpke_recipient.public
+    body = BODY if stream else BODY.replace(b"true", b"false")
     sealed, secrets = seal_request(
-        BODY, kind="chat", request_id=request_id, content_key=os.urandom(32), recipients=[(public_bytes(key), public)]
+        body, kind="chat", request_id=request_id, content_key=os.urandom(32), recipients=[(public_bytes(key), public)]
     )
-    message = Open(stream_id=2, model="m", kind="chat", stream=True, max_tokens=0, body=sealed, request_id=request_id)
+    message = Open(stream_id=2, model="m", kind="chat", stream=stream, max_tokens=0, body=sealed, request_id=request_id)
     secret = secrets[public_bytes(key)]
     return worker, FakePeer(), message, lambda: ChunkOpener(secret, request_id)
 
@@ -175,3 +219,75 @@ async def test_a_request_the_engine_refuses_is_the_requests_fault() -> None:
         ErrorCode.BAD_REQUEST,
         "the prompt does not fit",
     )
+
+
+# --- engines that push their chunks ------------------------------------------------------------
+
+
+async def test_chunks_pushed_together_are_sealed_together() -> None:
+    engine = PushingScriptedEngine([[chunk(0), chunk(1), chunk(2)], [chunk(3)], [chunk(4)]])
+    assert isinstance(engine, PushingEngine)
+    worker, peer, message, opener = setup(engine)
+    await worker._serve(cast(Peer, peer), message)
+    receiving = opener()
+    assert answer_chunks(peer, receiving) == [[chunk(0), chunk(1), chunk(2)], [chunk(3)], [chunk(4)]]
+    assert isinstance(peer.sent[-1], End) and peer.sent[-1].usage.completion_tokens == 5
+    assert engine.accepted == [True, True, True]
+    assert peer.flushed  # the backlog is waited for before the end (a proxy that reads nothing is found dead)
+    receiving.finish()
+
+
+async def test_a_pushed_chunk_leaves_before_the_engine_makes_the_next() -> None:
+    engine = PushingScriptedEngine([[chunk(0)], None, [chunk(1)]])
+    worker, peer, message, opener = setup(engine)
+    task = asyncio.create_task(worker._serve(cast(Peer, peer), message))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert answer_chunks(peer, opener()) == [[chunk(0)]]
+    engine.gate.set()
+    await task
+    assert answer_chunks(peer, opener()) == [[chunk(0)], [chunk(1)]]
+
+
+async def test_a_large_push_is_split_within_the_bounds() -> None:
+    total = MAX_COALESCED_CHUNKS * 2 + 5
+    worker, peer, message, opener = setup(PushingScriptedEngine([[chunk(i) for i in range(total)]]))
+    await worker._serve(cast(Peer, peer), message)
+    assert [len(group) for group in answer_chunks(peer, opener())] == [MAX_COALESCED_CHUNKS, MAX_COALESCED_CHUNKS, 5]
+    big = {"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "y" * 6000}}]}
+    worker, peer, message, opener = setup(PushingScriptedEngine([[big] * 5]))
+    await worker._serve(cast(Peer, peer), message)
+    groups = answer_chunks(peer, opener())
+    assert [len(group) for group in groups] == [3, 2]  # a run closes once it reaches the byte bound
+    assert MAX_COALESCED_BYTES < 3 * 6100
+
+
+async def test_a_push_to_a_stream_that_is_gone_is_refused_and_nothing_follows() -> None:
+    engine = PushingScriptedEngine([[chunk(0)], None, [chunk(1)], [chunk(2)]])
+    worker, peer, message, _ = setup(engine)
+    task = asyncio.create_task(worker._serve(cast(Peer, peer), message))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    peer.open = False  # cancelled by the proxy meanwhile
+    engine.gate.set()
+    await task
+    assert engine.accepted == [True, False]  # told at once: it made nothing more
+    assert not any(isinstance(m, (End, Error)) for m in peer.sent)
+
+
+async def test_a_pushing_engines_error_fails_the_request_after_what_it_pushed() -> None:
+    engine = PushingScriptedEngine([[chunk(0), chunk(1)], EngineError("out of memory")])
+    worker, peer, message, opener = setup(engine)
+    await worker._serve(cast(Peer, peer), message)
+    assert answer_chunks(peer, opener()) == [[chunk(0), chunk(1)]]
+    assert isinstance(peer.sent[-1], Error) and peer.sent[-1].code == ErrorCode.ENGINE_ERROR
+
+
+async def test_a_whole_answer_is_still_pulled_from_a_pushing_engine() -> None:
+    """Pushing is for streamed answers: a whole answer is one chunk, taken from ``generate``."""
+    engine = PushingScriptedEngine([[chunk(9)]])
+    engine.script = [(chunk(0), False)]
+    worker, peer, message, opener = setup(engine, stream=False)
+    await worker._serve(cast(Peer, peer), message)
+    assert answer_chunks(peer, opener()) == [[chunk(0)]]
+    assert engine.accepted == []
