@@ -216,23 +216,26 @@ class _SSECounter:
             sock.close()
 
     def _readable(self, sock: socket.socket) -> None:
-        while not self.done.done():
-            try:
-                data, ancillary, _, _ = sock.recvmsg(READ_SIZE, socket.CMSG_SPACE(16))
-            except BlockingIOError:
-                return
-            except OSError:
-                data, ancillary = b"", []
-            now = time.perf_counter()
-            if not data:
-                self.done.set_result(None)
-                return
-            stamp = now
-            for level, kind, value in ancillary:
-                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
-                    seconds, nanoseconds = struct.unpack("qq", value[:16])
-                    stamp = seconds + nanoseconds * 1e-9
-            self.data_received(data, now, stamp)
+        # One read a call: the loop calls again while the socket has more (level-triggered), and
+        # a second read would mostly find nothing, at the cost of a system call and an exception
+        if self.done.done():
+            return
+        try:
+            data, ancillary, _, _ = sock.recvmsg(READ_SIZE, socket.CMSG_SPACE(16))
+        except BlockingIOError:
+            return
+        except OSError:
+            data, ancillary = b"", []
+        now = time.perf_counter()
+        if not data:
+            self.done.set_result(None)
+            return
+        stamp = now
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                seconds, nanoseconds = struct.unpack("qq", value[:16])
+                stamp = seconds + nanoseconds * 1e-9
+        self.data_received(data, now, stamp)
 
     def data_received(self, data: bytes, now: float, stamp: float) -> None:
         """``data`` read at ``now`` (perf_counter), received at ``stamp``: the gaps are between

@@ -158,10 +158,11 @@ class _Stream:
 
 class _Clock:
     """The engine's streams on one clock, as a batching engine makes one step's tokens for all
-    its streams at once. Paced, it steps at most once a millisecond (uvloop's timers count whole
-    milliseconds), when the soonest token is due: each step pushes every token due within half
-    a millisecond. Unpaced, it steps once a turn of the loop, pushing ``READY_RUN`` tokens of
-    every stream. A stream whose sink is backed up is skipped, its tokens waiting in the engine."""
+    its streams at once. Paced, it steps when the soonest token is due, but never sooner than a
+    millisecond after the last step ended (uvloop's timers count whole milliseconds): each step
+    pushes every token due within half a millisecond. Unpaced, it steps once a turn of the loop,
+    pushing ``READY_RUN`` tokens of every stream. A stream whose sink is backed up is skipped,
+    its tokens waiting in the engine."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, tokens_per_second: float) -> None:
         self.loop = loop
@@ -210,7 +211,10 @@ class _Clock:
         if not interval:
             self._set(now + HELD_POLL if held else 0.0)
         else:
-            self._set(max(now + STEP, soonest - HALF_STEP, now + HELD_POLL if held else 0.0))
+            # a millisecond's rest after this step at least (the loop's timers can do no less
+            # but at once, which under load made steps of a few tokens each, right after a late one)
+            rest = self.loop.time()
+            self._set(max(rest + STEP, soonest - HALF_STEP))
 
 
 STEP = 0.001  # seconds between a paced clock's steps at least
