@@ -69,6 +69,10 @@ class EventStream(StreamingResponse):
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             if first is not None:
                 await send({"type": "http.response.body", "body": first, "more_body": True})
+                if self.call is not None:  # later chunks, written from the connection's read loop
+                    self.call.push_events(
+                        lambda body: send({"type": "http.response.body", "body": body, "more_body": True})
+                    )
                 async for chunk in events:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

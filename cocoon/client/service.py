@@ -9,7 +9,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -98,6 +98,38 @@ def usage_body(usage: Usage) -> dict[str, Any]:
     return body
 
 
+def _start(work: Awaitable[None]) -> asyncio.Future[None] | None:
+    """Run ``work`` now, in the caller's turn of the loop: None once it has finished so (an HTTP
+    response's write that did not have to wait for the caller's socket), else a task that
+    finishes it. Where a task would first wait for its turn of the loop, and cost one."""
+    if not isinstance(work, Coroutine):
+        return asyncio.ensure_future(work)
+    coroutine = work
+    try:
+        waiting = coroutine.send(None)
+    except StopIteration:
+        return None
+    return asyncio.ensure_future(_finish(coroutine, waiting))
+
+
+async def _finish(coroutine: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Drive a coroutine started by hand (``_start``) to its end, as a task would: it is
+    suspended on ``waiting``, what it yielded (a future, or None for a bare turn of the loop)."""
+    try:
+        while True:
+            if waiting is None:
+                await asyncio.sleep(0)
+            else:
+                await asyncio.wait([waiting])  # (its outcome is the coroutine's to take, below)
+            try:
+                waiting = coroutine.send(None)
+            except StopIteration:
+                return
+    except asyncio.CancelledError:
+        coroutine.close()
+        raise
+
+
 class Call:
     """One request in flight through the proxy."""
 
@@ -137,6 +169,12 @@ class Call:
         self.after_first_answer: Callable[[], None] | None = None
         self._ended = False  # no longer awaited (``finished``)
         self._aborting = False
+        # streamed events written from the connection's read loop (``push_events``)
+        self._write: Callable[[bytes], Awaitable[None]] | None = None
+        self._with_usage = False
+        self._waiting = False  # the request's task waits for the next message (and writes nothing)
+        self._writing: asyncio.Future[None] | None = None  # a pushed write waiting for the caller
+        self._pushed_at = 0.0  # loop time the last chunk was pushed to the caller
 
     def _first_answered(self) -> None:
         hook, self.after_first_answer = self.after_first_answer, None
@@ -144,23 +182,72 @@ class Call:
             hook()
 
     async def receive(self) -> Message:
-        """The next message; a timeout after ``idle_timeout`` of silence or at the deadline."""
+        """The next message; a timeout after ``idle_timeout`` of silence or at the deadline.
+        Chunks pushed to the caller meanwhile (``push_events``) break the silence."""
         while True:
             message = self.stream.receive_nowait()
             if message is None:
-                left = self.deadline - asyncio.get_running_loop().time()
-                # a whole answer comes as one message once it is made: only the deadline bounds
-                # the wait for it (the proxy waits as long), silence being no sign of trouble
-                wait = min(self.idle_timeout, left) if self.request.stream else left
-                try:
-                    message = await self.stream.receive(max(0.0, wait))
-                except TimeoutError:
-                    await self.abort("timeout")
-                    why = "the request took too long" if wait >= left else "no answer from the network"
-                    raise UpstreamError(ErrorCode.TIMEOUT, f"{why}; gave up") from None
+                loop = asyncio.get_running_loop()
+                quiet_since = loop.time()
+                while message is None:
+                    now = loop.time()
+                    left = self.deadline - now
+                    # a whole answer comes as one message once it is made: only the deadline bounds
+                    # the wait for it (the proxy waits as long), silence being no sign of trouble
+                    quiet_since = max(quiet_since, self._pushed_at)
+                    wait = min(self.idle_timeout - (now - quiet_since), left) if self.request.stream else left
+                    self._waiting = True
+                    try:
+                        message = await self.stream.receive(max(0.0, wait))
+                    except TimeoutError:
+                        if self._pushed_at > quiet_since and loop.time() < self.deadline:
+                            continue  # not silent: chunks went straight to the caller
+                        await self.abort("timeout")
+                        why = "the request took too long" if wait >= left else "no answer from the network"
+                        raise UpstreamError(ErrorCode.TIMEOUT, f"{why}; gave up") from None
+                    finally:
+                        self._waiting = False
+            if self._writing is not None:  # a pushed write goes first
+                writing, self._writing = self._writing, None
+                await writing
             opened = await self._open(message)
             if opened is not None:
                 return opened
+
+    def push_events(self, write: Callable[[bytes], Awaitable[None]]) -> None:
+        """Write the SSE events of later answer chunks from the connection's read loop, as they
+        arrive: each chunk is opened, turned into events and handed to ``write`` (the HTTP
+        response's) in that same call, instead of waking the request's task for every chunk.
+        Only while the task waits for its next message and nothing is queued for it, so that the
+        order never changes: an end, an error, a chunk that does not open, or one behind a write
+        that waits for a slow caller goes through the queue and the task, as without this."""
+        self._write = write
+        self._with_usage = include_usage(self.request)
+        self.stream.forward = self._push
+
+    def _push(self, message: Data) -> bool:
+        """``Stream.forward``: True when ``message`` was taken (written, or being written)."""
+        if not self._waiting or self._writing is not None or self._write is None:
+            return False  # the task is busy, or a write waits for the caller: through the queue, in order
+        try:
+            payload = self.sealing.open_chunk(message.payload)
+        except SealingFailed:
+            return False  # (nothing was taken from it) the task fails the request, as usual
+        self._pushed_at = asyncio.get_running_loop().time()
+        if payload is None:
+            return True  # the sealed receipt: kept for the end
+        try:
+            if b"\n" in payload:  # chunks the worker had ready together, sealed as one
+                events = b"".join([self._event(line, self._with_usage) for line in payload.split(b"\n")])
+            else:
+                events = self._event(payload, self._with_usage)
+        except UpstreamError as exc:
+            # the chunk is opened and gone: its error goes to the task in its place
+            self.stream.forward = None
+            self.stream.queue.put_nowait(Error(stream_id=message.stream_id, code=exc.code, message=str(exc)))
+            return True
+        self._writing = _start(self._write(events))
+        return True
 
     async def receive_ready(self) -> Message | None:
         """The next message if it has arrived already, else None (without waiting)."""
@@ -223,6 +310,9 @@ class Call:
         the proxy has billed it, and a caller that left just as it ended (one that stops reading
         at the finish reason) would otherwise leave it unpaid, which the proxy refuses further
         requests for."""
+        if self._writing is not None:
+            self._writing.cancel()  # (the caller is not there to take it, or it failed already)
+            self._writing = None
         if not self._aborting:
             self._aborting = True
             with contextlib.suppress(UpstreamError):  # (an answer that does not check out is not paid)

@@ -11,7 +11,8 @@ every request and never answer it, while the connection stays alive), ``late_ann
 (announce that late on every connection after the first, as a worker whose fresh connection at
 an attestation renewal is slow to come up), ``no_sealed_end`` (leave out the sealed copy of the
 usage record that closes every answer: the proxy can see nothing wrong, the client refuses the
-answer as truncated). Several faults join with commas (``slow:0.1,…``).
+answer as truncated), ``invalid_chunk`` (send two chunks, then, sealed as they are, a JSON value
+that is no chunk object). Several faults join with commas (``slow:0.1,…``).
 Run as ``python -m tests.integration.faulty_worker worker --config …``.
 """
 
@@ -56,6 +57,8 @@ class FaultyEngine:
                 await asyncio.sleep(3600)
             if FAULT == "unknown_code" and chunks == 1:
                 raise EngineError("injected failure after the first chunk")  # sent with the code below
+            if FAULT == "invalid_chunk" and chunks == 2:
+                event = Chunk(["no", "chunk"])  # type: ignore[arg-type]
             chunks += isinstance(event, Chunk)
             yield event
 

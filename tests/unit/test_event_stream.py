@@ -76,13 +76,18 @@ def test_a_failure_before_the_first_event_sends_no_status_line(spec: str) -> Non
 
 
 class CallDouble:
-    """Test double of the call behind the stream: records being given up."""
+    """Test double of the call behind the stream: records being given up, and being told where
+    to push later events."""
 
     def __init__(self) -> None:
         self.aborted: list[str] = []
+        self.pushing: list[Any] = []
 
     async def abort(self, reason: str) -> None:
         self.aborted.append(reason)
+
+    def push_events(self, write: Any) -> None:
+        self.pushing.append(write)
 
 
 def test_the_first_event_leaves_before_the_event_loop_takes_a_turn() -> None:
@@ -139,6 +144,10 @@ def test_a_caller_who_leaves_mid_stream_stops_it_and_gives_the_call_up_at_once()
         assert watcher.done()
         assert closed == ["events closed"]  # at once, not when the generator is collected
         assert call.aborted == ["caller disconnected"]
+        # after the first event, later ones may be pushed from the read loop: as body parts
+        (write,) = call.pushing
+        await write(b"data: {pushed}\n\n")
+        assert sent[-1] == b"data: {pushed}\n\n"
 
     asyncio.run(main())
-    assert 4 <= len(sent) < 10 and b"" not in sent[1:]  # stopped, and never ended as if complete
+    assert 4 <= len(sent) < 11 and b"" not in sent[1:]  # stopped, and never ended as if complete

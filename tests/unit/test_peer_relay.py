@@ -392,3 +392,140 @@ async def test_only_a_streamed_answer_is_given_up_after_idle_timeout_of_silence(
     assert caught.value.code == ErrorCode.TIMEOUT
     assert (waited < 0.3) if streamed else (waited >= 0.35)
     assert ("no answer from the network" if streamed else "took too long") in str(caught.value)
+
+
+# --- the client pushing events from the read loop ----------------------------------------------
+
+
+class PushedWrites:
+    """The HTTP response's writes a call pushes (``Call.push_events``); while ``gate`` is
+    closed a write waits, as for a caller whose socket is backed up."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def write(self, body: bytes) -> None:
+        if not self.gate.is_set():
+            await self.gate.wait()
+        self.bodies.append(body)
+
+    @property
+    def contents(self) -> list[str | dict[str, Any]]:
+        return [c for body in self.bodies for c in contents(body)]
+
+
+def arrive(stream: Stream, message: Message) -> None:
+    """``message`` as the connection's read loop hands it on (``Peer._dispatch``)."""
+    peer = cast(Peer, stream.peer)
+    Peer._dispatch(peer, message, cast(PeerHandler, None))
+
+
+async def pushing_call(
+    setup: Setup, idle_timeout: float = 5.0
+) -> tuple[Call, Stream, FakePeer, AsyncIterator[bytes], PushedWrites]:
+    call, stream, peer = await sse_call(setup)
+    call.idle_timeout = idle_timeout
+    peer._streams[1] = stream
+    stream.queue.put_nowait(Data(stream_id=1, payload=setup.sealer.seal(chunk(0))))
+    events = call.events(await call.first())
+    assert contents(await next_write(events)) == [" w0"]  # the first event, written by the task
+    writes = PushedWrites()
+    call.push_events(writes.write)
+    return call, stream, peer, events, writes
+
+
+async def waiting(events: AsyncIterator[bytes]) -> asyncio.Task[bytes]:
+    """The request's task, waiting for its next message (the end) once this returns."""
+    task = asyncio.create_task(next_write(events))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    return task
+
+
+async def end(setup: Setup, stream: Stream, completion: int) -> None:
+    receipt = setup.receipt(completion=completion)
+    arrive(stream, Data(stream_id=1, payload=setup.sealer.seal(receipt, final=True)))
+    arrive(
+        stream,
+        End(
+            stream_id=1,
+            usage=Usage(prompt_tokens=20, completion_tokens=completion),
+            finish_reason="stop",
+            receipt=receipt,
+        ),
+    )
+
+
+async def test_pushed_chunks_are_written_from_the_read_loop_in_order() -> None:
+    setup = Setup(max_tokens=None)
+    _call, stream, _, events, writes = await pushing_call(setup)
+    rest = await waiting(events)
+    for i in range(1, 4):
+        arrive(stream, Data(stream_id=1, payload=setup.sealer.seal(chunk(i))))
+        assert writes.contents == [f" w{j}" for j in range(1, i + 1)]  # written in the same call
+    assert stream.queue.empty() and not rest.done()
+    await end(setup, stream, 4)
+    assert contents(await rest) == ["data: [DONE]"]
+
+
+async def test_a_pushed_write_that_waits_for_the_caller_keeps_the_order() -> None:
+    setup = Setup(max_tokens=None)
+    _call, stream, _, events, writes = await pushing_call(setup)
+    rest = await waiting(events)
+    writes.gate.clear()  # the caller reads nothing for now
+    arrive(stream, Data(stream_id=1, payload=setup.sealer.seal(chunk(1))))
+    arrive(stream, Data(stream_id=1, payload=setup.sealer.seal(chunk(2))))  # queued behind it
+    await asyncio.sleep(0.05)
+    assert writes.bodies == [] and not rest.done()
+    writes.gate.set()
+    assert contents(await rest) == [" w2"]  # the task writes the next, once the first is out
+    assert writes.contents == [" w1"]
+    rest = await waiting(events)
+    arrive(stream, Data(stream_id=1, payload=setup.sealer.seal(chunk(3))))  # pushed again
+    assert writes.contents == [" w1", " w3"]
+
+
+async def test_an_invalid_pushed_chunk_ends_the_stream_with_an_error() -> None:
+    setup = Setup(max_tokens=None)
+    _call, stream, peer, events, writes = await pushing_call(setup)
+    rest = await waiting(events)
+    arrive(stream, Data(stream_id=1, payload=setup.sealer.seal(chunk(1))))
+    arrive(stream, Data(stream_id=1, payload=setup.sealer.seal(b"[1, 2]")))  # opens, but is no chunk
+    arrive(stream, Data(stream_id=1, payload=setup.sealer.seal(chunk(3))))
+    (error,) = contents(await rest)
+    assert isinstance(error, dict) and error["error"]["code"] == ErrorCode.PROTOCOL_ERROR
+    assert writes.contents == [" w1"]  # nothing after it
+    with pytest.raises(StopAsyncIteration):
+        await next_write(events)
+    assert any(isinstance(m, Cancel) for m in peer.sent)  # the worker is told to stop
+
+
+async def test_a_tampered_pushed_chunk_fails_the_request_as_without_pushing() -> None:
+    setup = Setup(max_tokens=None)
+    _call, stream, peer, events, writes = await pushing_call(setup)
+    rest = await waiting(events)
+    bad = bytearray(setup.sealer.seal(chunk(1)))
+    bad[-1] ^= 1
+    arrive(stream, Data(stream_id=1, payload=bytes(bad)))
+    (error,) = contents(await rest)
+    assert isinstance(error, dict) and "not intact" in error["error"]["message"]
+    assert writes.bodies == [] and any(isinstance(m, Cancel) for m in peer.sent)
+
+
+async def test_pushed_chunks_keep_a_long_stream_from_timing_out() -> None:
+    """The task waits for the end while every chunk goes past it: the silence it times out on
+    is the network's, not its own."""
+    setup = Setup(max_tokens=None)
+    _call, stream, _, events, writes = await pushing_call(setup, idle_timeout=0.2)
+    rest = await waiting(events)
+    for i in range(1, 8):  # 0.5 s of answer: more than twice the idle timeout
+        await asyncio.sleep(0.07)
+        arrive(stream, Data(stream_id=1, payload=setup.sealer.seal(chunk(i))))
+    await end(setup, stream, 8)
+    assert contents(await rest) == ["data: [DONE]"]
+    assert len(writes.contents) == 7
+    _call2, _stream2, _, events2, _ = await pushing_call(Setup(max_tokens=None), idle_timeout=0.2)
+    (error,) = contents(await next_write(events2))  # silence is still silence
+    assert isinstance(error, dict) and error["error"]["code"] == ErrorCode.TIMEOUT
