@@ -58,12 +58,16 @@ class EventStream(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watcher = self.watcher or asyncio.create_task(_disconnected(receive))
         try:
-            await _unless_disconnected(self.call, self.stream_response(send), watcher)
+            await _unless_disconnected(self.call, self.stream_response(send, scope.get(SERVER_SEND, send)), watcher)
         finally:
             watcher.cancel()
 
-    async def stream_response(self, send: Send) -> None:
+    async def stream_response(self, send: Send, body_send: Send | None = None) -> None:
+        """The events, the first with the response's start through ``send``, the later ones
+        through ``body_send`` (the server's own, past Starlette's middleware, which watches for
+        the response's start only) or pushed by the call from its connection's read loop."""
         events = self.events
+        body_send = body_send or send
         async with contextlib.aclosing(events):  # a stream cut short still cleans up at once
             first = await anext(events, None)
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -71,11 +75,11 @@ class EventStream(StreamingResponse):
                 await send({"type": "http.response.body", "body": first, "more_body": True})
                 if self.call is not None:  # later chunks, written from the connection's read loop
                     self.call.push_events(
-                        lambda body: send({"type": "http.response.body", "body": body, "more_body": True})
+                        lambda body: body_send({"type": "http.response.body", "body": body, "more_body": True})
                     )
                 async for chunk in events:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    await body_send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await body_send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def error_response(status: int, body: dict[str, Any]) -> JSONResponse:
@@ -148,7 +152,26 @@ async def _unless_disconnected(call: Call | None, work: Awaitable[T], watcher: a
     return None
 
 
-def build_app(service: ClientService, *, max_body_bytes: int) -> Starlette:
+SERVER_SEND = "cocoon.server_send"
+"""Where ``ClientApp`` keeps the server's own ``send`` in an HTTP request's scope."""
+
+
+class ClientApp:
+    """The client's ASGI application: Starlette's, with the server's own ``send`` kept in the
+    scope (``SERVER_SEND``), through which a streamed answer's events go once the response has
+    started: Starlette's two middleware wrappers around ``send`` only note the response's start,
+    and cost two coroutines for every write."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[SERVER_SEND] = send
+        await self.app(scope, receive, send)
+
+
+def build_app(service: ClientService, *, max_body_bytes: int) -> ClientApp:
     async def completions(request: Request, kind: Kind) -> Response:
         try:
             body = await read_body(request, max_body_bytes)
@@ -240,17 +263,19 @@ def build_app(service: ClientService, *, max_body_bytes: int) -> Starlette:
     async def server_error(request: Request, exc: Exception) -> Response:
         return error_response(500, error_body("Internal error in the cocoon client", "server_error"))
 
-    return Starlette(
-        routes=[
-            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-            Route("/v1/completions", text_completions, methods=["POST"]),
-            Route("/v1/models", list_models, methods=["GET"]),
-            Route("/v1/models/{model:path}", get_model, methods=["GET"]),
-            Route("/v1/cocoon/receipts", receipts, methods=["GET"]),
-            Route("/v1/market", market, methods=["GET"]),
-            Route("/healthz", health, methods=["GET"]),
-        ],
-        exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},
+    return ClientApp(
+        Starlette(
+            routes=[
+                Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+                Route("/v1/completions", text_completions, methods=["POST"]),
+                Route("/v1/models", list_models, methods=["GET"]),
+                Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+                Route("/v1/cocoon/receipts", receipts, methods=["GET"]),
+                Route("/v1/market", market, methods=["GET"]),
+                Route("/healthz", health, methods=["GET"]),
+            ],
+            exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},
+        )
     )
 
 

@@ -151,3 +151,44 @@ def test_a_caller_who_leaves_mid_stream_stops_it_and_gives_the_call_up_at_once()
 
     asyncio.run(main())
     assert 4 <= len(sent) < 11 and b"" not in sent[1:]  # stopped, and never ended as if complete
+
+
+def test_later_events_go_through_the_servers_own_send() -> None:
+    """Starlette's middleware wraps ``send`` twice to note the response's start: the events
+    after the first go through the server's own, which ``ClientApp`` keeps in the scope."""
+    from starlette.applications import Starlette
+
+    from cocoon.client.api import SERVER_SEND, ClientApp
+
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope.get(SERVER_SEND))
+
+    async def server_send(message: MutableMapping[str, Any]) -> None:
+        pass
+
+    asyncio.run(ClientApp(cast(Starlette, app))({"type": "http"}, cast(Any, None), server_send))
+    assert seen == [server_send]
+
+    async def body() -> AsyncIterator[bytes]:
+        for n in range(3):
+            yield b"data: {%d}\n\n" % n
+
+    wrapped: list[str] = []
+    direct: list[bytes] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        wrapped.append(message["type"])
+
+    async def own(message: MutableMapping[str, Any]) -> None:
+        direct.append(message["body"])
+
+    async def receive() -> MutableMapping[str, Any]:
+        await asyncio.Event().wait()
+        return {}
+
+    scope = {"type": "http", "asgi": {"spec_version": "2.3"}, SERVER_SEND: own}
+    asyncio.run(asyncio.wait_for(EventStream(body())(scope, receive, send), 5))
+    assert wrapped == ["http.response.start", "http.response.body"]  # the start and the first event
+    assert direct == [b"data: {1}\n\n", b"data: {2}\n\n", b""]
