@@ -15,11 +15,11 @@ the network it measures. Each read is timed by the kernel, as it received the by
 the 2 cores too, and its own waits for a CPU are not the network's latency (a read that takes
 several packets carries the time of the last, which can only lengthen the gap before it).
 
-The worker seals the tokens its engine had ready together as one answer chunk (one frame to
-relay); the client still writes one SSE event per token. Unpaced, the synthetic engine has
-``READY_RUN`` tokens of a stream ready each time the stream gets the worker's event loop, so
-frames carry several tokens; paced, only tokens whose time passed while the worker was busy go
-together (none at low load).
+The worker seals the tokens its engine made together as one answer chunk (one frame to relay);
+the client still writes one SSE event per token. The synthetic engine pushes its tokens into the
+worker (``stream_into``), all streams on one clock: unpaced, ``READY_RUN`` tokens of every
+stream each turn of the worker's event loop, so frames carry several tokens; paced, one step (a
+millisecond or so after the last) pushes each stream's tokens that came due since.
 
 Measured per batch, from the first request sent to the last event received (each batch is
 ``BATCH_TOKENS`` tokens split between its streams; every one of its tokens crosses the proxy
@@ -54,8 +54,9 @@ on 2 shared cores, a token crosses four single-threaded processes, each of which
 core, and those waits add up in the tail whatever each process does.
 
 Baselines in the same run: the synthetic engine's own rate in-process (no network, no sealing,
-64 streams on one event loop), and its own gaps in-process at the half-load pacing (the noise
-floor of the machine's scheduler and timers, which the network's figure includes too).
+64 streams on one event loop), and its own gaps in-process at the half-load pacing (its steps,
+and the noise floor of the machine's scheduler and timers, which the network's figure includes
+too), both with its tokens pushed as into a worker.
 """
 
 from __future__ import annotations
