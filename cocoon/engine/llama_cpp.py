@@ -264,9 +264,16 @@ class LlamaCppEngine:
                 called = False
             if not chunks or cancel.is_set():
                 return
-            for chunk in chunks:
-                finish_reason = finish_reason_of(chunk) or finish_reason
-            if not sink.send([_json.encode(chunk) for chunk in chunks]):
+            try:
+                for chunk in chunks:
+                    finish_reason = finish_reason_of(chunk) or finish_reason
+                taken = sink.send([_json.encode(chunk) for chunk in chunks])
+            except Exception as exc:  # noqa: BLE001 - fails this request (``ended``), and stops its thread
+                cancel.set()
+                if not ended.done():
+                    ended.set_exception(exc)
+                return
+            if not taken:
                 cancel.set()  # the stream is gone: the thread stops at its next token
 
         def emit(chunk: dict[str, Any]) -> None:  # in the thread

@@ -152,7 +152,12 @@ class _Stream:
         if end == self.count:
             chunks[-1] = self.last
         self.sent = end
-        if not self.sink.send(chunks) or end == self.count:
+        try:
+            taken = self.sink.send(chunks)
+        except Exception as exc:  # noqa: BLE001 - this request's failure, not the clock's (nor the other streams')
+            self.done.set_exception(exc)
+            return
+        if not taken or end == self.count:
             self.done.set_result(None)
 
 

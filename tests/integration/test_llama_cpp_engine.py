@@ -144,3 +144,17 @@ async def test_a_pushed_request_the_engine_refuses_raises(engine: LlamaCppEngine
         await engine.stream_into(
             EngineRequest("completion", {"prompt": "Hi " * 3000, "max_tokens": 3}, stream=True), CollectingSink()
         )
+
+
+async def test_a_sink_that_fails_fails_the_pushed_request_and_frees_its_slot(engine: LlamaCppEngine) -> None:
+    class FailingSink(CollectingSink):
+        def send(self, chunks: list[bytes]) -> bool:
+            raise RuntimeError("a bug in the worker")
+
+    request = EngineRequest("chat", {"messages": STORY, "max_tokens": 1500}, stream=True)
+    async with asyncio.timeout(60):
+        for _ in range(3):  # more than the slots: each must come back
+            with pytest.raises(RuntimeError, match="a bug"):
+                await engine.stream_into(request, FailingSink())
+        _, finished = await run(engine, EngineRequest("completion", {"prompt": "Hi", "max_tokens": 3}, stream=True))
+    assert finished.usage.completion_tokens == 3

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import msgspec
+import pytest
 
 from cocoon.engine.base import Chunk, EngineRequest, Finished
 from cocoon.engine.synthetic import READY_RUN, BenchmarkEngine
@@ -160,3 +161,17 @@ async def test_a_cancelled_request_leaves_the_clock() -> None:
     pushed = len(sink.pushes)
     await running  # the clock goes on for the other stream
     assert len(sink.pushes) == pushed and len(other.tokens) == 60
+
+
+async def test_a_sink_that_fails_fails_its_request_only() -> None:
+    class FailingSink(RecordingSink):
+        def send(self, chunks: list[bytes]) -> bool:
+            raise RuntimeError("a bug in the worker")
+
+    engine = BenchmarkEngine(tokens_per_second=1000)
+    other = RecordingSink()
+    running = asyncio.create_task(engine.stream_into(chat(30), other))
+    with pytest.raises(RuntimeError, match="a bug"):
+        await asyncio.wait_for(engine.stream_into(chat(30), FailingSink()), 1)
+    await asyncio.wait_for(running, 1)  # the clock went on for the other stream
+    assert len(other.tokens) == 30
