@@ -202,6 +202,9 @@ class Call:
                     except TimeoutError:
                         if self._pushed_at > quiet_since and loop.time() < self.deadline:
                             continue  # not silent: chunks went straight to the caller
+                        if self._writing is not None:  # what was pushed goes out before the error
+                            writing, self._writing = self._writing, None
+                            await writing
                         await self.abort("timeout")
                         why = "the request took too long" if wait >= left else "no answer from the network"
                         raise UpstreamError(ErrorCode.TIMEOUT, f"{why}; gave up") from None
@@ -246,7 +249,12 @@ class Call:
             self.stream.forward = None
             self.stream.queue.put_nowait(Error(stream_id=message.stream_id, code=exc.code, message=str(exc)))
             return True
-        self._writing = _start(self._write(events))
+        try:
+            self._writing = _start(self._write(events))
+        except Exception as exc:  # noqa: BLE001 - the write's failure is the task's to meet, in order
+            failed = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            self._writing = failed
         return True
 
     async def receive_ready(self) -> Message | None:

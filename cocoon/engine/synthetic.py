@@ -152,12 +152,7 @@ class _Stream:
         if end == self.count:
             chunks[-1] = self.last
         self.sent = end
-        try:
-            taken = self.sink.send(chunks)
-        except Exception as exc:  # noqa: BLE001 - this request's failure, not the clock's (nor the other streams')
-            self.done.set_exception(exc)
-            return
-        if not taken or end == self.count:
+        if not self.sink.send(chunks) or end == self.count:
             self.done.set_result(None)
 
 
@@ -201,20 +196,24 @@ class _Clock:
         for stream in self.streams:
             if stream.done.done():
                 continue  # finished, gone, or cancelled with its request
-            if stream.sink.backed_up:
-                held = True
-            elif not interval:
-                stream.push(READY_RUN)
-            elif stream.due <= horizon:
-                tokens = int((horizon - stream.due) / interval) + 1
-                stream.due += tokens * interval
-                stream.push(tokens)
+            try:
+                if stream.sink.backed_up:
+                    held = True
+                elif not interval:
+                    stream.push(READY_RUN)
+                elif stream.due <= horizon:
+                    tokens = int((horizon - stream.due) / interval) + 1
+                    stream.due += tokens * interval
+                    stream.push(tokens)
+            except Exception as exc:  # noqa: BLE001 - its request's failure, not the clock's (nor the other streams')
+                stream.done.set_exception(exc)
+                continue
             soonest = min(soonest, stream.due)
         self.streams = running = [stream for stream in self.streams if not stream.done.done()]
         if not running:
             return
         if not interval:
-            self._set(now + HELD_POLL if held else 0.0)
+            self._set(self.loop.time() + HELD_POLL if held else 0.0)
         else:
             # a millisecond's rest after this step at least (the loop's timers can do no less
             # but at once, which under load made steps of a few tokens each, right after a late one)

@@ -560,6 +560,7 @@ class Worker:
                 return
             await self._send(peer, Error(stream_id=sid, code=ErrorCode.INTERNAL, message="the worker failed"))
         finally:
+            sink.close()
             if events is not None:
                 await events.aclose()  # type: ignore[attr-defined]
 
@@ -628,7 +629,7 @@ class _StreamSink:
     proxy's connection in the same call (as one answer chunk, at most ``MAX_COALESCED_CHUNKS``
     or about ``MAX_COALESCED_BYTES`` to one)."""
 
-    __slots__ = ("first_at", "gone", "peer", "sealer", "sid")
+    __slots__ = ("first_at", "gone", "peer", "sealer", "sid", "watch")
 
     def __init__(self, peer: Peer, sid: int, sealer: ChunkSealer) -> None:
         self.peer = peer
@@ -636,6 +637,7 @@ class _StreamSink:
         self.sealer = sealer
         self.first_at = 0.0  # monotonic time of the first chunk; 0: none yet
         self.gone = False
+        self.watch: asyncio.Task[None] | None = None  # waits for a backlog to drain (``_watch``)
 
     def send(self, chunks: list[bytes]) -> bool:
         if self.gone:
@@ -651,7 +653,24 @@ class _StreamSink:
             self.gone = True
             return False
         peer.nudge()
+        if self.watch is None and peer.backed_up:
+            self.watch = asyncio.ensure_future(self._watch())
         return True
+
+    async def _watch(self) -> None:
+        """Wait for the connection's backlog to drain, as a pulled answer waits after every
+        chunk: a proxy that takes nothing for ``write_timeout`` is cut off there (which cancels
+        its requests), instead of an engine that pushes filling memory with what it never reads."""
+        try:
+            await self.peer.flush()
+        except PeerGone:
+            pass
+        finally:
+            self.watch = None
+
+    def close(self) -> None:
+        if self.watch is not None:
+            self.watch.cancel()
 
     @property
     def backed_up(self) -> bool:

@@ -529,3 +529,38 @@ async def test_pushed_chunks_keep_a_long_stream_from_timing_out() -> None:
     _call2, _stream2, _, events2, _ = await pushing_call(Setup(max_tokens=None), idle_timeout=0.2)
     (error,) = contents(await next_write(events2))  # silence is still silence
     assert isinstance(error, dict) and error["error"]["code"] == ErrorCode.TIMEOUT
+
+
+async def test_a_chunk_that_arrives_while_the_task_is_busy_waits_for_it() -> None:
+    setup = Setup(max_tokens=None)
+    _call, stream, _, events, writes = await pushing_call(setup)  # its task holds a write back
+    arrive(stream, Data(stream_id=1, payload=setup.sealer.seal(chunk(1))))
+    assert writes.bodies == [] and not stream.queue.empty()  # not pushed past it
+    assert contents(await next_write(events)) == [" w1"]
+
+
+async def test_a_timeout_waits_for_the_pushed_write_before_its_error() -> None:
+    setup = Setup(max_tokens=None)
+    _call, stream, _, events, writes = await pushing_call(setup, idle_timeout=0.2)
+    rest = await waiting(events)
+    writes.gate.clear()  # the caller reads nothing for a while
+    arrive(stream, Data(stream_id=1, payload=setup.sealer.seal(chunk(1))))
+    asyncio.get_running_loop().call_later(0.5, writes.gate.set)
+    (error,) = contents(await rest)  # silence for the idle timeout: an error, after the chunk
+    assert writes.contents == [" w1"]
+    assert isinstance(error, dict) and error["error"]["code"] == ErrorCode.TIMEOUT
+
+
+async def test_a_pushed_write_that_fails_at_once_fails_the_stream_in_order() -> None:
+    setup = Setup(max_tokens=None)
+    call, stream, _, events, _ = await pushing_call(setup)
+
+    async def broken(body: bytes) -> None:
+        raise ConnectionResetError("the caller's socket")
+
+    call.push_events(broken)
+    rest = await waiting(events)
+    arrive(stream, Data(stream_id=1, payload=setup.sealer.seal(chunk(1))))
+    arrive(stream, Data(stream_id=1, payload=setup.sealer.seal(chunk(2))))  # behind it
+    with pytest.raises(ConnectionResetError):
+        await rest  # the write's own error, not a chunk "replayed" by opening it twice

@@ -291,3 +291,18 @@ async def test_a_whole_answer_is_still_pulled_from_a_pushing_engine() -> None:
     await worker._serve(cast(Peer, peer), message)
     assert answer_chunks(peer, opener()) == [[chunk(0)]]
     assert engine.accepted == []
+
+
+async def test_a_backlog_under_a_pushing_engine_is_waited_on_while_it_streams() -> None:
+    """A pulled answer waits for the backlog after every chunk (where a proxy that takes nothing
+    is found dead); a pushed one has that wait started as soon as the backlog builds up."""
+    engine = PushingScriptedEngine([[chunk(0)], None, [chunk(1)]])
+    worker, peer, message, _ = setup(engine)
+    peer.backed_up = True
+    task = asyncio.create_task(worker._serve(cast(Peer, peer), message))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert peer.flushed == 1  # while the engine still makes the answer
+    engine.gate.set()
+    await task
+    assert isinstance(peer.sent[-1], End)
