@@ -514,7 +514,7 @@ class Worker:
                     return  # the stream was cancelled or the proxy left
                 await peer.flush()  # (a proxy that takes nothing is found dead here)
             else:
-                finished = await self._pull(peer, sid, sealer, sink, events, ready)
+                finished = await self._pull(sink, events, ready)
             if finished is None:
                 return  # the stream was cancelled or the proxy left
             engine_done = time.monotonic()
@@ -564,18 +564,11 @@ class Worker:
             if events is not None:
                 await events.aclose()  # type: ignore[attr-defined]
 
-    async def _pull(
-        self,
-        peer: Peer,
-        sid: int,
-        sealer: ChunkSealer,
-        sink: _StreamSink,
-        events: AsyncIterator[EngineEvent],
-        ready: list[bytes],
-    ) -> Finished | None:
+    async def _pull(self, sink: _StreamSink, events: AsyncIterator[EngineEvent], ready: list[bytes]) -> Finished | None:
         """Take the engine's events in turn until it has finished (None: the stream is gone).
-        Chunks the engine had ready together go as one sealed chunk; ``ready`` holds those not
-        sent yet."""
+        Chunks the engine had ready together go as one sealed chunk to ``sink``'s stream;
+        ``ready`` holds those not sent yet."""
+        peer, sid, sealer = sink.peer, sink.sid, sink.sealer
         size = 0
         async for event in events:
             if isinstance(event, Chunk):
