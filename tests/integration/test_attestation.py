@@ -135,7 +135,10 @@ def test_no_request_is_cut_when_a_workers_fresh_connection_announces_late(tmp_pa
     # The proxy sends requests on the old connection until it reads the fresh one's announce,
     # here 1.5 s after the goodbye: the old connection must stay open for them (a worker that
     # closed it a second after its last request cut the one the proxy had just sent there).
-    net = _renewing_network(tmp_path, "slow:0.1,late_announce:1.5")
+    # Answers of about half a second: the last one sent there must still end before the old
+    # connection's evidence does, 3 s after the goodbye (answers of a second left too little
+    # room on a busy machine, and one was cut at the expiry).
+    net = _renewing_network(tmp_path, "slow:0.05,late_announce:1.5")
     try:
         answered = stream_until(net.url, time.monotonic() + 15)  # past the renewal at about 9 s
         assert answered >= 8
