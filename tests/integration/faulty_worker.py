@@ -13,6 +13,9 @@ an attestation renewal is slow to come up), ``no_sealed_end`` (leave out the sea
 usage record that closes every answer: the proxy can see nothing wrong, the client refuses the
 answer as truncated), ``invalid_chunk`` (send two chunks, then, sealed as they are, a JSON value
 that is no chunk object). Several faults join with commas (``slow:0.1,…``).
+
+Streamed answers are pushed into the worker (``stream_into``), as the embedded and synthetic
+engines push theirs, so that the faults meet the worker's push path; whole answers are pulled.
 Run as ``python -m tests.integration.faulty_worker worker --config …``.
 """
 
@@ -22,10 +25,22 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 
+import msgspec
+
 import cocoon.run
 from cocoon.cli import main
 from cocoon.config import WorkerSettings
-from cocoon.engine.base import Chunk, Engine, EngineError, EngineEvent, EngineRequest, ProgressCallback
+from cocoon.engine.base import (
+    Chunk,
+    ChunkSink,
+    Engine,
+    EngineError,
+    EngineEvent,
+    EngineRequest,
+    Finished,
+    ProgressCallback,
+)
+from cocoon.protocol.messages import Usage
 
 FAULTS = dict(item.partition(":")[::2] for item in os.environ.get("COCOON_TEST_FAULT", "").split(","))
 FAULT = next(iter(FAULTS))  # the faults without a value are used one at a time
@@ -62,8 +77,26 @@ class FaultyEngine:
             chunks += isinstance(event, Chunk)
             yield event
 
+    async def stream_into(self, request: EngineRequest, sink: ChunkSink) -> Finished:
+        """``generate``'s answer and faults, each chunk handed to ``sink`` as it comes."""
+        events = self.generate(request)
+        try:
+            async for event in events:
+                if isinstance(event, Finished):
+                    return event
+                if not sink.send([_json.encode(event.payload)]):
+                    break  # the stream is gone: nothing more is made for it
+            else:
+                raise EngineError("the engine ended the answer without its usage")
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+        return Finished(usage=Usage(), finish_reason=None)  # (the worker drops it: the stream is gone)
+
     async def aclose(self) -> None:
         await self.real.aclose()
+
+
+_json = msgspec.json.Encoder()
 
 
 real_make_engine = cocoon.run.make_engine
