@@ -32,6 +32,9 @@ class WorkerEntry:
     key: str = ""  # the worker's public key (hex): what its reputation is kept under
     inflight: int = 0
     draining: bool = False
+    # held while the worker redials to renew its attestation: takes no requests, which wait for
+    # its fresh connection instead of failing (``Router.hold``)
+    renewing: bool = False
     served: int = field(default=0)
     share: int | None = None  # what the worker last said it takes from us now (``Capacity``)
 
@@ -98,10 +101,18 @@ class Router:
     def drain(self, worker_id: int) -> None:
         if entry := self.workers.get(worker_id):
             entry.draining = True
+            entry.renewing = False
+
+    def hold(self, worker_id: int) -> None:
+        """The connection takes no more requests, and its worker's fresh one is on its way: until
+        it comes (or this one closes), requests for the worker wait for room (``SATURATED``),
+        and the worker is still listed."""
+        if entry := self.workers.get(worker_id):
+            entry.draining = entry.renewing = True
 
     def serving(self, model: str) -> list[WorkerEntry]:
         """Live workers for ``model``, least loaded first; raises ``RouteError`` when none."""
-        live = [w for w in self.workers.values() if w.offer.model == model and not w.draining]
+        live = [w for w in self.workers.values() if w.offer.model == model and (not w.draining or w.renewing)]
         if not live:
             if model in self.known_models:
                 raise RouteError(ErrorCode.NO_WORKER, f"no worker is available for model {model!r}")
@@ -131,7 +142,7 @@ class Router:
             raise RouteError(ErrorCode.UNKNOWN_MODEL, f"The model `{model}` does not exist")
         free = [w for w in serving if w.has_room]
         if not free:
-            if all(w.draining for w in serving):
+            if all(w.draining and not w.renewing for w in serving):
                 raise RouteError(ErrorCode.NO_WORKER, f"no worker is available for model {model!r}")
             raise RouteError(ErrorCode.SATURATED, f"all workers for model {model!r} are busy")
         return free

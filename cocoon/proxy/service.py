@@ -373,7 +373,7 @@ class Proxy:
         if notice is not None:
             # The connection ends when the worker's evidence expires (``Peer``): stop routing to
             # it a little before, and ask it to redial, so that no request is cut at expiry.
-            expiring = asyncio.get_running_loop().call_later(max(0.0, lifetime - notice), self._expiring, peer)
+            expiring = asyncio.get_running_loop().call_later(max(0.0, lifetime - notice), self._expiring, peer, notice)
         try:
             await peer.serve(handler)
         finally:
@@ -386,14 +386,26 @@ class Proxy:
             log.info("%s disconnected: %s", peer.label, peer.close_reason)
             await self._notify_slot()
 
-    def _expiring(self, peer: Peer) -> None:
-        """Ask a worker whose evidence expires soon to redial. Its old connection keeps taking
-        requests until the fresh one has announced (``renewed``): drained at once, it would
-        leave the model without this worker for the redial, and requests would get 503."""
+    def _expiring(self, peer: Peer, notice: float) -> None:
+        """Ask a worker whose evidence expires in ``notice`` seconds to redial. Its old connection
+        keeps taking requests until the fresh one has announced (``renewed``): drained at once,
+        it would leave the model without this worker for the redial, and requests would get
+        503. But only until half the notice is left (``_last_call``)."""
         log.info("%s: its attestation expires soon; asked to redial", peer.label)
         self._renewing.add(id(peer))
         with contextlib.suppress(PeerGone, LocalProtocolError):
             peer.send_nowait(Goodbye(reason="your attestation expires soon: redial with fresh evidence"))
+        asyncio.get_running_loop().call_later(notice / 2, self._last_call, peer)
+
+    def _last_call(self, peer: Peer) -> None:
+        """Half the notice is left and the worker's fresh connection has not announced yet: the
+        old one takes no more requests, so that none starts there too late to end before its
+        evidence does (and is cut). Requests for the worker wait for the fresh connection."""
+        entry = self.router.workers.get(id(peer))
+        if self.worker_peers.get(id(peer)) is not peer or entry is None or entry.draining:
+            return  # closed, or replaced by the fresh connection already
+        log.info("%s: its fresh connection has not announced yet; requests wait for it", peer.label)
+        self.router.hold(id(peer))
 
     def renewed(self, peer: Peer) -> None:
         """A worker announced on ``peer``: its older connections asked to redial take no more
@@ -414,6 +426,8 @@ class Proxy:
         peer = self.worker_peers.get(worker_id)
         if entry is None or not entry.draining or entry.inflight or peer is None or worker_id in self._retiring:
             return
+        if entry.renewing:
+            return  # kept until its worker's fresh connection announces (``renewed``), for the waiters
         self._retiring.add(worker_id)
         task = asyncio.create_task(peer.aclose("no longer used: drained"))
         self._background.append(task)

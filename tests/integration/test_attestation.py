@@ -133,17 +133,18 @@ def test_no_request_is_cut_when_a_workers_attestation_expires(tmp_path: Path) ->
 
 def test_no_request_is_cut_when_a_workers_fresh_connection_announces_late(tmp_path: Path) -> None:
     # The proxy sends requests on the old connection until it reads the fresh one's announce,
-    # here 1.5 s after the goodbye: the old connection must stay open for them (a worker that
-    # closed it a second after its last request cut the one the proxy had just sent there).
-    # Answers of about half a second: the last one sent there must still end before the old
-    # connection's evidence does, 3 s after the goodbye (answers of a second left too little
-    # room on a busy machine, and one was cut at the expiry).
-    net = _renewing_network(tmp_path, "slow:0.05,late_announce:1.5")
+    # here 2 s after the goodbye, or until half the notice is left (1.5 s after it, the last
+    # call): the old connection must stay open for them (a worker that closed it a second after
+    # its last request cut the one the proxy had just sent there). From the last call the
+    # requests wait for the fresh connection: one started on the old connection then could
+    # still be under way when its evidence ends, 3 s after the goodbye, and be cut there.
+    net = _renewing_network(tmp_path, "slow:0.05,late_announce:2.0")
     try:
         answered = stream_until(net.url, time.monotonic() + 15)  # past the renewal at about 9 s
         assert answered >= 8
         proxy = net.nodes["proxy"].log
         assert proxy.count("attestation expires soon") >= 1 and "attestation expired" not in proxy
+        assert "its fresh connection has not announced yet; requests wait for it" in proxy
         net.nodes["proxy"].wait_for_log("disconnected: no longer used: drained", timeout=10)
     finally:
         net.stop()

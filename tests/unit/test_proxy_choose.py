@@ -103,3 +103,58 @@ async def test_a_request_waiting_for_room_takes_a_worker_as_its_suspension_ends(
     entry = await proxy._acquire("m", BOTH)
     assert entry.key == "bb" and time.monotonic() - started < 2.0
     assert proxy._next_reinstatement("m") == math.inf
+
+
+async def test_requests_wait_for_a_renewing_workers_fresh_connection_after_the_last_call(tmp_path: Path) -> None:
+    # half the notice before the old connection's evidence ends, its fresh one has not announced:
+    # the old one takes no more requests (one started there now could be cut at the expiry), and
+    # a request for the worker waits for the fresh connection instead of failing with 503
+    proxy = chooser(tmp_path)
+    proxy.settings = SimpleNamespace(queue_timeout=5.0, max_queue=10)  # type: ignore[assignment]
+    proxy._slot_freed, proxy._waiting = asyncio.Condition(), {}
+    old_peer = SimpleNamespace(label="worker")  # connections go by their id()
+    proxy.worker_peers = {id(old_peer): old_peer}  # type: ignore[dict-item]
+    old = proxy.router.announce(id(old_peer), "worker", OFFER, "aa")
+    wanted = Wanted(frozenset({"aa"}), 0)
+    assert proxy._choose("m", wanted, "balanced") is old  # asked to redial: still routed at first
+    proxy._last_call(old_peer)  # type: ignore[arg-type]
+    assert old.draining and old.renewing
+    with pytest.raises(RouteError) as held:
+        proxy._choose("m", wanted, "balanced")
+    assert held.value.code is ErrorCode.SATURATED  # so the request waits for a slot
+    assert proxy.router.serving("m") == [old]  # and clients still find the worker listed
+    waiting = asyncio.ensure_future(proxy._acquire("m", wanted))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    fresh = proxy.router.announce(2, "worker", OFFER, "aa")
+    proxy.router.drain(id(old_peer))  # (``renewed``: the fresh connection has announced)
+    await proxy._notify_slot()
+    assert await asyncio.wait_for(waiting, 1.0) is fresh
+    assert old.draining and not old.renewing
+    proxy.router.remove(2)
+    with pytest.raises(RouteError) as gone:
+        proxy._choose("m", wanted, "balanced")
+    assert gone.value.code is ErrorCode.NO_WORKER  # drained for good: nothing to wait for
+
+
+def test_the_last_call_leaves_a_replaced_or_closed_connection_alone(tmp_path: Path) -> None:
+    proxy = chooser(tmp_path)
+    old_peer, other_peer = SimpleNamespace(label="old"), SimpleNamespace(label="other")
+    old = proxy.router.announce(id(old_peer), "worker", OFFER, "aa")
+    proxy.router.drain(id(old_peer))  # replaced by the fresh connection before the last call
+    proxy.worker_peers = {id(old_peer): old_peer}  # type: ignore[dict-item]
+    proxy._last_call(old_peer)  # type: ignore[arg-type]
+    assert old.draining and not old.renewing
+    other = proxy.router.announce(id(other_peer), "other", OFFER, "bb")
+    proxy._last_call(other_peer)  # type: ignore[arg-type]  # closed: no longer among the connections
+    assert not other.draining and not other.renewing
+
+
+def test_a_connection_held_for_its_workers_fresh_one_is_not_closed_when_its_requests_end(tmp_path: Path) -> None:
+    proxy = chooser(tmp_path)
+    peer = SimpleNamespace(label="worker")
+    proxy.worker_peers, proxy._retiring = {1: peer}, set()  # type: ignore[dict-item]
+    proxy.router.announce(1, "worker", OFFER, "aa")
+    proxy.router.hold(1)
+    proxy._close_if_drained(1)  # (its last request ended): the waiters' worker must stay listed
+    assert 1 not in proxy._retiring
