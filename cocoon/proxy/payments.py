@@ -40,6 +40,9 @@ log = logging.getLogger("cocoon.proxy")
 # the process is named again by its client at the next attach.
 VOUCHER_FLUSH_DELAY = 0.1
 REFRESH_CONCURRENCY = 32  # client channels read from the chain at once in a settlement round
+MAX_UNFUNDED = 1024
+"""Client channels named with nothing on chain that are watched for a deposit, the most recently
+named: naming made-up wallets costs a client nothing, and must cost us no more than this."""
 RETRY_FIRST, RETRY_MOST = 30.0, 3600.0  # seconds before a failed redeem or top-up is tried again
 
 
@@ -115,7 +118,10 @@ class ProxyPayments:
         self.redeem_threshold = redeem_threshold
         self.worker_deposit = worker_deposit
         self.commit_interval = commit_interval
-        self.clients: dict[bytes, ClientChannel] = {}  # channel id → its chain view
+        self.clients: dict[bytes, ClientChannel] = {}  # channel id → its chain view (funded, or in the books)
+        # named with nothing on chain, oldest first (``MAX_UNFUNDED``): a settlement round reads
+        # them too, and one found funded moves to ``clients``
+        self._unfunded: dict[bytes, ClientChannel] = {}
         self.workers: dict[bytes, WorkerChannel] = {}  # worker key → its channel
         self._close_delays: dict[bytes, int] = {}  # worker channel → the close delay it was derived with
         self._retry = Backoff(RETRY_FIRST, RETRY_MOST)  # per channel: a redeem or top-up that failed
@@ -192,7 +198,15 @@ class ProxyPayments:
         row = self.accounts.open_client(cid, client_key) if known else None
         if row is not None and state.seqno > row.seqno:
             raise Rollback(f"client channel {cid.hex()[:16]}… redeemed voucher #{state.seqno}; we know #{row.seqno}")
-        client = self.clients[cid] = ClientChannel(channel, state, client_key)
+        client = ClientChannel(channel, state, client_key)
+        if known:
+            self.clients[cid] = client
+            self._unfunded.pop(cid, None)
+        else:
+            self._unfunded.pop(cid, None)  # (named again: the newest)
+            self._unfunded[cid] = client
+            while len(self._unfunded) > MAX_UNFUNDED:
+                del self._unfunded[next(iter(self._unfunded))]
         if row is not None and first:
             now = int(time.time())
             try:
@@ -265,14 +279,15 @@ class ProxyPayments:
                         "client received it; not charged", channel_id.hex()[:16], lost)  # fmt: skip
 
     def refusal(self, channel_id: bytes | None, awaiting: Collection[bytes]) -> str:
-        if channel_id is None or channel_id not in self.clients:
+        client = self._client(channel_id)
+        if channel_id is None or client is None:
             return "this proxy takes payment: attach a payment channel first"
-        client = self.clients[channel_id]
         state = client.state
         if not state.exists:
             return "the payment channel has no deposit yet: deposit into it first"
         if self.accounts.client(channel_id) is None:  # funded since it was named (a settlement round saw it)
             self.accounts.open_client(channel_id, client.client_key)
+            self.clients[channel_id] = self._unfunded.pop(channel_id, client)
         if client.waiting is not None and client.waiting.voucher.amount <= client.available:
             waiting, client.waiting = client.waiting, None
             try:
@@ -326,10 +341,15 @@ class ProxyPayments:
             VoucherData(TAG_CLIENT_VOUCHER, message.channel, message.seqno, message.amount, message.expiry),
             message.signature,
         )
-        client = self.clients.get(message.channel)
+        client = self._client(message.channel)
         if client is None:
             raise VoucherError("wrong_channel", "no such client channel")
         return self._accept(client, signed)
+
+    def _client(self, channel_id: bytes | None) -> ClientChannel | None:
+        if channel_id is None:
+            return None
+        return self.clients.get(channel_id) or self._unfunded.get(channel_id)
 
     def _accept(self, client: ClientChannel, signed: SignedVoucher) -> int:
         problem = over_deposit(signed.voucher.amount, client)
@@ -468,7 +488,8 @@ class ProxyPayments:
         # Reading the channels is independent: many at once, so that a round over many clients
         # on a distant liteserver does not outlast its interval.
         limit = asyncio.Semaphore(REFRESH_CONCURRENCY)
-        await asyncio.gather(*(self._refresh(cid, client, limit) for cid, client in list(self.clients.items())))
+        watched = [*self.clients.items(), *self._unfunded.items()]
+        await asyncio.gather(*(self._refresh(cid, client, limit) for cid, client in watched))
         for entry in list(self.workers.values()):
             if entry.funding is None or entry.funding.done():
                 await self._fund(entry)
@@ -479,7 +500,8 @@ class ProxyPayments:
         async with limit:
             try:
                 client.state = await client.channel.state()
-                self.store.set_redeemed(cid, client.state.redeemed)
+                if cid in self.clients:  # (one named with nothing on chain has no books to update)
+                    self.store.set_redeemed(cid, client.state.redeemed)
             except ChainError as exc:
                 log.warning("reading client channel %s…: %s", cid.hex()[:16], exc)
             except Exception:  # one channel must not end the round for the others

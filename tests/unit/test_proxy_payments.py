@@ -260,11 +260,29 @@ async def test_naming_a_wallet_with_no_channel_on_chain_writes_nothing(
         terms = await payments.attach(client, pay_account(bytes([i]) * 32), True)
         assert not terms.exists and terms.seqno == 0
     assert payments.store.state_seq == before and payments.store.channels("proxy_in") == []
+    assert "no deposit yet" in payments.refusal(terms.channel, set())
     # funded later, as a settlement round sees it: the channel gets its books at its first request
     chain.states[terms.channel] = funded()
-    payments.clients[terms.channel].state = funded()
+    await payments.settle()
     assert payments.refusal(terms.channel, set()) == ""
     assert payments.store.channel(terms.channel) is not None
+
+
+async def test_channels_named_with_nothing_on_chain_are_watched_up_to_a_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Naming made-up wallets costs a client nothing: the proxy keeps the most recent
+    ``MAX_UNFUNDED`` of them (for their deposit), and a settlement round reads no more."""
+    monkeypatch.setattr("cocoon.proxy.payments.MAX_UNFUNDED", 5)
+    payments, chain = on_chain(tmp_path, monkeypatch)
+    client = public_bytes(Ed25519PrivateKey.generate())
+    named = [(await payments.attach(client, pay_account(bytes([i]) * 32), True)).channel for i in range(12)]
+    reads = len(chain.reads)
+    await payments.settle()
+    assert sorted(chain.reads[reads:]) == sorted(named[-5:])  # the 5 most recent, not all 12
+    assert "attach a payment channel first" in payments.refusal(named[0], set())  # forgotten
+    assert "no deposit yet" in payments.refusal(named[-1], set())
+    assert payments.clients == {}
 
 
 async def test_an_attach_after_a_deposit_takes_the_voucher_refused_before_it(
