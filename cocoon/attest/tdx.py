@@ -30,6 +30,10 @@ TD10_SIZE = 584
 TD15_SIZE = 648
 ENCLAVE_REPORT_SIZE = 384
 TD_ATTRIBUTES_DEBUG = 1 << 0
+# bits 7:0, "TD under debug": DEBUG and the profiling bits (HGS+, PERF and PMT profiling), each of
+# which lets the host observe the TD; any of them makes it untrusted
+TD_ATTRIBUTES_TUD = 0xFF
+TD_ATTRIBUTES_MIGRATABLE = 1 << 29  # its memory may be exported to another platform, by a migration TD
 TD_ATTRIBUTES_SEPT_VE_DISABLE = 1 << 28
 
 
@@ -67,7 +71,12 @@ class TdReport:
 
     @property
     def debug(self) -> bool:
-        return bool(self.attributes & TD_ATTRIBUTES_DEBUG)
+        """Under debug: DEBUG or a profiling bit (``TD_ATTRIBUTES_TUD``)."""
+        return bool(self.attributes & TD_ATTRIBUTES_TUD)
+
+    @property
+    def migratable(self) -> bool:
+        return bool(self.attributes & TD_ATTRIBUTES_MIGRATABLE)
 
 
 @dataclass(frozen=True)

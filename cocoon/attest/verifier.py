@@ -158,8 +158,15 @@ class EvidenceVerifier:
             collateral = evidence.collateral or self._collateral(evidence.quote, quote.pem_chain(), now)
             dcap = verify_tdx(evidence.quote, collateral, now)
             status, advisories, valid_until = dcap.status, dcap.advisories, dcap.valid_until
-        if quote.td.debug:  # after the vendor checks, so a report shows it verified and why it is refused
-            raise AttestationError("debug_tee", "the TD runs in DEBUG mode")
+        # after the vendor checks, so that a report shows it verified, and why it is refused
+        if quote.td.debug:
+            raise AttestationError(
+                "debug_tee", f"the TD runs under debug (TD attributes {quote.td.attributes:#x}: DEBUG or profiling)"
+            )
+        if quote.td.migratable:
+            raise AttestationError(
+                "migratable_tee", "the TD is migratable: its memory may be moved to another platform"
+            )
         if evidence.event_log:
             ccel.check_rtmrs(ccel.parse_event_log(evidence.event_log), list(quote.td.rtmrs))
         return VendorVerdict(
@@ -173,6 +180,10 @@ class EvidenceVerifier:
         )
         if report.debug_allowed:  # after the signature checks, so a report shows it verified
             raise AttestationError("debug_tee", "the SNP guest policy allows DEBUG")
+        if report.migrate_ma_allowed:
+            raise AttestationError(
+                "migratable_tee", "the SNP guest policy allows a migration agent, which can move its memory elsewhere"
+            )
         measurements = {"measurement": report.measurement.hex(), "host_data": report.host_data.hex()}
         image = snp_image_hash(report.measurement, report.host_data)
         return VendorVerdict(self.snp_status(tcb), (), 2**40, report.report_data, image, measurements)

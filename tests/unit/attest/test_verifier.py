@@ -109,9 +109,22 @@ def test_expired_and_future_claims(authority: SimAuthority) -> None:
     assert reason(dev_verifier(authority), raw, now=NOW - 7200) == "not_yet_valid"
 
 
-def test_debug_td_is_always_rejected(authority: SimAuthority) -> None:
-    debug = SimMeasurements(td_attributes=0x10000001)
-    assert reason(dev_verifier(authority), sim_evidence(authority, measurements=debug)) == "debug_tee"
+@pytest.mark.parametrize(
+    ("attributes", "refused"),
+    [
+        (0x10000001, "debug_tee"),  # DEBUG
+        (0x10000010, "debug_tee"),  # HGS+ profiling: the host observes the TD too (TUD, bits 7:0)
+        (0x10000080, "debug_tee"),  # the last TUD bit
+        (0x30000000, "migratable_tee"),  # MIGRATABLE: its memory may be moved to another platform
+    ],
+)
+def test_a_td_under_debug_or_migratable_is_always_rejected(
+    authority: SimAuthority, attributes: int, refused: str
+) -> None:
+    measurements = SimMeasurements(td_attributes=attributes)
+    assert reason(dev_verifier(authority), sim_evidence(authority, measurements=measurements)) == refused
+    other_bits = sim_evidence(authority, measurements=SimMeasurements(td_attributes=0x50000000))  # SEPT_VE_DISABLE, PKS
+    assert dev_verifier(authority).verify(other_bits, role="worker", channel_key=KEY, now=NOW).tee == "sim"
 
 
 def test_image_not_in_the_policy(authority: SimAuthority) -> None:
@@ -239,6 +252,29 @@ def test_real_sev_snp_report_is_rejected_for_its_debug_bit() -> None:
         )
     )
     assert reason(EvidenceVerifier(Policy()), raw) == "debug_tee"
+
+
+def test_an_sev_snp_guest_policy_that_allows_a_migration_agent_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the real report with its policy changed (DEBUG off, MIGRATE_MA on): its signature no longer
+    # holds, so the signature check is a test double that accepts it, and the check after it runs
+    from cocoon.attest import sevsnp
+
+    report = bytearray(vector("sev-snp/go-sev-guest/attestation.bin"))
+    policy = int.from_bytes(report[0x08:0x10], "little")
+    report[0x08:0x10] = (policy & ~(1 << 19) | 1 << 18).to_bytes(8, "little")
+    real = real_snp_tcb()  # (the unchanged report's, verified for real)
+    monkeypatch.setattr(sevsnp, "verify_report", lambda *args: real)  # the signature check, accepting
+    raw = encode_evidence(
+        Evidence(
+            version=1,
+            tee="sev-snp",
+            quote=bytes(report),
+            claims=claims_for(),
+            vcek=vector("sev-snp/go-sev-guest/vcek.der"),
+            cert_chain=vector("sev-snp/go-sev-guest/ask_ark_milan.pem"),
+        )
+    )
+    assert reason(EvidenceVerifier(Policy()), raw) == "migratable_tee"
 
 
 def real_snp_tcb() -> object:
