@@ -51,7 +51,10 @@ def verified_candidates(
     registry calls ``model``: the name it announces is its word (or the proxy's, which lists
     it), the hash its attestation's."""
     good, reasons = [], []
+    taken: set[bytes] = set()
     for offer in offers:
+        if offer.worker_id in taken:
+            continue  # listed twice (a worker renewing its connection): sealed for once
         try:
             verdict = verifier.verify(offer.evidence, role="worker", channel_key=offer.worker_id, now=now)
         except AttestationError as exc:
@@ -62,6 +65,7 @@ def verified_candidates(
             reasons.append(f"worker {offer.worker_id.hex()[:12]}: it runs {attested!r}, not {model!r}")
             continue
         good.append(Candidate(offer.worker_id, verdict.claims.hpke_key, verdict.claims.model_hash, offer.price_milli))
+        taken.add(offer.worker_id)
     return good, reasons
 
 

@@ -959,8 +959,16 @@ class Proxy:
         # the frame limit with its evidence, would make the client drop this connection
         offers: list[WorkerOffer] = []
         size = 0
-        for offer in (
-            WorkerOffer(
+        listed: set[bytes] = set()
+        for entry in entries:
+            peer = self.worker_peers.get(entry.worker_id)
+            # a worker renewing its connection has two for a moment: listed once, the less
+            # loaded (a client that sealed for both would be unable to open the answer)
+            if peer is None or peer.identity.public_key in listed:
+                continue
+            listed.add(peer.identity.public_key)
+            stats = self.reputation.stats(entry.key)
+            offer = WorkerOffer(
                 worker_id=peer.identity.public_key,
                 evidence=peer.identity.evidence,
                 capacity=entry.capacity,
@@ -974,10 +982,6 @@ class Proxy:
                 suspended_until=0 if stats.eligible(now) else math.ceil(stats.suspended_until),
                 banned=stats.banned,
             )
-            for entry in entries
-            if (peer := self.worker_peers.get(entry.worker_id)) is not None
-            and (stats := self.reputation.stats(entry.key)) is not None
-        ):
             size += len(offer.evidence) + OFFER_OVERHEAD
             if len(offers) == MAX_WORKER_OFFERS or size > WORKER_LIST_BUDGET:
                 break

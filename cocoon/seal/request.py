@@ -66,6 +66,9 @@ def seal_request(
     used here and must not be used again."""
     if not 1 <= len(recipients) <= MAX_CANDIDATES:
         raise SealError("no_candidates", f"between 1 and {MAX_CANDIDATES} candidate workers are needed")
+    if len({worker_id for worker_id, _ in recipients}) < len(recipients):
+        # the worker would open the first key wrapped for it, the client expect the answer under the last's
+        raise SealError("no_candidates", "a candidate worker is named twice")
     aad = _aad(request_id, kind)
     keys, secrets = [], {}
     for worker_id, public in recipients:

@@ -110,3 +110,14 @@ def test_a_damaged_reputation_file_brings_back_no_value_a_list_cannot_carry(tmp_
     reputation.failure(KEY, time.time())
     (offer,) = readable(one_worker(reputation)).workers
     assert offer.suspended_until > 0
+
+
+def test_a_worker_with_two_connections_is_listed_once(tmp_path: Path) -> None:
+    """Renewing its connection, a worker has two for a moment (the fresh one announced, the old
+    one not yet told goodbye): a client sealing for both could open no answer."""
+    proxy = one_worker(Reputation(tmp_path / "reputation.json"))
+    proxy.router.announce(1, "w0 again", Announce(model="m", engine="e", capacity=4), KEY)
+    proxy.worker_peers[1] = cast(Peer, WorkerConnection(0, b"fresher evidence"))  # the same worker's key
+    proxy.router.acquire(proxy.router.workers[0])  # the old connection busy: the fresh one is listed
+    answer = readable(proxy)
+    assert [(o.worker_id, o.evidence) for o in answer.workers] == [(bytes(32), b"fresher evidence")]

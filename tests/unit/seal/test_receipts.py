@@ -190,6 +190,10 @@ def test_only_workers_with_valid_evidence_are_sealed_to() -> None:
     assert [c.worker_id for c in chosen] == [public_bytes(good_key)]
     assert chosen[0].hpke_key == good.claims.hpke_key
     assert "untrusted_root" in reasons[0] and "key_mismatch" in reasons[1]
+    # a worker listed twice (renewing its connection, or a proxy's mistake) is sealed for once:
+    # sealed for twice, it would open the first key and the answer come under the second's secret
+    chosen, _ = verified_candidates([offers[1], offers[1]], verifier, now)
+    assert [c.worker_id for c in chosen] == [public_bytes(good_key)]
 
 
 def test_with_a_registry_only_workers_attesting_the_requested_model_are_sealed_to() -> None:

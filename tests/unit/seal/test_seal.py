@@ -57,6 +57,15 @@ def test_any_candidate_opens_the_request_and_shares_the_response_secret() -> Non
     assert len(set(secrets.values())) == 3  # one answer key per candidate
 
 
+def test_a_worker_named_twice_is_refused_as_it_is_sealed() -> None:
+    # it would open the first key wrapped for it, and seal its answer under that one's secret,
+    # which is not the one the client keeps for it (the last): no answer would open
+    worker = Worker()
+    with pytest.raises(SealError) as excinfo:
+        seal_for(worker, Worker(), worker)
+    assert excinfo.value.code == "no_candidates" and "twice" in str(excinfo.value)
+
+
 def test_a_worker_that_is_not_a_candidate_cannot_open() -> None:
     sealed, _, _ = seal_for(Worker())
     outsider = Worker()
