@@ -139,6 +139,7 @@ class LlamaCppEngine:
         params = {**OPENAI_DEFAULTS, **request.params}
         # one call at most with these chat templates: nothing to turn off (the call would fail)
         params.pop("parallel_tool_calls", None)
+        params.pop("reasoning_effort", None)  # (no reasoning to set: for an engine server's models)
         if params.pop("logprobs", None) or params.pop("top_logprobs", None):
             # (the instances keep no logits of past tokens: that would cost n_ctx × vocabulary floats each)
             raise EngineRefused("logprobs are not available from the embedded engine")

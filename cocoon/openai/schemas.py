@@ -129,7 +129,7 @@ SCHEMAS: dict[str, type[ChatCompletionRequest] | type[CompletionRequest]] = {
 # Fields that describe the call rather than the generation; the worker does not pass them on.
 NOT_FOR_ENGINE = frozenset(
     {"model", "stream", "stream_options", "n", "user", "metadata", "store", "service_tier", "max_completion_tokens"}
-    | {"reasoning_effort", "prompt_cache_key", "safety_identifier"}
+    | {"prompt_cache_key", "safety_identifier"}
     | {"routing", "max_price"}  # ours: for the network, not the engine
 )
 

@@ -102,11 +102,12 @@ async def test_parameters_reach_the_embedded_engine_in_its_own_terms() -> None:
     messages = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     response_format = {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}
     await run(engine, chat(parallel_tool_calls=False, logit_bias={"7": 5.0}, tools=[tool], tool_choice="required",
-                           response_format=response_format, messages=messages))  # fmt: skip
+                           response_format=response_format, messages=messages, reasoning_effort="low"))  # fmt: skip
     await run(engine, chat())
     await run(engine, chat(seed=42))
     first, second, third = llama.taken
     assert "parallel_tool_calls" not in first  # (the call would fail: it takes no such argument)
+    assert "reasoning_effort" not in first  # (likewise)
     assert first["logit_bias"] == {7: 5.0}
     assert first["response_format"] == {"type": "json_object", "schema": schema}
     assert first["tool_choice"] == {"type": "function", "function": {"name": "weather"}}
@@ -152,3 +153,16 @@ async def test_an_answer_counted_by_a_tokenizer_that_adds_a_bos_is_not_counted_o
     assert isinstance(finished, Finished) and finished.usage.completion_tokens == 2
     assert [type(e) for e in events] == [Chunk, Chunk, Chunk, Finished]
     assert finished.usage.prompt_tokens == 2  # (the prompt has its BOS: "hi" and BOS)
+
+
+async def test_an_engine_server_is_asked_for_the_reasoning_effort_the_caller_set() -> None:
+    """For a reasoning model behind an engine server: the embedded engine drops it (above)."""
+    asked: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(json.loads(request.content))
+        return httpx.Response(500)
+
+    with pytest.raises(EngineError):
+        await run(http_engine(handler), chat(reasoning_effort="high"))
+    assert asked[0]["reasoning_effort"] == "high"
