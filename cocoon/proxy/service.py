@@ -837,7 +837,11 @@ class Proxy:
                         receipt=message.receipt,
                         cost=cost,
                     )
-                    await client.send(end)
+                    if client.closed:
+                        raise PeerGone(client.close_reason or "connection closed")
+                    client.send_nowait(end)
+                    # the worker's success is noted before the wait for the client's socket, which
+                    # a cancel crossing the end (the client gave up just as it came) may cut short
                     duration = loop.time() - started
                     ttft = first_chunk if request.stream else None
                     self.reputation.success(entry.key, ttft, message.usage.completion_tokens, duration)
@@ -852,6 +856,7 @@ class Proxy:
                         message.usage.completion_tokens,
                         duration,
                     )
+                    await client.flush()
                     return Attempt.DONE
                 elif isinstance(message, Error):
                     if message.code not in WORKER_CODES:

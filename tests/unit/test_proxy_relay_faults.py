@@ -17,9 +17,23 @@ from cocoon.attest.node import NodeAttestation
 from cocoon.channel.peer import Peer
 from cocoon.channel.verify import PeerIdentity, PeerVerifier
 from cocoon.config import ProxySettings
+from cocoon.keys import public_bytes
 from cocoon.protocol.errors import ErrorCode
-from cocoon.protocol.messages import Announce, Cancel, Data, Error, Goodbye, Open, StreamRequest, Voucher
+from cocoon.protocol.messages import (
+    Announce,
+    Cancel,
+    Data,
+    End,
+    Error,
+    Goodbye,
+    Open,
+    StreamRequest,
+    Usage,
+    Voucher,
+)
 from cocoon.proxy.service import Proxy
+from cocoon.seal.request import sealed_hash
+from cocoon.seal.usage import UsageRecord, sign_usage
 from tests.unit.test_peer_relay import open_connections
 
 MODEL = "m"
@@ -350,3 +364,60 @@ async def test_a_request_the_proxy_fails_on_gets_an_error_frame_at_once() -> Non
     await proxy._relay(cast(Peer, client), request)
     (error,) = client.errors()
     assert (error.stream_id, error.code, error.message) == (7, ErrorCode.INTERNAL, "the proxy failed")
+
+
+async def test_a_cancel_crossing_the_end_does_not_lose_the_workers_success(tmp_path: Path) -> None:
+    """The client gives the request up just as its end comes, while the proxy waits for the
+    client's socket to take the end: the worker answered in full, and that counts for it."""
+    worker_key = Ed25519PrivateKey.generate()
+    async with relay(tmp_path) as net:
+        request = net.request()  # (its id and body: the worker's record names them)
+
+        def end(sid: int) -> End:
+            record = UsageRecord(
+                version=1,
+                request_id=request.request_id,
+                sealed_request_hash=sealed_hash(request.body),
+                model_hash=b"",
+                worker_key=public_bytes(worker_key),
+                prompt_tokens=3,
+                cached_tokens=0,
+                completion_tokens=1,
+                reasoning_tokens=0,
+                finish_reason="stop",
+                started_ms=1,
+                finished_ms=2,
+            )
+            usage = Usage(prompt_tokens=3, completion_tokens=1)
+            return End(stream_id=sid, usage=usage, finish_reason="stop", receipt=sign_usage(record, worker_key))
+
+        key = await net.add_worker(answer_with(chunk, end), key=public_bytes(worker_key))
+        request = net.request()  # sealed for that worker
+        client = BackedUpClientDouble()
+        relaying = asyncio.create_task(net.proxy._relay(cast(Peer, client), request))
+        await asyncio.wait_for(client.end_queued.wait(), 5)
+        relaying.cancel()  # (the proxy's ``cancel_relay``, as the client's cancel crosses the end)
+        await asyncio.gather(relaying, return_exceptions=True)
+        assert [type(m) for m in client.sent] == [Data, End]
+        assert net.proxy.reputation.stats(key.hex()).successes == 1
+
+
+class BackedUpClientDouble(ClientConnectionDouble):
+    """Test double of a client connection whose socket takes nothing once the end is queued."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.end_queued = asyncio.Event()
+
+    def send_nowait(self, message: Any) -> bool:
+        if isinstance(message, End):
+            self.end_queued.set()
+        return super().send_nowait(message)
+
+    async def send(self, message: Any) -> None:
+        self.send_nowait(message)
+        await self.flush()
+
+    async def flush(self) -> None:
+        if self.end_queued.is_set():
+            await asyncio.sleep(3600)
