@@ -17,7 +17,8 @@ from nacl.bindings import crypto_sign_seed_keypair
 from pytoniq.contract.contract import Contract
 from pytoniq.contract.wallets.wallet import WALLET_V4_R2_CODE, WalletV4
 from pytoniq.contract.wallets.wallet import Wallet as _PytoniqWallet
-from pytoniq_core import Address, Cell, StateInit
+from pytoniq_core import Address, Builder, Cell, StateInit, WalletMessage
+from pytoniq_core.crypto.signature import sign_message
 
 from cocoon.chain.contracts import EXIT_CODES, address_of
 from cocoon.chain.errors import ChainError, GetMethodError
@@ -81,7 +82,7 @@ class Wallet:
             )
             for t in transfers
         ]
-        body = WalletV4.raw_create_transfer_msg(self._secret, seqno, self.wallet_id, messages, valid_until)
+        body = transfer_body(self._secret, seqno, self.wallet_id, messages, valid_until)
         message = Contract.create_external_msg(
             dest=self.address, state_init=self.state_init if deploy else None, body=body
         )
@@ -133,3 +134,15 @@ def check_transactions(transactions: list[Transaction], skip: Address | None = N
             continue
         reason = EXIT_CODES.get(tx.exit_code or 0, f"exit code {tx.exit_code}")
         raise ChainError("failed", f"the contract {tx.address} refused the message: {reason} ({tx.exit_code})")
+
+
+def transfer_body(secret: bytes, seqno: int, wallet_id: int, messages: list[WalletMessage], valid_until: int) -> Cell:
+    """A v4r2 wallet's signed transfer, as pytoniq's ``raw_create_transfer_msg`` makes it, but
+    valid until ``valid_until`` at seqno 0 too, where pytoniq writes 2^32 - 1: the wallet's first
+    message, valid for good, could land long after it was given up, in place of the one sent
+    again (the contract checks the time at every seqno)."""
+    signed = Builder().store_uint(wallet_id, 32).store_uint(valid_until, 32).store_uint(seqno, 32).store_uint(0, 8)
+    for message in messages:
+        signed.store_cell(message.serialize())
+    cell = signed.end_cell()
+    return Builder().store_bytes(sign_message(cell.hash, secret)).store_cell(cell).end_cell()
