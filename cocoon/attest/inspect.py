@@ -51,6 +51,7 @@ def describe(data: bytes) -> dict[str, Any]:
         report = sevsnp.parse_report(evidence.quote)
         result["report"] = {k: v for k, v in _plain(report).items() if k != "signed"}
         result["debug"] = report.debug_allowed
+        result["migratable"] = report.migrate_ma_allowed
         result["image_hash"] = snp_image_hash(report.measurement, report.host_data).hex()
     else:
         quote = parse_quote(evidence.quote)
@@ -62,6 +63,7 @@ def describe(data: bytes) -> dict[str, Any]:
             fields["enclave"].pop("raw", None)
         result["quote"] = fields
         result["debug"] = quote.debug
+        result["migratable"] = quote.td is not None and quote.td.migratable
         if quote.td is not None:
             result["image_hash"] = tdx_image_hash(quote.td).hex()
     for name in ("event_log", "collateral", "vcek", "cert_chain", "gpu_evidence"):

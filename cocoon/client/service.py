@@ -687,7 +687,10 @@ class ClientService:
             return call, first
 
     def _can_top_up(self, link: ProxyLink) -> bool:
-        return self.payments is not None and self.payments.deposit > 0 and link.connected
+        """Whether a 402 is worth naming the channel again for, once (``_top_up``): also without
+        a deposit of ours to make, for one made by hand (``cocoon wallet topup``), which the proxy
+        sees at once then, and for a proxy that forgot a channel named with nothing in it."""
+        return self.payments is not None and link.connected
 
     async def _top_up(self, link: ProxyLink) -> None:
         """The proxy wants payment: deposit (when configured to) and name the channel again."""

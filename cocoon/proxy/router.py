@@ -110,6 +110,11 @@ class Router:
         if entry := self.workers.get(worker_id):
             entry.draining = entry.renewing = True
 
+    def resume(self, worker_id: int) -> None:
+        """A connection held for its worker's fresh one (``hold``) takes requests again."""
+        if (entry := self.workers.get(worker_id)) and entry.renewing:
+            entry.draining = entry.renewing = False
+
     def serving(self, model: str) -> list[WorkerEntry]:
         """Live workers for ``model``, least loaded first; raises ``RouteError`` when none."""
         live = [w for w in self.workers.values() if w.offer.model == model and (not w.draining or w.renewing)]
@@ -157,7 +162,7 @@ class Router:
     def models(self) -> list[ModelInfo]:
         infos: dict[str, ModelInfo] = {m: ModelInfo(id=m, workers=0, capacity=0) for m in self.known_models}
         for w in self.workers.values():
-            if w.draining:
+            if w.draining and not w.renewing:  # (one held for its fresh connection still counts)
                 continue
             old = infos[w.offer.model]
             infos[w.offer.model] = ModelInfo(

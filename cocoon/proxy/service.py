@@ -151,6 +151,7 @@ class Proxy:
         self._rng = random.Random()
         self.worker_peers: dict[int, Peer] = {}
         self._renewing: set[int] = set()  # worker connections asked to redial before their evidence expires
+        self._last_called: set[int] = set()  # those of them with half their notice left (``_last_call``)
         self._retiring: set[int] = set()  # worker connections drained and being closed (``_close_if_drained``)
         self._slot_freed = asyncio.Condition()
         self._waiting: dict[str, int] = {}  # per model: requests waiting for a slot
@@ -367,6 +368,7 @@ class Proxy:
     async def _serve_worker(self, peer: Peer) -> None:
         handler = _WorkerHandler(self)
         self.worker_peers[id(peer)] = peer
+        self._hold_for_fresh(peer.identity.public_key)  # (a worker's fresh connection, maybe)
         expiring: asyncio.TimerHandle | None = None
         lifetime = peer.identity.expires_at - time.time() if peer.identity.expires_at is not None else 0.0
         notice = expiry_notice(lifetime)
@@ -380,10 +382,12 @@ class Proxy:
             if expiring is not None:
                 expiring.cancel()
             self._renewing.discard(id(peer))
+            self._last_called.discard(id(peer))
             self._retiring.discard(id(peer))
             self.worker_peers.pop(id(peer), None)
             self.router.remove(id(peer))
             log.info("%s disconnected: %s", peer.label, peer.close_reason)
+            self._hold_for_fresh(peer.identity.public_key)  # (a fresh connection gone before it announced)
             await self._notify_slot()
 
     def _expiring(self, peer: Peer, notice: float) -> None:
@@ -398,14 +402,33 @@ class Proxy:
         asyncio.get_running_loop().call_later(notice / 2, self._last_call, peer)
 
     def _last_call(self, peer: Peer) -> None:
-        """Half the notice is left and the worker's fresh connection has not announced yet: the
-        old one takes no more requests, so that none starts there too late to end before its
-        evidence does (and is cut). Requests for the worker wait for the fresh connection."""
+        """Half the notice is left and the worker's fresh connection has not announced yet: once
+        the fresh one is connected, the old one takes no more requests, so that none starts
+        there too late to end before its evidence does (and is cut); requests for the worker
+        wait for the fresh one to announce (``_hold_for_fresh``)."""
         entry = self.router.workers.get(id(peer))
         if self.worker_peers.get(id(peer)) is not peer or entry is None or entry.draining:
             return  # closed, or replaced by the fresh connection already
-        log.info("%s: its fresh connection has not announced yet; requests wait for it", peer.label)
-        self.router.hold(id(peer))
+        self._last_called.add(id(peer))
+        self._hold_for_fresh(peer.identity.public_key)
+
+    def _hold_for_fresh(self, key: bytes) -> None:
+        """Worker ``key``'s connections past their last call are held while a fresh one of its
+        is connected and has not announced, and take requests again when none is (a fresh one
+        that failed before it announced): with nothing coming, requests that waited would get
+        429s until the old connection's end, where they were served before."""
+        connections = [(i, p) for i, p in self.worker_peers.items() if p.identity.public_key == key]
+        fresh = any(i not in self._renewing for i, _ in connections)
+        for worker_id, peer in connections:
+            entry = self.router.workers.get(worker_id)
+            if worker_id not in self._last_called or entry is None:
+                continue
+            if fresh and not entry.draining:
+                log.info("%s: its fresh connection has not announced yet; requests wait for it", peer.label)
+                self.router.hold(worker_id)
+            elif not fresh and entry.renewing:
+                log.info("%s: its fresh connection is gone; it takes requests again until it ends", peer.label)
+                self.router.resume(worker_id)
 
     def renewed(self, peer: Peer) -> None:
         """A worker announced on ``peer``: its older connections asked to redial take no more
@@ -1068,6 +1091,8 @@ class _WorkerHandler:
             self.proxy.router.drain(id(peer))
             log.info("%s is draining: %s", peer.label, message.reason)
             self.proxy._close_if_drained(id(peer))
+            # requests waiting for it (held for a fresh connection) learn at once it will not serve
+            asyncio.create_task(self.proxy._notify_slot())  # noqa: RUF006 - short-lived
 
 
 class _ClientHandler:

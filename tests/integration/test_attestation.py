@@ -93,7 +93,7 @@ def test_attest_show_command() -> None:
     shown = _attest("show", str(VECTORS / "sev-snp" / "go-sev-guest" / "attestation.bin"), "--json")
     assert shown.returncode == 0
     fields = json.loads(shown.stdout)
-    assert fields["tee"] == "sev-snp" and fields["debug"] is True
+    assert fields["tee"] == "sev-snp" and fields["debug"] is True and fields["migratable"] is False
     assert fields["report"]["policy"] == 0xB0000
     assert fields["report"]["report_data"].startswith("0102030405")
     readable = _attest("show", str(VECTORS / "tdx" / "go-tdx-guest" / "quote_v5_sample.dat"))

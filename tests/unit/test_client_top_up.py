@@ -4,6 +4,7 @@ takes seconds, and the connection it asked on may have closed by then."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 
@@ -67,3 +68,17 @@ async def test_a_connection_lost_without_a_fresh_one_is_still_a_payment_error() 
     with pytest.raises(UpstreamError) as refused:
         await service(RenewingDuringDepositPaymentsStub(link, None))._top_up(link)  # type: ignore[arg-type]
     assert refused.value.code == ErrorCode.PAYMENT_REQUIRED and link.named is None
+
+
+def test_a_client_that_makes_no_deposit_still_names_its_channel_again_on_a_402() -> None:
+    """Its channel may have been funded by hand since (``cocoon wallet topup``): named again, the
+    proxy sees the deposit at once, and a proxy that forgot it (a channel named with nothing in
+    it, among many) knows it again."""
+    link = SimpleNamespace(connected=True)
+    client = ClientService.__new__(ClientService)
+    client.payments = SimpleNamespace(deposit=0)  # type: ignore[assignment]
+    assert client._can_top_up(link)  # type: ignore[arg-type]
+    link.connected = False
+    assert not client._can_top_up(link)  # type: ignore[arg-type]
+    client.payments = None
+    assert not client._can_top_up(SimpleNamespace(connected=True))  # type: ignore[arg-type]  # nothing to pay

@@ -15,7 +15,7 @@ import pytest
 from cocoon.protocol.errors import ErrorCode
 from cocoon.protocol.messages import Announce
 from cocoon.proxy.reputation import FAILURES_TO_SUSPEND, Reputation
-from cocoon.proxy.router import RouteError, Router
+from cocoon.proxy.router import RouteError, Router, WorkerEntry
 from cocoon.proxy.service import Proxy, Wanted
 
 BOTH = Wanted(frozenset({"aa", "bb"}), 0)
@@ -105,49 +105,90 @@ async def test_a_request_waiting_for_room_takes_a_worker_as_its_suspension_ends(
     assert proxy._next_reinstatement("m") == math.inf
 
 
-async def test_requests_wait_for_a_renewing_workers_fresh_connection_after_the_last_call(tmp_path: Path) -> None:
-    # half the notice before the old connection's evidence ends, its fresh one has not announced:
-    # the old one takes no more requests (one started there now could be cut at the expiry), and
-    # a request for the worker waits for the fresh connection instead of failing with 503
+class WorkerConnectionDouble:
+    """Test double of a worker's connection to the proxy: who it is, and whether it was closed."""
+
+    def __init__(self, label: str, key: bytes = b"a" * 32) -> None:
+        self.label = label
+        self.identity = SimpleNamespace(public_key=key)
+        self.closed_because = ""
+
+    async def aclose(self, reason: str = "") -> None:
+        self.closed_because = reason
+
+
+def renewing(tmp_path: Path) -> tuple[Proxy, WorkerConnectionDouble, WorkerEntry]:
+    """A proxy whose worker ("aa") was asked to redial (``_expiring``) on its only connection."""
     proxy = chooser(tmp_path)
     proxy.settings = SimpleNamespace(queue_timeout=5.0, max_queue=10)  # type: ignore[assignment]
     proxy._slot_freed, proxy._waiting = asyncio.Condition(), {}
-    old_peer = SimpleNamespace(label="worker")  # connections go by their id()
+    proxy._retiring, proxy._background, proxy._last_called = set(), [], set()
+    old_peer = WorkerConnectionDouble("old")  # connections go by their id()
     proxy.worker_peers = {id(old_peer): old_peer}  # type: ignore[dict-item]
-    old = proxy.router.announce(id(old_peer), "worker", OFFER, "aa")
+    proxy._renewing = {id(old_peer)}
+    return proxy, old_peer, proxy.router.announce(id(old_peer), "worker", OFFER, "aa")
+
+
+async def test_requests_wait_for_a_workers_fresh_connection_after_the_last_call(tmp_path: Path) -> None:
+    # half the notice before the old connection's evidence ends, the worker's fresh connection
+    # is there and has not announced: the old one takes no more requests (one started there now
+    # could be cut at the expiry), and a request for the worker waits for the fresh one to
+    # announce instead of failing with 503
+    proxy, old_peer, old = renewing(tmp_path)
     wanted = Wanted(frozenset({"aa"}), 0)
-    assert proxy._choose("m", wanted, "balanced") is old  # asked to redial: still routed at first
     proxy._last_call(old_peer)  # type: ignore[arg-type]
+    assert proxy._choose("m", wanted, "balanced") is old  # no fresh connection yet: still routed
+    fresh_peer = WorkerConnectionDouble("fresh")
+    proxy.worker_peers[id(fresh_peer)] = fresh_peer  # type: ignore[assignment]
+    proxy._hold_for_fresh(b"a" * 32)  # (as its connection is served)
     assert old.draining and old.renewing
     with pytest.raises(RouteError) as held:
         proxy._choose("m", wanted, "balanced")
     assert held.value.code is ErrorCode.SATURATED  # so the request waits for a slot
     assert proxy.router.serving("m") == [old]  # and clients still find the worker listed
+    assert proxy.router.models()[0].workers == 1
     waiting = asyncio.ensure_future(proxy._acquire("m", wanted))
     await asyncio.sleep(0.05)
     assert not waiting.done()
-    fresh = proxy.router.announce(2, "worker", OFFER, "aa")
-    proxy.router.drain(id(old_peer))  # (``renewed``: the fresh connection has announced)
+    fresh = proxy.router.announce(id(fresh_peer), "worker", OFFER, "aa")
+    proxy.renewed(fresh_peer)  # type: ignore[arg-type]
     await proxy._notify_slot()
     assert await asyncio.wait_for(waiting, 1.0) is fresh
-    assert old.draining and not old.renewing
-    proxy.router.remove(2)
-    with pytest.raises(RouteError) as gone:
-        proxy._choose("m", wanted, "balanced")
-    assert gone.value.code is ErrorCode.NO_WORKER  # drained for good: nothing to wait for
+    assert old.draining and not old.renewing  # drained for good, and closed as it has no request
+    await asyncio.gather(*proxy._background)
+    assert old_peer.closed_because == "no longer used: drained"
+
+
+async def test_a_held_connection_takes_requests_again_if_the_fresh_one_goes_before_it_announced(
+    tmp_path: Path,
+) -> None:
+    # else the requests sealed for the worker would wait and get 429s until the old connection
+    # ends, where they were served before
+    proxy, old_peer, old = renewing(tmp_path)
+    proxy._last_call(old_peer)  # type: ignore[arg-type]
+    fresh_peer = WorkerConnectionDouble("fresh")
+    proxy.worker_peers[id(fresh_peer)] = fresh_peer  # type: ignore[assignment]
+    proxy._hold_for_fresh(b"a" * 32)
+    assert old.renewing
+    del proxy.worker_peers[id(fresh_peer)]
+    proxy._hold_for_fresh(b"a" * 32)  # (as that connection's serving ends)
+    assert not old.draining and not old.renewing
+    assert proxy._choose("m", Wanted(frozenset({"aa"}), 0), "balanced") is old
+    other = WorkerConnectionDouble("another worker", b"b" * 32)  # a fresh connection of another worker
+    proxy.worker_peers[id(other)] = other  # type: ignore[assignment]
+    proxy._hold_for_fresh(b"b" * 32)
+    assert not old.draining
 
 
 def test_the_last_call_leaves_a_replaced_or_closed_connection_alone(tmp_path: Path) -> None:
-    proxy = chooser(tmp_path)
-    old_peer, other_peer = SimpleNamespace(label="old"), SimpleNamespace(label="other")
-    old = proxy.router.announce(id(old_peer), "worker", OFFER, "aa")
+    proxy, old_peer, old = renewing(tmp_path)
     proxy.router.drain(id(old_peer))  # replaced by the fresh connection before the last call
-    proxy.worker_peers = {id(old_peer): old_peer}  # type: ignore[dict-item]
     proxy._last_call(old_peer)  # type: ignore[arg-type]
-    assert old.draining and not old.renewing
-    other = proxy.router.announce(id(other_peer), "other", OFFER, "bb")
-    proxy._last_call(other_peer)  # type: ignore[arg-type]  # closed: no longer among the connections
-    assert not other.draining and not other.renewing
+    assert old.draining and not old.renewing and id(old_peer) not in proxy._last_called
+    gone = WorkerConnectionDouble("gone")
+    entry = proxy.router.announce(id(gone), "gone", OFFER, "bb")
+    proxy._last_call(gone)  # type: ignore[arg-type]  # closed: no longer among the connections
+    assert not entry.draining and not entry.renewing
 
 
 def test_a_connection_held_for_its_workers_fresh_one_is_not_closed_when_its_requests_end(tmp_path: Path) -> None:
