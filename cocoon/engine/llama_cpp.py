@@ -39,6 +39,10 @@ EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
 OPENAI_DEFAULTS = {"temperature": 1.0, "top_p": 1.0}
 _DONE = object()
 _json = msgspec.json.Encoder()
+HELD_POLL = 0.002
+"""Seconds between looks at a streamed answer held back while the network takes nothing more."""
+CANCEL_POLL = 0.05  # seconds between a held thread's looks at its request's cancel flag
+CLOSE_WAIT = 30.0  # seconds ``aclose`` waits for the requests still running to stop
 
 
 def embedded_model_path() -> Path:
@@ -104,6 +108,7 @@ class LlamaCppEngine:
         self._instances: list[Any] = []
         self._n_vocab = 0  # the model's token ids are below this (known once loaded)
         self._executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="llama")
+        self._running: set[asyncio.Future[None]] = set()  # the slots' threads at work
 
     async def start(self, progress: ProgressCallback | None = None) -> None:
         path = self.model_path or embedded_model_path()
@@ -171,10 +176,16 @@ class LlamaCppEngine:
         return ids
 
     def _produce(
-        self, llama: Any, params: dict[str, Any], request: EngineRequest, emit: Callable[[dict[str, Any]], None]
+        self,
+        llama: Any,
+        params: dict[str, Any],
+        request: EngineRequest,
+        emit: Callable[[dict[str, Any]], None],
+        flowing: threading.Event | None = None,
     ) -> EngineError | None:
         """Run a request on ``llama`` in the calling thread, handing each chunk to ``emit``
-        until it ends or ``llama.cancel`` is set; the error it ended with, if any (no content)."""
+        until it ends or ``llama.cancel`` is set; the error it ended with, if any (no content).
+        With ``flowing``, the next token waits while it is clear (the network is backed up)."""
         produced = False
         try:
             if request.kind == "chat":
@@ -186,6 +197,8 @@ class LlamaCppEngine:
                     break
                 produced = True
                 emit(chunk)
+                while flowing is not None and not flowing.wait(CANCEL_POLL) and not llama.cancel.is_set():
+                    pass
         except Exception as exc:  # noqa: BLE001 - reported to the caller, without content
             if isinstance(exc, ValueError) and "context window" in str(exc):
                 return EngineRefused(f"the prompt does not fit the model's context window of {self.n_ctx} tokens")
@@ -207,6 +220,8 @@ class LlamaCppEngine:
         """``work`` in a slot's thread; the instance goes back to the pool only once its thread
         has finished with it."""
         running = asyncio.get_running_loop().run_in_executor(self._executor, work)
+        self._running.add(running)
+        running.add_done_callback(self._running.discard)
         running.add_done_callback(lambda _: self._pool.put_nowait(llama))
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineEvent]:
@@ -256,6 +271,16 @@ class LlamaCppEngine:
         called = False  # a hand-over is on its way to the loop
         ended: asyncio.Future[None] = loop.create_future()
         finish_reason: str | None = None
+        # clear while the network takes nothing more (``sink.backed_up``): the thread then makes
+        # no next token, as a batching engine holds a stream back, instead of piling them up here
+        flowing = threading.Event()
+        flowing.set()
+
+        def look_again() -> None:  # in the loop, while held back
+            if cancel.is_set() or not sink.backed_up:
+                flowing.set()
+            else:
+                loop.call_later(HELD_POLL, look_again)
 
         def hand_on() -> None:  # in the loop
             nonlocal called, finish_reason
@@ -276,6 +301,9 @@ class LlamaCppEngine:
                 return
             if not taken:
                 cancel.set()  # the stream is gone: the thread stops at its next token
+            elif flowing.is_set() and sink.backed_up:
+                flowing.clear()
+                loop.call_later(HELD_POLL, look_again)
 
         def emit(chunk: dict[str, Any]) -> None:  # in the thread
             nonlocal called
@@ -298,7 +326,7 @@ class LlamaCppEngine:
         def run() -> None:
             error: EngineError | None = EngineError("the engine stopped")
             try:
-                error = self._produce(llama, params, request, emit)
+                error = self._produce(llama, params, request, emit, flowing)
             finally:
                 loop.call_soon_threadsafe(end, error)
 
@@ -307,16 +335,28 @@ class LlamaCppEngine:
             await ended
         finally:
             cancel.set()
+            flowing.set()  # (a thread held back stops at once)
         # read once the thread has finished (``ended``), before the instance serves another request
         usage = Usage(prompt_tokens=llama.prompt_count, completion_tokens=llama.completion_count)
         return Finished(usage=usage, finish_reason=finish_reason)
 
     async def aclose(self) -> None:
-        with contextlib.suppress(Exception):
-            for llama in self._instances:
-                llama.close()
-        self._instances.clear()
+        """Stop the requests still running (at their next token) and free the model once their
+        threads are done: freed under a thread still in llama.cpp, it crashes the process (a
+        worker stopping mid-answer, before it settles its payments). A thread still busy after
+        ``CLOSE_WAIT`` (a long prompt's prefill) keeps its instance, freed with the process."""
+        for llama in self._instances:
+            if (cancel := getattr(llama, "cancel", None)) is not None:
+                cancel.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        pending: set[asyncio.Future[None]] = set()
+        if self._running:
+            _, pending = await asyncio.wait(self._running, timeout=CLOSE_WAIT)
+        if not pending:
+            with contextlib.suppress(Exception):
+                for llama in self._instances:
+                    llama.close()
+        self._instances.clear()
 
 
 def text_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

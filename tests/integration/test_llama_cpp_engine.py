@@ -168,3 +168,36 @@ async def test_a_sink_that_fails_fails_the_pushed_request_and_frees_its_slot(eng
             with pytest.raises(RuntimeError, match="a bug"):
                 await engine.stream_into(request, FailingSink())
             assert await all_slots_back(engine)
+
+
+class BackedUpSink(CollectingSink):
+    """A sink whose network takes nothing more (``backed_up``) until ``release``."""
+
+    backed_up = True
+
+    def release(self) -> None:
+        self.backed_up = False
+
+
+async def test_a_pushed_stream_is_held_back_while_the_network_takes_nothing(engine: LlamaCppEngine) -> None:
+    # the slot's thread makes no next token while the sink is backed up, as a batching engine
+    # holds a stream back, instead of the whole answer piling up in the worker
+    request = EngineRequest("chat", {"messages": STORY, "max_tokens": 200, "logit_bias": NO_END}, stream=True)
+    async with asyncio.timeout(60):
+        sink = BackedUpSink()
+        task = asyncio.create_task(engine.stream_into(request, sink))
+        await asyncio.sleep(0.5)  # some 60 tokens' time at the model's pace
+        held = sum(map(len, sink.pushes))
+        assert 1 <= held <= 4  # the first chunks, made before the hold took effect
+        sink.release()
+        finished = await task
+        assert finished.usage.completion_tokens == 200
+        assert sum(map(len, sink.pushes)) >= 200  # (and the role chunk)
+        # cancelled while held back: the thread stops and gives its slot back
+        held_sink = BackedUpSink()
+        task = asyncio.create_task(engine.stream_into(request, held_sink))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await all_slots_back(engine)
