@@ -6,6 +6,7 @@ Messages are the same signed externals the sandbox runs in tests; this module on
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -25,16 +26,10 @@ MAX_CONFIG = 1024 * 1024
 
 
 def load_global_config(source: str) -> dict[str, Any]:
-    """The liteserver config of ``source``: a network name or a JSON file."""
+    """The liteserver config of ``source``: a network name or a JSON file (blocking: called in a
+    thread by ``TonLedger``)."""
     if source in NETWORKS:
-        import httpx
-
-        try:
-            response = httpx.get(NETWORKS[source], timeout=30.0)
-            response.raise_for_status()
-        except httpx.HTTPError as exc:
-            raise ChainError("unreachable", f"cannot fetch the {source} config: {exc}") from exc
-        text = response.text
+        text = _fetch(source, NETWORKS[source])
     else:
         path = Path(source)
         try:
@@ -52,6 +47,23 @@ def load_global_config(source: str) -> dict[str, Any]:
     return config
 
 
+def _fetch(source: str, url: str) -> str:
+    """The config at ``url``, read up to ``MAX_CONFIG`` bytes."""
+    import httpx
+
+    body = bytearray()
+    try:
+        with httpx.stream("GET", url, timeout=30.0) as response:
+            response.raise_for_status()
+            for part in response.iter_bytes():
+                body += part
+                if len(body) > MAX_CONFIG:
+                    raise ChainError("config", f"the {source} config is larger than {MAX_CONFIG} bytes")
+    except httpx.HTTPError as exc:
+        raise ChainError("unreachable", f"cannot fetch the {source} config: {exc}") from exc
+    return body.decode("utf-8", errors="replace")
+
+
 class TonLedger:
     name = "ton"
 
@@ -62,7 +74,9 @@ class TonLedger:
 
     async def _connected(self) -> Any:
         if self._client is None:
-            client = LiteBalancer.from_config(load_global_config(self.source), trust_level=self.trust_level)
+            # (fetched from ton.org for a network name: not in the event loop)
+            config = await asyncio.to_thread(load_global_config, self.source)
+            client = LiteBalancer.from_config(config, trust_level=self.trust_level)
             try:
                 await client.start_up()
             except Exception as exc:

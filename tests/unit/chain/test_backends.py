@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 from pytoniq_core import Address, begin_cell
 
 from cocoon.chain import contracts as c
+from cocoon.chain import ton
 from cocoon.chain.errors import ChainError
 from cocoon.chain.sandbox import decode_stack, encode_stack
 from cocoon.chain.ton import TonLedger, load_global_config
@@ -26,6 +28,48 @@ def test_a_ton_global_config_must_list_liteservers(tmp_path: Path) -> None:
     with pytest.raises(ChainError, match="cannot read"):
         load_global_config(str(tmp_path / "missing.json"))
     assert TonLedger(str(good)).name == "ton"  # connects lazily: nothing is dialed here
+
+
+def test_a_network_config_is_fetched_bounded_and_outside_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    sizes = {"/small": 100, "/huge": ton.MAX_CONFIG + 1}
+
+    class ConfigServer(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"liteservers": [{"ip": 1}], "pad": "x" * sizes[self.path]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), ConfigServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setitem(ton.NETWORKS, "small", base + "/small")
+    monkeypatch.setitem(ton.NETWORKS, "huge", base + "/huge")
+    try:
+        assert load_global_config("small")["liteservers"] == [{"ip": 1}]
+        with pytest.raises(ChainError, match="larger than"):
+            load_global_config("huge")
+        # a ledger loads it in a thread, not in the event loop that would wait for ton.org meanwhile
+        loaded_in: list[threading.Thread] = []
+
+        def load(source: str) -> dict[str, object]:
+            loaded_in.append(threading.current_thread())
+            raise ChainError("unreachable", "not here")
+
+        monkeypatch.setattr(ton, "load_global_config", load)
+        with pytest.raises(ChainError):
+            asyncio.run(TonLedger("small").account(Address((0, bytes(32)))))
+        assert loaded_in and loaded_in[0] is not threading.main_thread()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_stack_items_survive_the_trip_to_the_chain_service_and_back() -> None:
