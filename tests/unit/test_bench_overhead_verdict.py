@@ -73,3 +73,22 @@ def test_without_litellm_nginx_alone_decides(tmp_path: Path) -> None:
     test = scenario(tmp_path, logged=ALL, available="bce")
     test.compare(figures(faster=True))
     assert verdict(test).met is True and "(d) not available" in verdict(test).note
+
+
+def test_the_difference_to_nginx_is_paired_by_prompt(tmp_path: Path) -> None:
+    """Each prompt's time to first token through (e) less the same prompt's through (c), within
+    each repeat: prompts of different lengths no longer move the figure as a median over them does."""
+
+    class Timed:
+        def __init__(self, ttft: float) -> None:
+            self.ttft = ttft
+
+    test = scenario(tmp_path, logged=ALL)
+    c, e = test.configs["c"], test.configs["e"]
+    # two repeats; prompt 1 short, prompt 2 long; (e) 2 ms behind (c) on each, 1 ms on the third
+    c.probes, c.single = [{1: Timed(0.070)}, {1: Timed(0.072)}], [{2: Timed(0.090), 3: Timed(0.080)}, {2: Timed(0.091)}]
+    e.probes, e.single = [{1: Timed(0.072)}, {1: Timed(0.074)}], [{2: Timed(0.092), 3: Timed(0.081)}, {2: Timed(0.093)}]
+    test.paired_against_nginx()
+    (row,) = [r for r in test.suite.results if r.metric.startswith("(e) − (c)")]
+    assert row.runs == pytest.approx([0.002, 0.002]) and row.value == pytest.approx(0.002)
+    assert row.p50 == pytest.approx(0.002) and row.p90 is not None  # over the 5 prompts' differences
