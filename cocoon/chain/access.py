@@ -29,7 +29,12 @@ def open_ledger(chain: str, chain_url: str) -> Ledger:
 
 def open_wallet(ledger: Ledger, key_file: Path) -> Wallet:
     """The node's wallet; its key is created (mode 0600) on first use."""
-    return Wallet(ledger, load_or_create_identity(key_file))
+    return Wallet(ledger, load_or_create_identity(key_file), lock_file=lock_file_of(key_file))
+
+
+def lock_file_of(key_file: Path) -> Path:
+    """Where the processes sending from the wallet of ``key_file`` take turns (``Wallet``)."""
+    return key_file.with_name(key_file.name + ".lock")
 
 
 def parse_address(text: str) -> Address:

@@ -7,8 +7,12 @@ external messages, so the sandbox runs exactly what TON would receive.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 from cryptography.hazmat.primitives import serialization
@@ -27,6 +31,8 @@ from cocoon.chain.ledger import Ledger, Transaction, raw
 DEFAULT_WALLET_ID = 698983191  # the standard subwallet id of workchain 0
 VALID_FOR = 60  # seconds an external message stays valid
 CONFIRM_TIMEOUT = 90.0  # seconds to wait for a message to take effect on TON
+LOCK_TIMEOUT = CONFIRM_TIMEOUT + 30.0  # seconds to wait for another process sending from the wallet
+LOCK_POLL = 0.05
 
 
 @dataclass(frozen=True)
@@ -45,8 +51,21 @@ def seed_of(key: Ed25519PrivateKey) -> bytes:
 
 
 class Wallet:
-    def __init__(self, ledger: Ledger, key: Ed25519PrivateKey, wallet_id: int = DEFAULT_WALLET_ID) -> None:
+    """``lock_file``: held while a message is sent and confirmed, so that the processes of this
+    machine that send from the wallet (a node, and ``cocoon wallet`` beside it) take its seqno in
+    turn: two messages with one seqno, the wallet takes one, and on TON, where a sender sees only
+    the seqno move on, both would report success."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        key: Ed25519PrivateKey,
+        wallet_id: int = DEFAULT_WALLET_ID,
+        *,
+        lock_file: Path | None = None,
+    ) -> None:
         self.ledger = ledger
+        self.lock_file = lock_file
         self.key = key
         self.public_key, self._secret = crypto_sign_seed_keypair(seed_of(key))
         self.wallet_id = wallet_id
@@ -93,7 +112,7 @@ class Wallet:
         Raises ``ChainError`` when a resulting transaction failed (sandbox) or on timeout (TON)."""
         if not 1 <= len(transfers) <= 4:
             raise ValueError("a v4 wallet sends 1 to 4 messages at once")
-        async with self._lock:  # one seqno at a time
+        async with self._lock, _locked(self.lock_file):  # one seqno at a time, in this process and beside it
             info = await self.ledger.account(self.address)
             if info.balance == 0:
                 raise ChainError("no_funds", f"the wallet {raw(self.address)} has no TON; fund it first")
@@ -123,6 +142,35 @@ class Wallet:
                 pass
             await asyncio.sleep(2.0)
         raise ChainError("timeout", f"the wallet's message did not take effect within {CONFIRM_TIMEOUT:.0f} s")
+
+
+@contextlib.asynccontextmanager
+async def _locked(path: Path | None) -> AsyncIterator[None]:
+    """An exclusive ``flock`` on ``path`` (created 0600), waited for up to ``LOCK_TIMEOUT``."""
+    try:
+        import fcntl
+    except ImportError:  # (no flock: Windows)
+        fcntl = None  # type: ignore[assignment]
+    if path is None or fcntl is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ChainError("busy", f"another process has been sending from this wallet ({path})") from None
+                await asyncio.sleep(LOCK_POLL)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def check_transactions(transactions: list[Transaction], skip: Address | None = None) -> None:

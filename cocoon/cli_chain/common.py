@@ -272,13 +272,14 @@ async def opened(target: Target) -> AsyncIterator[Ledger]:
 
 def load_wallet(ledger: Ledger, target: Target) -> Wallet:
     """The wallet of ``--wallet-key``, which must exist: only ``wallet new`` creates one."""
+    from cocoon.chain.access import lock_file_of
     from cocoon.chain.wallet import Wallet
     from cocoon.keys import load_identity
 
     path = target.key_file
     if not path.exists():
         raise Refused(f"no wallet key at {path}: create one with `cocoon wallet new` or pass --wallet-key")
-    return Wallet(ledger, load_identity(path))
+    return Wallet(ledger, load_identity(path), lock_file=lock_file_of(path))
 
 
 def offline_address(key: Ed25519PrivateKey) -> Address:
