@@ -24,6 +24,11 @@ from pytoniq.contract.wallets.wallet import Wallet as _PytoniqWallet
 from pytoniq_core import Address, Builder, Cell, StateInit, WalletMessage
 from pytoniq_core.crypto.signature import sign_message
 
+try:
+    import fcntl
+except ImportError:  # (no flock: Windows)
+    fcntl = None  # type: ignore[assignment]
+
 from cocoon.chain.contracts import EXIT_CODES, address_of
 from cocoon.chain.errors import ChainError, GetMethodError
 from cocoon.chain.ledger import Ledger, Transaction, raw
@@ -147,10 +152,6 @@ class Wallet:
 @contextlib.asynccontextmanager
 async def _locked(path: Path | None) -> AsyncIterator[None]:
     """An exclusive ``flock`` on ``path`` (created 0600), waited for up to ``LOCK_TIMEOUT``."""
-    try:
-        import fcntl
-    except ImportError:  # (no flock: Windows)
-        fcntl = None  # type: ignore[assignment]
     if path is None or fcntl is None:
         yield
         return

@@ -199,11 +199,10 @@ class ProxyPayments:
         if row is not None and state.seqno > row.seqno:
             raise Rollback(f"client channel {cid.hex()[:16]}… redeemed voucher #{state.seqno}; we know #{row.seqno}")
         client = ClientChannel(channel, state, client_key)
+        self._unfunded.pop(cid, None)  # (funded now, or named again: the newest)
         if known:
             self.clients[cid] = client
-            self._unfunded.pop(cid, None)
         else:
-            self._unfunded.pop(cid, None)  # (named again: the newest)
             self._unfunded[cid] = client
             while len(self._unfunded) > MAX_UNFUNDED:
                 del self._unfunded[next(iter(self._unfunded))]

@@ -50,6 +50,11 @@ class WorkerEntry:
         return self.inflight / capacity if capacity else math.inf
 
     @property
+    def retired(self) -> bool:
+        """Takes no more requests, and no fresh connection of its worker is awaited (``hold``)."""
+        return self.draining and not self.renewing
+
+    @property
     def has_room(self) -> bool:
         return not self.draining and self.inflight < self.capacity
 
@@ -117,7 +122,7 @@ class Router:
 
     def serving(self, model: str) -> list[WorkerEntry]:
         """Live workers for ``model``, least loaded first; raises ``RouteError`` when none."""
-        live = [w for w in self.workers.values() if w.offer.model == model and (not w.draining or w.renewing)]
+        live = [w for w in self.workers.values() if w.offer.model == model and not w.retired]
         if not live:
             if model in self.known_models:
                 raise RouteError(ErrorCode.NO_WORKER, f"no worker is available for model {model!r}")
@@ -147,7 +152,7 @@ class Router:
             raise RouteError(ErrorCode.UNKNOWN_MODEL, f"The model `{model}` does not exist")
         free = [w for w in serving if w.has_room]
         if not free:
-            if all(w.draining and not w.renewing for w in serving):
+            if all(w.retired for w in serving):
                 raise RouteError(ErrorCode.NO_WORKER, f"no worker is available for model {model!r}")
             raise RouteError(ErrorCode.SATURATED, f"all workers for model {model!r} are busy")
         return free
@@ -162,7 +167,7 @@ class Router:
     def models(self) -> list[ModelInfo]:
         infos: dict[str, ModelInfo] = {m: ModelInfo(id=m, workers=0, capacity=0) for m in self.known_models}
         for w in self.workers.values():
-            if w.draining and not w.renewing:  # (one held for its fresh connection still counts)
+            if w.retired:  # (one held for its fresh connection still counts)
                 continue
             old = infos[w.offer.model]
             infos[w.offer.model] = ModelInfo(
