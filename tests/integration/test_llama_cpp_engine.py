@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import msgspec
 import pytest
 
+from cocoon.engine import llama_cpp as llama_cpp_engine
 from cocoon.engine.base import Chunk, EngineRefused, EngineRequest, Finished
 from cocoon.engine.llama_cpp import LlamaCppEngine
 
@@ -54,6 +55,36 @@ async def test_streamed_and_plain_answers_are_metered_alike(engine: LlamaCppEngi
     assert text == body["choices"][0]["message"]["content"]
     tokens = engine._instances[0].tokenize(text.encode(), add_bos=False)
     assert abs(len(tokens) - 25) <= 2  # re-tokenizing the text agrees, up to merges
+
+
+async def test_greedy_answers_skip_llama_cpps_sampler_with_the_same_tokens(
+    engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llama_cpp
+
+    sampled: list[int] = []  # llama.cpp's sampler chain, once per token it picks
+    real_sample = llama_cpp.Llama.sample
+
+    def counted(self: llama_cpp.Llama, *args: object, **kwargs: object) -> int:
+        sampled.append(1)
+        return real_sample(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(llama_cpp.Llama, "sample", counted)
+    params = {"messages": STORY, "max_tokens": 40, "temperature": 0}
+    fast_chunks, fast = await run(engine, EngineRequest("chat", params, stream=False))
+    assert sampled == []  # the highest logit, read in place
+    monkeypatch.setattr(llama_cpp_engine, "plain_greedy", lambda sampling: False)
+    slow_chunks, slow = await run(engine, EngineRequest("chat", params, stream=False))
+    assert len(sampled) >= 40
+    assert fast_chunks[0].payload["choices"] == slow_chunks[0].payload["choices"]
+    assert fast.usage == slow.usage
+    monkeypatch.undo()
+    monkeypatch.setattr(llama_cpp.Llama, "sample", counted)
+    sampled.clear()
+    for other in ({"repeat_penalty": 1.1}, {"presence_penalty": 0.5}, {"logit_bias": NO_END}, {"temperature": 0.7}):
+        await run(engine, EngineRequest("chat", {**params, "max_tokens": 3, **other}, stream=False))
+        assert len(sampled) == 3, other  # anything but plain greedy goes through llama.cpp's chain
+        sampled.clear()
 
 
 async def test_end_of_generation_token_is_not_billed(engine: LlamaCppEngine) -> None:
