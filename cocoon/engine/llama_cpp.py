@@ -100,7 +100,7 @@ def _metered_llama_class() -> type:
                     self.completion_count += 1
                 yield token
 
-        def sample(self, *args: Any, **kwargs: Any) -> int:  # type: ignore[override]
+        def sample(self, *args: Any, **kwargs: Any) -> int:
             """Greedy decoding without penalties, bias or grammar takes the first highest logit,
             read in place: llama.cpp's sampler copies the whole vocabulary (49,152 entries here)
             into a fresh candidate array for every token, 0.3 ms on the first token after a
