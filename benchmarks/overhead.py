@@ -40,7 +40,9 @@ on all alike (1 stream); then each configuration in turn answers ``STREAMS`` req
 once, and again in the reverse order (4 streams: a drift within the repeat then falls on all
 alike too). (b), (c) and (d) share one instance, and llama.cpp reuses the longest prefix
 of the previous prompt: a short unmeasured request resets it whenever that instance would
-otherwise see the same prompt twice in a row. No repeat starts that would likely end past
+otherwise see the same prompt twice in a row. Every measured request and batch comes after
+``IDLE_BEFORE`` seconds of quiet, so that each meets its processes idle alike (back to back, (c)
+met the server (b) had just used warm). No repeat starts that would likely end past
 ``BUDGET_S`` seconds after the scenario's start (the figures say how many ran).
 
 Figures per configuration and stream count: time to first token (request sent → first content
@@ -118,6 +120,11 @@ SINGLE, QUICK_SINGLE = 4, 1  # rounds of one request per configuration, per repe
 PROBES, QUICK_PROBES = 6, 2  # rounds of one short request (time to first token), per repeat
 PROBE_TOKENS = 2
 BUDGET_S, QUICK_BUDGET_S = 270.0, 60.0  # no repeat starts that would likely end past this
+IDLE_BEFORE, QUICK_IDLE_BEFORE = 0.3, 0.05
+"""Seconds of quiet before each measured request (or batch): each meets its processes idle, as at
+low load. Back to back, a configuration met its processes as the one before left them, and
+(c) came right after (b) on the same server, warm: 0.7 ms less to its first token than after a
+pause, which 0.1 s of quiet did not undo and 0.3 s did (2026-11-27)."""
 TTFT_ADDED_TARGET = 0.005
 ENGINE_DONE = re.compile(r" done: .*engine's first chunk after ([\d.]+|n/a) ms.*engine busy ([\d.]+)–([\d.]+)")
 RATE_TARGET = 0.97
@@ -338,6 +345,7 @@ class Scenario:
         self.single = QUICK_SINGLE if suite.quick else SINGLE
         self.probes = QUICK_PROBES if suite.quick else PROBES
         self.budget = QUICK_BUDGET_S if suite.quick else BUDGET_S
+        self.idle_before = QUICK_IDLE_BEFORE if suite.quick else IDLE_BEFORE
         self.repeats_done = 0
         self.started = time.monotonic()
         self.configs = {
@@ -492,6 +500,8 @@ class Scenario:
         # `sent` (every earlier request of (e), warm-up and 4-stream batches included), even if an
         # earlier line came late
         done = config.sent
+        if repeat >= 0:
+            await asyncio.sleep(self.idle_before)
         before, started = self.meters.snapshot(), time.monotonic()
         try:
             trace = await config.send(request_body(PROMPTS[prompt], max_tokens, config.extra))
@@ -569,6 +579,7 @@ class Scenario:
             shift = "bcd".index(config.key)
             prompts = prompts[shift:] + prompts[:shift]
             await self.reset_server(prompts[0])
+        await asyncio.sleep(self.idle_before)
         before, started = self.meters.snapshot(), time.monotonic()
         bodies = [request_body(PROMPTS[p], self.max_tokens, config.extra) for p in prompts]
         start = time.perf_counter()
