@@ -87,6 +87,20 @@ async def test_greedy_answers_skip_llama_cpps_sampler_with_the_same_tokens(
         sampled.clear()
 
 
+async def test_greedy_answers_without_logits_in_place_fall_back_to_llama_cpps_chain(
+    engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llama_cpp
+
+    params = {"messages": STORY, "max_tokens": 12, "temperature": 0}
+    fast_chunks, _ = await run(engine, EngineRequest("chat", params, stream=False))
+    # llama.cpp answers a null pointer where it has no logits: the chain, made then, picks
+    monkeypatch.setattr(llama_cpp, "llama_get_logits_ith", lambda ctx, i: None)
+    chain_chunks, finished = await run(engine, EngineRequest("chat", params, stream=False))
+    assert finished.usage.completion_tokens == 12
+    assert chain_chunks[0].payload["choices"] == fast_chunks[0].payload["choices"]
+
+
 async def test_end_of_generation_token_is_not_billed(engine: LlamaCppEngine) -> None:
     params = {
         "messages": [{"role": "user", "content": "Reply with the single word: yes"}],
