@@ -160,13 +160,14 @@ class ClientApp:
     """The client's ASGI application: Starlette's, with the server's own ``send`` kept in the
     scope (``SERVER_SEND``), through which a streamed answer's events go once the response has
     started: Starlette's two middleware wrappers around ``send`` only note the response's start,
-    and cost two coroutines for every write."""
+    and cost two coroutines for every write. Not with a middleware of our own (one that may
+    change bodies, as compression does): the events then go through it."""
 
     def __init__(self, app: Starlette) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and not getattr(self.app, "user_middleware", None):
             scope[SERVER_SEND] = send
         await self.app(scope, receive, send)
 

@@ -192,3 +192,29 @@ def test_later_events_go_through_the_servers_own_send() -> None:
     asyncio.run(asyncio.wait_for(EventStream(body())(scope, receive, send), 5))
     assert wrapped == ["http.response.start", "http.response.body"]  # the start and the first event
     assert direct == [b"data: {1}\n\n", b"data: {2}\n\n", b""]
+
+
+def test_with_a_middleware_of_our_own_events_go_through_it() -> None:
+    """A middleware added to the client's app may change bodies (compression): ``ClientApp``
+    then leaves the server's own ``send`` out of the scope, and every event goes through it."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.gzip import GZipMiddleware
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from cocoon.client.api import SERVER_SEND, ClientApp
+
+    seen: list[bool] = []
+
+    async def endpoint(request: Request) -> PlainTextResponse:
+        seen.append(SERVER_SEND in request.scope)
+        return PlainTextResponse("ok")
+
+    routes = [Route("/", endpoint)]
+    for middleware, expected in (([], True), ([Middleware(GZipMiddleware)], False)):
+        with TestClient(ClientApp(Starlette(routes=routes, middleware=middleware))) as client:
+            assert client.get("/").text == "ok"
+        assert seen.pop() is expected
