@@ -160,8 +160,8 @@ class ClientApp:
     """The client's ASGI application: Starlette's, with the server's own ``send`` kept in the
     scope (``SERVER_SEND``), through which a streamed answer's events go once the response has
     started: Starlette's two middleware wrappers around ``send`` only note the response's start,
-    and cost two coroutines for every write. Not with a middleware of our own (one that may
-    change bodies, as compression does): the events then go through it."""
+    and cost two coroutines for every write. Not once a middleware is added to the app (one that
+    may see or change bodies, as a ``BaseHTTPMiddleware`` does): the events then go through it."""
 
     def __init__(self, app: Starlette) -> None:
         self.app = app

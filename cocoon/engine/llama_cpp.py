@@ -71,6 +71,18 @@ def plain_greedy(sampling: dict[str, Any]) -> bool:
     )
 
 
+def greedy_pick(logits: Any) -> int:
+    """The token llama.cpp's greedy sampler picks from a row of logits (a numpy array): the first
+    of the highest, a NaN never (it keeps the first entry and takes a later one only if it is
+    greater, which a NaN never is; so a NaN at the first entry stays)."""
+    best = int(logits.argmax())
+    if logits[best] != logits[best]:  # numpy's argmax stops at the first NaN
+        import numpy as np
+
+        best = 0 if logits[0] != logits[0] else int(np.nanargmax(logits))
+    return best
+
+
 def _metered_llama_class() -> type:
     import llama_cpp
     import numpy as np
@@ -101,21 +113,19 @@ def _metered_llama_class() -> type:
                 yield token
 
         def sample(self, *args: Any, **kwargs: Any) -> int:
-            """Greedy decoding without penalties, bias or grammar takes the first highest logit,
-            read in place: llama.cpp's sampler copies the whole vocabulary (49,152 entries here)
-            into a fresh candidate array for every token, 0.3 ms on the first token after a
-            prompt pass (caches cold) against 0.08 ms for this, and 50 against 35 µs later on.
-            Its greedy pick is the first highest logit too: the same tokens."""
+            """Greedy decoding without penalties, bias or grammar takes the highest logit read in
+            place: llama.cpp's sampler copies the whole vocabulary (49,152 entries here) into its
+            candidate array for every token, 0.3 ms on the first token after a prompt pass
+            (caches cold) against 0.08 ms for this, and 50 against 35 µs later on. The same
+            token as its greedy pick (``greedy_pick``)."""
             if not args and plain_greedy(kwargs):
                 idx = kwargs.get("idx")
                 logits = llama_cpp.llama_get_logits_ith(self._ctx.ctx, -1 if idx is None else idx - self.n_tokens)
-                if logits:
-                    return int(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
-                # a null pointer, no logits at that index: llama.cpp's path says why, with the
-                # chain that ``_init_sampler`` left out
-                if self._sampler is None:
-                    chain = {k: v for k, v in kwargs.items() if k != "idx"}
-                    self._sampler = llama_cpp.Llama._init_sampler(self, **chain)
+                if not logits:
+                    # llama.cpp has no logits there (and its own sampler would abort the process
+                    # on the same null pointer): this request fails instead
+                    raise RuntimeError("llama.cpp has no logits for the token to pick")
+                return greedy_pick(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)))
             return int(super().sample(*args, **kwargs))
 
         def _init_sampler(self, **kwargs: Any) -> Any:  # type: ignore[override]

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from cocoon.engine import llama_cpp as llama_cpp_engine
-from cocoon.engine.base import Chunk, EngineRefused, EngineRequest, Finished
+from cocoon.engine.base import Chunk, EngineError, EngineRefused, EngineRequest, Finished
 from cocoon.engine.llama_cpp import LlamaCppEngine
 
 pytestmark = pytest.mark.integration
@@ -87,18 +87,19 @@ async def test_greedy_answers_skip_llama_cpps_sampler_with_the_same_tokens(
         sampled.clear()
 
 
-async def test_greedy_answers_without_logits_in_place_fall_back_to_llama_cpps_chain(
+async def test_a_greedy_pick_without_logits_fails_the_request_not_the_process(
     engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import llama_cpp
 
-    params = {"messages": STORY, "max_tokens": 12, "temperature": 0}
-    fast_chunks, _ = await run(engine, EngineRequest("chat", params, stream=False))
-    # llama.cpp answers a null pointer where it has no logits: the chain, made then, picks
+    # where llama.cpp has no logits (a null pointer), its own sampler would abort the process
     monkeypatch.setattr(llama_cpp, "llama_get_logits_ith", lambda ctx, i: None)
-    chain_chunks, finished = await run(engine, EngineRequest("chat", params, stream=False))
+    params = {"messages": STORY, "max_tokens": 12, "temperature": 0}
+    with pytest.raises(EngineError, match="RuntimeError"):
+        await run(engine, EngineRequest("chat", params, stream=False))
+    monkeypatch.undo()
+    _, finished = await run(engine, EngineRequest("chat", params, stream=False))  # the slot is free
     assert finished.usage.completion_tokens == 12
-    assert chain_chunks[0].payload["choices"] == fast_chunks[0].payload["choices"]
 
 
 async def test_end_of_generation_token_is_not_billed(engine: LlamaCppEngine) -> None:

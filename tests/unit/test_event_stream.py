@@ -195,8 +195,9 @@ def test_later_events_go_through_the_servers_own_send() -> None:
 
 
 def test_with_a_middleware_of_our_own_events_go_through_it() -> None:
-    """A middleware added to the client's app may change bodies (compression): ``ClientApp``
-    then leaves the server's own ``send`` out of the scope, and every event goes through it."""
+    """A middleware added to the client's app may see or change bodies: ``ClientApp`` then
+    leaves the server's own ``send`` out of the scope, so that ``EventStream`` writes every event
+    through the ``send`` it was given, the middleware's."""
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.middleware.gzip import GZipMiddleware
